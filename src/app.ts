@@ -1,0 +1,47 @@
+// Wiring of one running pgbudget: the proxy, its metrics and the admin HTTP
+// server. Used by the CLI and by the tests, which start it in-process.
+import type { AddressInfo } from 'node:net';
+import type { FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import { buildAdmin } from './admin/server.js';
+import type { Config } from './config/schema.js';
+import { Metrics } from './metrics/metrics.js';
+import { Proxy } from './proxy/proxy.js';
+
+export interface RunningPgbudget {
+  proxy: Proxy;
+  metrics: Metrics;
+  admin: FastifyInstance;
+  address: AddressInfo;
+  adminAddress: AddressInfo;
+  stop(): Promise<void>;
+}
+
+export async function startPgbudget(config: Config, log: Logger): Promise<RunningPgbudget> {
+  const proxy = new Proxy(config, log);
+  const metrics = new Metrics(proxy);
+  const admin = buildAdmin(
+    {
+      snapshot: () => proxy.snapshot(),
+      get listening() {
+        return proxy.listening;
+      },
+      upstreamReachable: () => proxy.pool.upstreamReachable(),
+    },
+    metrics,
+  );
+  const address = await proxy.listen();
+  await admin.listen({ host: config.admin.host, port: config.admin.port });
+  const adminAddress = admin.server.address() as AddressInfo;
+  return {
+    proxy,
+    metrics,
+    admin,
+    address,
+    adminAddress,
+    async stop() {
+      await proxy.shutdown();
+      await admin.close();
+    },
+  };
+}

@@ -1,0 +1,467 @@
+// One client session: the startup handshake, finding its service, waiting
+// for a server connection, forwarding in both directions with backpressure,
+// and giving the server connection back at the right moment (end of
+// transaction in transaction mode, end of session in session mode).
+import type net from 'node:net';
+import { randomInt } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { Waiter } from '../budget/scheduler.js';
+import { UNMATCHED, type RejectReason, type Stats } from '../budget/stats.js';
+import { matchService, type Config, type ServiceConfig } from '../config/schema.js';
+import { clientErrors } from '../errors.js';
+import { Backend, Frontend, TxStatus } from '../protocol/codes.js';
+import {
+  authenticationOk,
+  backendKeyData,
+  errorResponse,
+  negotiateProtocolVersion,
+  parameterStatus,
+  readyForQuery,
+  type ErrorFields,
+} from '../protocol/encode.js';
+import { FrameError, FrameScanner } from '../protocol/framing.js';
+import { parseStartupPacket, startupPacketLength, StartupPacketError } from '../protocol/startup.js';
+import type { ServerConnection, ServerOwner } from '../server/connection.js';
+import { poolKey, type ServerPool } from '../server/pool.js';
+
+export interface SessionContext {
+  config(): Config;
+  readonly pool: ServerPool;
+  readonly stats: Stats;
+  readonly log: Logger;
+  /** Sessions by the BackendKeyData process id we gave them, for cancel requests. */
+  readonly byProcessId: Map<number, ClientSession>;
+  readonly shuttingDown: boolean;
+  onSessionEnd(session: ClientSession): void;
+}
+
+type State = 'startup' | 'idle' | 'waiting' | 'linked' | 'closed';
+
+export class ClientSession implements ServerOwner {
+  state: State = 'startup';
+  service: ServiceConfig | null = null;
+  user = '';
+  database = '';
+  applicationName = '';
+  readonly processId: number;
+  readonly secretKey: number;
+  private key = '';
+  private server: ServerConnection | null = null;
+  private waiter: Waiter | null = null;
+  private startupBuf: Buffer | null = Buffer.alloc(0);
+  private startupTimer: NodeJS.Timeout | null;
+  /** Client bytes that arrived while no server connection was linked. */
+  private pending: Buffer[] = [];
+  /** An unfinished message header at the end of the last client chunk, held back. */
+  private heldHeader: Buffer | null = null;
+  private readonly connectedAt = Date.now();
+  private closeReason = 'client disconnected';
+
+  // Protocol position, from header-only scanning of both directions.
+  /** ReadyForQuery messages still owed by the server (one per Query, Sync, FunctionCall). */
+  private expectedReady = 0;
+  private txStatus: number = TxStatus.Idle;
+  /** Extended-protocol messages sent since the last Sync. */
+  private extendedOpen = false;
+  private inCopy = false;
+  /** Offset just past a Terminate in the chunk being scanned, or -1. */
+  private terminateEnd = -1;
+  private lastServerType = 0;
+  private readonly clientScanner: FrameScanner;
+  private readonly serverScanner: FrameScanner;
+
+  constructor(
+    private readonly socket: net.Socket,
+    private readonly ctx: SessionContext,
+  ) {
+    do this.processId = randomInt(1, 0x7fffffff);
+    while (ctx.byProcessId.has(this.processId));
+    this.secretKey = randomInt(0, 0x7fffffff);
+    const cfg = ctx.config();
+    this.clientScanner = new FrameScanner((type, _first, end) => this.onClientMessage(type, end), cfg.maxMessageBytes);
+    this.serverScanner = new FrameScanner((type, first) => this.onServerMessage(type, first));
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onClientData(chunk));
+    socket.on('drain', () => this.server?.socket.resume());
+    socket.on('error', (err) => {
+      this.closeReason = `client socket error: ${err.message}`;
+    });
+    socket.on('close', () => this.onClientClose());
+    this.startupTimer = setTimeout(() => {
+      this.stats().rejections.startup_timeout++;
+      this.fatal(clientErrors.startupTimeout(cfg.startupTimeoutMs), 'startup timeout');
+    }, cfg.startupTimeoutMs);
+  }
+
+  get serviceName(): string {
+    return this.service?.name ?? UNMATCHED;
+  }
+
+  /** Between transactions, with no server work outstanding. */
+  get atTransactionBoundary(): boolean {
+    return (
+      this.expectedReady === 0 &&
+      this.txStatus === TxStatus.Idle &&
+      !this.extendedOpen &&
+      !this.inCopy &&
+      this.clientScanner.atBoundary &&
+      this.serverScanner.atBoundary &&
+      this.heldHeader === null
+    );
+  }
+
+  // ---- startup ----
+
+  private onStartupData(chunk: Buffer): void {
+    let buf = this.startupBuf!.length ? Buffer.concat([this.startupBuf!, chunk]) : chunk;
+    for (;;) {
+      let length: number;
+      try {
+        length = startupPacketLength(buf);
+      } catch (err) {
+        return this.startupViolation((err as Error).message);
+      }
+      if (length < 0 || buf.length < length) {
+        this.startupBuf = buf;
+        return;
+      }
+      const packet = buf.subarray(0, length);
+      buf = buf.subarray(length);
+      let parsed;
+      try {
+        parsed = parseStartupPacket(packet);
+      } catch (err) {
+        if (err instanceof StartupPacketError) return this.startupViolation(err.message);
+        throw err;
+      }
+      switch (parsed.kind) {
+        case 'ssl':
+        case 'gssenc':
+          // Encryption comes in a later version: answer "not supported", the client goes on in plain text.
+          this.socket.write('N');
+          continue;
+        case 'cancel':
+          this.ctx.byProcessId.get(parsed.processId)?.cancelFrom(parsed.secretKey);
+          this.closeReason = 'cancel request';
+          this.socket.destroy();
+          return;
+        case 'startup':
+          this.startupBuf = null;
+          if (parsed.minorVersion !== 0 || parsed.protocolOptions.length > 0) {
+            this.socket.write(negotiateProtocolVersion(0, parsed.protocolOptions));
+          }
+          this.onStartupMessage(parsed.params);
+          // Anything the client pipelined after its startup packet is ordinary traffic.
+          if (buf.length > 0 && this.state !== 'closed') this.onClientData(Buffer.from(buf));
+          return;
+      }
+    }
+  }
+
+  private startupViolation(what: string): void {
+    this.stats().rejections.protocol_violation++;
+    this.fatal(clientErrors.protocolViolation(what), `protocol violation: ${what}`);
+  }
+
+  private onStartupMessage(params: Record<string, string>): void {
+    this.clearStartupTimer();
+    this.user = params.user;
+    this.database = params.database || params.user;
+    this.applicationName = params.application_name ?? '';
+    const service = matchService(this.ctx.config(), {
+      user: this.user,
+      database: this.database,
+      applicationName: this.applicationName,
+    });
+    if (!service) {
+      this.stats().rejections.no_service++;
+      return this.fatal(
+        clientErrors.noService(this.user, this.database, this.applicationName),
+        'no service matches',
+      );
+    }
+    if (this.ctx.shuttingDown) {
+      this.stats().rejections.shutdown++;
+      return this.fatal(clientErrors.shuttingDown(), 'shutting down');
+    }
+    this.service = service;
+    this.key = poolKey(this.user, this.database);
+    this.stats().clientsConnected++;
+    this.ctx.byProcessId.set(this.processId, this);
+    this.ctx.log.info(
+      { service: service.name, user: this.user, database: this.database, applicationName: this.applicationName, pid: this.processId },
+      'client connected',
+    );
+    const welcome = this.ctx.pool.welcome(this.key);
+    if (welcome) {
+      this.sendWelcome(welcome);
+      this.state = 'idle';
+      return;
+    }
+    // First client of this user and database: learn the server's parameters
+    // from a real login, queued like any other request.
+    this.requestServer(true);
+  }
+
+  private sendWelcome(params: [string, string][]): void {
+    const parts = [authenticationOk()];
+    for (const [name, value] of params) {
+      parts.push(parameterStatus(name, name === 'application_name' ? this.applicationName : value));
+    }
+    parts.push(backendKeyData(this.processId, this.secretKey), readyForQuery('I'));
+    this.socket.write(Buffer.concat(parts));
+  }
+
+  // ---- client → server ----
+
+  private onClientData(chunk: Buffer): void {
+    if (this.state === 'startup') return this.onStartupData(chunk);
+    if (this.state === 'closed') return;
+    this.terminateEnd = -1;
+    try {
+      this.clientScanner.scan(chunk);
+    } catch (err) {
+      if (!(err instanceof FrameError)) throw err;
+      this.stats().rejections.protocol_violation++;
+      return this.fatal(clientErrors.protocolViolation(err.message), 'protocol violation');
+    }
+    // Forward whole headers only, so a Terminate is never half-sent to a
+    // server connection that another client will use next.
+    const held = this.heldHeader;
+    let data = held ? Buffer.concat([held, chunk]) : chunk;
+    if (this.terminateEnd >= 0) {
+      data = data.subarray(0, (held?.length ?? 0) + this.terminateEnd - 5);
+      this.heldHeader = null;
+    } else {
+      const partial = this.clientScanner.pendingHeaderBytes;
+      this.heldHeader = partial > 0 ? Buffer.from(data.subarray(data.length - partial)) : null;
+      if (partial > 0) data = data.subarray(0, data.length - partial);
+    }
+    if (data.length > 0) {
+      if (this.state === 'linked') {
+        if (!this.server!.write(data)) this.socket.pause();
+      } else {
+        this.pending.push(data);
+        if (this.state === 'idle') this.requestServer(false);
+      }
+    }
+    if (this.terminateEnd >= 0) {
+      this.closeReason = 'client terminated';
+      this.socket.end();
+    }
+  }
+
+  private onClientMessage(type: number, end: number): void {
+    switch (type) {
+      case Frontend.Query:
+      case Frontend.FunctionCall:
+        this.expectedReady++;
+        break;
+      case Frontend.Sync:
+        this.expectedReady++;
+        this.extendedOpen = false;
+        break;
+      case Frontend.Parse:
+      case Frontend.Bind:
+      case Frontend.Describe:
+      case Frontend.Execute:
+      case Frontend.Close:
+      case Frontend.Flush:
+        this.extendedOpen = true;
+        break;
+      case Frontend.Terminate:
+        this.terminateEnd = end;
+        break;
+    }
+  }
+
+  // ---- server → client ----
+
+  onServerData(chunk: Buffer): void {
+    try {
+      this.serverScanner.scan(chunk);
+    } catch (err) {
+      this.closeReason = 'server protocol violation';
+      return this.fatal(clientErrors.serverProtocolViolation((err as Error).message), this.closeReason);
+    }
+    if (!this.socket.write(chunk)) this.server?.socket.pause();
+    if (!this.server || !this.atTransactionBoundary) return;
+    if (this.ctx.shuttingDown) {
+      this.stats().rejections.shutdown++;
+      return this.fatal(clientErrors.shuttingDown(), 'shutting down');
+    }
+    if (this.service!.poolMode === 'transaction') this.releaseServer(true);
+  }
+
+  private onServerMessage(type: number, first: number): void {
+    this.lastServerType = type;
+    switch (type) {
+      case Backend.ReadyForQuery:
+        if (this.expectedReady > 0) this.expectedReady--;
+        this.txStatus = first;
+        this.inCopy = false;
+        if (first === TxStatus.Idle) this.stats().transactions++;
+        break;
+      case Backend.CopyInResponse:
+      case Backend.CopyOutResponse:
+      case Backend.CopyBothResponse:
+        this.inCopy = true;
+        break;
+    }
+  }
+
+  onServerDrain(): void {
+    this.socket.resume();
+  }
+
+  onServerClose(cause: string): void {
+    // The server went away under the client (terminated, crashed, restarted).
+    // If its last word was an ErrorResponse, the client has the reason already.
+    this.server = null;
+    const reason = `server connection closed: ${cause}`;
+    if (this.lastServerType === Backend.ErrorResponse) {
+      this.closeReason = reason;
+      this.socket.end();
+    } else {
+      this.fatal(clientErrors.serverConnectionLost(cause), reason);
+    }
+  }
+
+  // ---- holding a server connection ----
+
+  private requestServer(forLogin: boolean): void {
+    this.state = 'waiting';
+    this.socket.pause();
+    this.waiter = this.ctx.pool.acquire(this.service!.name, this.key, {
+      onAssign: (conn) => {
+        this.waiter = null;
+        if (this.state !== 'waiting') return this.ctx.pool.release(conn, true);
+        this.link(conn);
+        if (forLogin) {
+          this.sendWelcome(conn.params);
+          if (this.service!.poolMode === 'transaction' && this.atTransactionBoundary) this.releaseServer(true);
+        }
+      },
+      onReject: (error, reason) => {
+        this.waiter = null;
+        this.stats().rejections[reason]++;
+        this.closeReason = reason;
+        this.endWith(error);
+      },
+    });
+  }
+
+  private link(conn: ServerConnection): void {
+    this.server = conn;
+    conn.owner = this;
+    this.state = 'linked';
+    this.lastServerType = 0;
+    const pending = this.pending;
+    this.pending = [];
+    let ok = true;
+    for (const chunk of pending) ok = conn.write(chunk);
+    if (ok) this.socket.resume();
+  }
+
+  private releaseServer(reusable: boolean): void {
+    const conn = this.server!;
+    this.server = null;
+    this.state = 'idle';
+    this.ctx.pool.release(conn, reusable);
+    this.socket.resume();
+  }
+
+  /** Called on the target session of a CancelRequest. */
+  private cancelFrom(secretKey: number): void {
+    if (secretKey !== this.secretKey || !this.server) return;
+    this.ctx.pool.cancelQuery(this.server);
+  }
+
+  // ---- ending ----
+
+  /** Shutdown: leave now if between transactions, else when the transaction ends. */
+  shutdown(): void {
+    if (this.state === 'startup' || this.state === 'idle') {
+      this.stats().rejections.shutdown++;
+      this.fatal(clientErrors.shuttingDown(), 'shutting down');
+    } else if (this.state === 'waiting') {
+      this.stats().rejections.shutdown++;
+      this.fatal(clientErrors.shuttingDown(), 'shutting down');
+    } else if (this.state === 'linked' && this.atTransactionBoundary) {
+      this.stats().rejections.shutdown++;
+      this.fatal(clientErrors.shuttingDown(), 'shutting down');
+    }
+    // Linked inside a transaction: onServerData ends it at the boundary.
+  }
+
+  /** Last resort at the end of the shutdown grace period. */
+  forceClose(): void {
+    this.closeReason = 'shutdown timeout';
+    this.socket.destroy();
+  }
+
+  private fatal(fields: ErrorFields, reason: string): void {
+    this.closeReason = reason;
+    this.endWith(errorResponse(fields));
+  }
+
+  private endWith(message: Buffer): void {
+    if (this.state === 'closed') return;
+    this.socket.end(message);
+    this.socket.resume();
+    this.detach();
+    // A client that does not close its side is not waited for.
+    setTimeout(() => this.socket.destroy(), 1000).unref();
+  }
+
+  private onClientClose(): void {
+    this.detach();
+  }
+
+  /** Gives back whatever the session holds; idempotent. */
+  private detach(): void {
+    if (this.state === 'closed') return;
+    const wasState = this.state;
+    this.state = 'closed';
+    this.clearStartupTimer();
+    if (this.waiter) {
+      this.ctx.pool.cancelWait(this.waiter);
+      this.waiter = null;
+    }
+    const conn = this.server;
+    this.server = null;
+    if (conn) {
+      conn.owner = null;
+      const clean = this.atTransactionBoundary && conn.ready;
+      if (clean && this.service!.poolMode === 'session') {
+        // Session state (SET, prepared statements, temp tables…) must not leak to the next client.
+        conn.query('DISCARD ALL').then(
+          () => this.ctx.pool.release(conn, true),
+          () => this.ctx.pool.release(conn, false),
+        );
+      } else {
+        this.ctx.pool.release(conn, clean);
+      }
+    }
+    if (this.service) {
+      this.stats().clientsConnected--;
+      this.ctx.byProcessId.delete(this.processId);
+      this.ctx.log.info(
+        { service: this.service.name, pid: this.processId, durationMs: Date.now() - this.connectedAt, reason: this.closeReason, state: wasState },
+        'client disconnected',
+      );
+    }
+    this.ctx.onSessionEnd(this);
+  }
+
+  private clearStartupTimer(): void {
+    if (this.startupTimer) clearTimeout(this.startupTimer);
+    this.startupTimer = null;
+  }
+
+  private stats() {
+    return this.ctx.stats.service(this.serviceName);
+  }
+}
+
+export type { RejectReason };

@@ -1,0 +1,90 @@
+// Every error the proxy itself can send a client, declared once with its
+// SQLSTATE. Errors that come from PostgreSQL are forwarded unchanged and are
+// not listed here.
+import type { ErrorFields } from './protocol/encode.js';
+
+export interface WaitFacts {
+  service: string;
+  budget: number;
+  inUse: number;
+  waiting: number;
+}
+
+export const clientErrors = {
+  /** 08P01 protocol_violation: malformed, oversized or out-of-place packets. */
+  protocolViolation: (what: string): ErrorFields => ({
+    severity: 'FATAL',
+    code: '08P01',
+    message: `pgbudget: protocol violation: ${what}`,
+  }),
+
+  /** 08P01: the client did not finish the startup handshake in time. */
+  startupTimeout: (ms: number): ErrorFields => ({
+    severity: 'FATAL',
+    code: '08P01',
+    message: `pgbudget: startup not completed within ${ms} ms`,
+  }),
+
+  /** 28000 invalid_authorization_specification: no service takes this client. */
+  noService: (user: string, database: string, applicationName: string): ErrorFields => ({
+    severity: 'FATAL',
+    code: '28000',
+    message: `pgbudget: no service matches user=${user} database=${database} application_name=${applicationName}`,
+  }),
+
+  /** 53300 too_many_connections: the service's wait queue is full. */
+  queueFull: (f: WaitFacts, maxWaiting: number): ErrorFields => ({
+    severity: 'FATAL',
+    code: '53300',
+    message:
+      `pgbudget: service "${f.service}" wait queue is full (maxWaiting ${maxWaiting}; ` +
+      `budget ${f.budget}, ${f.inUse} in use, ${f.waiting} waiting)`,
+  }),
+
+  /** 53300 too_many_connections: waited queue.timeoutMs without getting a server connection. */
+  queueTimeout: (f: WaitFacts, waitedMs: number, upstreamCause?: string): ErrorFields => ({
+    severity: 'FATAL',
+    code: '53300',
+    message:
+      `pgbudget: service "${f.service}" waited ${waitedMs} ms for a server connection ` +
+      `(budget ${f.budget}, ${f.inUse} in use, ${f.waiting} waiting)` +
+      (upstreamCause ? `; upstream unavailable: ${upstreamCause}` : ''),
+  }),
+
+  /** 57P01 admin_shutdown: the proxy is shutting down. */
+  shuttingDown: (): ErrorFields => ({
+    severity: 'FATAL',
+    code: '57P01',
+    message: 'pgbudget: terminating connection because the proxy is shutting down',
+  }),
+
+  /** 08006 connection_failure: the server connection went away under the client. */
+  serverConnectionLost: (cause: string): ErrorFields => ({
+    severity: 'FATAL',
+    code: '08006',
+    message: `pgbudget: server connection lost: ${cause}`,
+  }),
+
+  /** 08P01: the server sent something the proxy cannot follow; the connection is not reused. */
+  serverProtocolViolation: (what: string): ErrorFields => ({
+    severity: 'FATAL',
+    code: '08P01',
+    message: `pgbudget: server protocol violation: ${what}`,
+  }),
+
+  /** 28P01 invalid_password: the server demands a password the service config does not provide. */
+  noServerPassword: (service: string, method: string): ErrorFields => ({
+    severity: 'FATAL',
+    code: '28P01',
+    message: `pgbudget: server requested ${method} authentication but service "${service}" has no password or passwordEnv`,
+  }),
+
+  /** 28000: the server asked for an authentication method the proxy does not implement. */
+  unsupportedServerAuth: (method: string): ErrorFields => ({
+    severity: 'FATAL',
+    code: '28000',
+    message: `pgbudget: server requested unsupported authentication method ${method}`,
+  }),
+} as const;
+
+export type ClientErrorName = keyof typeof clientErrors;

@@ -1,0 +1,73 @@
+// Encoders for the few backend messages the proxy writes itself.
+// Every message: 1-byte type, int32 length that excludes the type byte.
+
+function message(type: string, body: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(5 + body.length);
+  out[0] = type.charCodeAt(0);
+  out.writeInt32BE(4 + body.length, 1);
+  body.copy(out, 5);
+  return out;
+}
+
+function int32s(...values: number[]): Buffer {
+  const b = Buffer.allocUnsafe(4 * values.length);
+  values.forEach((v, i) => b.writeInt32BE(v, 4 * i));
+  return b;
+}
+
+function cstring(s: string): Buffer {
+  return Buffer.from(s + '\0', 'utf8');
+}
+
+export interface ErrorFields {
+  severity: 'ERROR' | 'FATAL' | 'PANIC' | 'WARNING' | 'NOTICE' | 'LOG';
+  code: string;
+  message: string;
+  detail?: string;
+  hint?: string;
+}
+
+/** ErrorResponse ('E') or, with asNotice, NoticeResponse ('N'). */
+export function errorResponse(fields: ErrorFields, asNotice = false): Buffer {
+  const parts = [
+    cstring('S' + fields.severity),
+    cstring('V' + fields.severity),
+    cstring('C' + fields.code),
+    cstring('M' + fields.message),
+  ];
+  if (fields.detail) parts.push(cstring('D' + fields.detail));
+  if (fields.hint) parts.push(cstring('H' + fields.hint));
+  parts.push(Buffer.from([0]));
+  return message(asNotice ? 'N' : 'E', Buffer.concat(parts));
+}
+
+export function authenticationOk(): Buffer {
+  return message('R', int32s(0));
+}
+
+export function parameterStatus(name: string, value: string): Buffer {
+  return message('S', Buffer.concat([cstring(name), cstring(value)]));
+}
+
+export function backendKeyData(processId: number, secretKey: number): Buffer {
+  return message('K', int32s(processId, secretKey));
+}
+
+export function readyForQuery(status: 'I' | 'T' | 'E'): Buffer {
+  return message('Z', Buffer.from(status, 'latin1'));
+}
+
+/** NegotiateProtocolVersion ('v'): newest minor version we speak, and the options we ignore. */
+export function negotiateProtocolVersion(newestMinor: number, unsupportedOptions: string[]): Buffer {
+  return message('v', Buffer.concat([int32s(newestMinor, unsupportedOptions.length), ...unsupportedOptions.map(cstring)]));
+}
+
+/** CancelRequest as sent to the server: length 16, code, pid, secret. */
+export function cancelRequest(processId: number, secretKey: number): Buffer {
+  return int32s(16, 80877102, processId, secretKey);
+}
+
+/** SSLRequest: used only as a cheap reachability probe that takes no backend slot. */
+export function sslRequest(): Buffer {
+  return int32s(8, 80877103);
+}

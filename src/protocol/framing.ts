@@ -1,0 +1,82 @@
+// Header-only framing: every v3 message after startup is a 1-byte type and a
+// 4-byte big-endian length that counts itself but not the type byte. The
+// scanner reads only those 5 bytes (plus the first body byte, which carries
+// ReadyForQuery's status) and skips bodies, so the proxy can forward the
+// original chunks untouched. State survives chunk boundaries: a header, or
+// the status byte, may arrive split across chunks.
+
+export const HEADER_BYTES = 5;
+
+/** Called once per message, when its last byte has been scanned. */
+export type MessageHandler = (type: number, firstBodyByte: number, endOffset: number) => void;
+
+export class FrameError extends Error {
+  constructor(readonly type: number, readonly length: number) {
+    super(`invalid message length ${length} for message type 0x${type.toString(16)}`);
+  }
+}
+
+export class FrameScanner {
+  private readonly header = Buffer.alloc(HEADER_BYTES);
+  /** Header bytes collected so far of the message being read (0..4 between chunks). */
+  private headerFill = 0;
+  /** Body bytes of the current message not yet seen. */
+  private remaining = 0;
+  private type = 0;
+  private firstByte = -1;
+  private bodyStarted = false;
+
+  constructor(
+    private readonly onMessage: MessageHandler,
+    private readonly maxMessageBytes = 0x7fffffff,
+  ) {}
+
+  /** True when the scanned bytes end exactly at a message boundary. */
+  get atBoundary(): boolean {
+    return this.headerFill === 0 && this.remaining === 0;
+  }
+
+  /** Header bytes of an unfinished header held at the end of the last chunk. */
+  get pendingHeaderBytes(): number {
+    return this.headerFill;
+  }
+
+  /** Scans a chunk; throws FrameError on a nonsense length. */
+  scan(chunk: Buffer): void {
+    const n = chunk.length;
+    let i = 0;
+    while (i < n) {
+      if (this.remaining > 0) {
+        const take = Math.min(this.remaining, n - i);
+        if (!this.bodyStarted) {
+          this.firstByte = chunk[i];
+          this.bodyStarted = true;
+        }
+        i += take;
+        this.remaining -= take;
+        if (this.remaining === 0) this.onMessage(this.type, this.firstByte, i);
+        continue;
+      }
+      let length: number;
+      if (this.headerFill === 0 && n - i >= HEADER_BYTES) {
+        this.type = chunk[i];
+        length = chunk.readInt32BE(i + 1);
+        i += HEADER_BYTES;
+      } else {
+        const take = Math.min(HEADER_BYTES - this.headerFill, n - i);
+        chunk.copy(this.header, this.headerFill, i, i + take);
+        this.headerFill += take;
+        i += take;
+        if (this.headerFill < HEADER_BYTES) return;
+        this.headerFill = 0;
+        this.type = this.header[0];
+        length = this.header.readInt32BE(1);
+      }
+      if (length < 4 || length > this.maxMessageBytes) throw new FrameError(this.type, length);
+      this.remaining = length - 4;
+      this.firstByte = -1;
+      this.bodyStarted = false;
+      if (this.remaining === 0) this.onMessage(this.type, -1, i);
+    }
+  }
+}

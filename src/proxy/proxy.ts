@@ -1,0 +1,166 @@
+// The proxy: the client listener, the sessions, the server pool, and the
+// operations that touch all of them (reload, snapshot, shutdown).
+import net from 'node:net';
+import type { Logger } from 'pino';
+import { Stats, UNMATCHED } from '../budget/stats.js';
+import { ClientSession, type SessionContext } from '../client/session.js';
+import { overcommitWarning, type Config } from '../config/schema.js';
+import { ServerPool } from '../server/pool.js';
+
+export interface ServiceSnapshot {
+  name: string;
+  poolMode: string;
+  budget: number;
+  serverConnections: { active: number; idle: number; opening: number; closing: number; total: number };
+  clients: { connected: number; waiting: number };
+  oldestWaitSeconds: number;
+  transactions: number;
+  serverConnectErrors: number;
+  serversOpened: number;
+  serversClosed: number;
+  rejections: Record<string, number>;
+}
+
+export interface ProxySnapshot {
+  upstream: { host: string; port: number; maxConnections: number; serverConnections: number; lastError: string | null };
+  services: ServiceSnapshot[];
+  unmatched: { rejections: Record<string, number> };
+  shuttingDown: boolean;
+}
+
+export class Proxy {
+  readonly stats = new Stats();
+  readonly pool: ServerPool;
+  private readonly server: net.Server;
+  private readonly sessions = new Set<ClientSession>();
+  private readonly ctx: SessionContext;
+  private shuttingDown = false;
+
+  constructor(
+    private config: Config,
+    private readonly log: Logger,
+  ) {
+    this.pool = new ServerPool(config, this.stats, log);
+    const self = this;
+    this.ctx = {
+      config: () => self.config,
+      pool: this.pool,
+      stats: this.stats,
+      log,
+      byProcessId: new Map(),
+      get shuttingDown() {
+        return self.shuttingDown;
+      },
+      onSessionEnd: (s) => self.sessions.delete(s),
+    };
+    for (const s of config.services) this.stats.service(s.name);
+    this.server = net.createServer({ noDelay: true }, (socket) => {
+      this.sessions.add(new ClientSession(socket, this.ctx));
+    });
+    const warning = overcommitWarning(config);
+    if (warning) log.warn(warning);
+  }
+
+  /** Starts listening; resolves with the bound address (port 0 picks a free port). */
+  listen(): Promise<net.AddressInfo> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(this.config.listen.port, this.config.listen.host, () => {
+        this.server.off('error', reject);
+        resolve(this.server.address() as net.AddressInfo);
+      });
+    });
+  }
+
+  get listening(): boolean {
+    return this.server.listening;
+  }
+
+  get currentConfig(): Config {
+    return this.config;
+  }
+
+  /** Applies a new, already validated config: budgets, queues, modes, matching. */
+  reload(next: Config): string[] {
+    const notes: string[] = [];
+    const restartOnly = (['listen', 'admin'] as const).filter(
+      (k) => next[k].host !== this.config[k].host || next[k].port !== this.config[k].port,
+    );
+    if (next.upstream.host !== this.config.upstream.host || next.upstream.port !== this.config.upstream.port) {
+      restartOnly.push('upstream' as never);
+    }
+    for (const k of restartOnly) notes.push(`${k} changed: takes effect after a restart`);
+    const kept = {
+      ...next,
+      listen: this.config.listen,
+      admin: this.config.admin,
+      upstream: { ...next.upstream, host: this.config.upstream.host, port: this.config.upstream.port },
+    };
+    this.config = kept;
+    for (const s of kept.services) this.stats.service(s.name);
+    this.pool.applyConfig(kept);
+    const warning = overcommitWarning(kept);
+    if (warning) notes.push(warning);
+    return notes;
+  }
+
+  snapshot(): ProxySnapshot {
+    const now = Date.now();
+    const sched = this.pool.scheduler;
+    const services: ServiceSnapshot[] = [];
+    const configured = new Map(this.config.services.map((s) => [s.name, s]));
+    for (const [name, st] of this.stats.entries()) {
+      if (name === UNMATCHED || !sched.hasService(name)) continue;
+      const c = sched.counts(name);
+      services.push({
+        name,
+        poolMode: configured.get(name)?.poolMode ?? 'removed',
+        budget: c.budget,
+        serverConnections: { active: c.active, idle: c.idle, opening: c.opening, closing: c.closing, total: c.held },
+        clients: { connected: st.clientsConnected, waiting: c.waiting },
+        oldestWaitSeconds: sched.oldestWaitMs(name, now) / 1000,
+        transactions: st.transactions,
+        serverConnectErrors: st.serverConnectErrors,
+        serversOpened: st.serversOpened,
+        serversClosed: st.serversClosed,
+        rejections: { ...st.rejections },
+      });
+    }
+    const { host, port, maxConnections } = this.config.upstream;
+    return {
+      upstream: { host, port, maxConnections, serverConnections: sched.totalHeld, lastError: this.pool.lastUpstreamError },
+      services,
+      unmatched: { rejections: { ...this.stats.service(UNMATCHED).rejections } },
+      shuttingDown: this.shuttingDown,
+    };
+  }
+
+  /**
+   * Stops accepting, lets clients inside a transaction finish (up to
+   * shutdownTimeoutMs), then closes everything.
+   */
+  async shutdown(): Promise<void> {
+    if (this.shuttingDown) return;
+    this.shuttingDown = true;
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    for (const s of [...this.sessions]) s.shutdown();
+    const deadline = Date.now() + this.config.shutdownTimeoutMs;
+    while (this.sessions.size > 0 && Date.now() < deadline) await sleep(20);
+    for (const s of [...this.sessions]) s.forceClose();
+    while (this.sessions.size > 0) await sleep(10);
+    // Session-mode clients leave via DISCARD ALL; let those resets finish.
+    const resetDeadline = Date.now() + 2000;
+    while (this.pool.scheduler.totalHeld > this.pool.scheduler.idleConnIds().length && Date.now() < resetDeadline) {
+      await sleep(10);
+    }
+    this.pool.closeIdle();
+    const closeDeadline = Date.now() + 5000;
+    while (this.pool.openConnections > 0 && Date.now() < closeDeadline) await sleep(10);
+    this.pool.stop();
+    await closed;
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

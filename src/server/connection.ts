@@ -1,0 +1,292 @@
+// One server connection: TCP to the upstream, login (cleartext, md5,
+// SCRAM-SHA-256), then either forwarding raw chunks to the client that owns
+// it, or running the proxy's own queries (reset) when nobody does.
+import net from 'node:net';
+import { Parser } from 'pg-protocol/dist/parser.js';
+import { serialize } from 'pg-protocol';
+import type { BackendMessage } from 'pg-protocol/dist/messages.js';
+import { Backend } from '../protocol/codes.js';
+import { errorResponse, type ErrorFields } from '../protocol/encode.js';
+import { FrameScanner } from '../protocol/framing.js';
+import { clientErrors } from '../errors.js';
+import { md5Password, ScramClient } from './scram.js';
+
+/** Who receives the server's bytes while linked. */
+export interface ServerOwner {
+  onServerData(chunk: Buffer): void;
+  onServerDrain(): void;
+  onServerClose(cause: string): void;
+}
+
+export interface ServerLogin {
+  host: string;
+  port: number;
+  user: string;
+  database: string;
+  applicationName: string;
+  password: () => string | undefined;
+  service: string;
+  connectTimeoutMs: number;
+}
+
+/**
+ * Why a server connection could not be opened. `transient` failures (the
+ * database is down, full, or starting) are retried with backoff while
+ * clients keep waiting; the others (wrong password, no such database) are
+ * sent to the waiting clients as `errorResponse`, unchanged when it came
+ * from PostgreSQL.
+ */
+export class ServerLoginError extends Error {
+  constructor(
+    message: string,
+    readonly transient: boolean,
+    readonly errorResponse?: Buffer,
+  ) {
+    super(message);
+  }
+}
+
+// SQLSTATE classes and codes after which trying again later can succeed.
+const TRANSIENT_SQLSTATE = /^(08|53|57P0[123]|58)/;
+
+type Phase = 'connecting' | 'login' | 'ready' | 'closed';
+
+interface Control {
+  resolve: () => void;
+  reject: (err: Error) => void;
+  onMessage: (msg: BackendMessage, raw: Buffer) => void;
+}
+
+export class ServerConnection {
+  readonly socket: net.Socket;
+  readonly createdAt = Date.now();
+  processId = 0;
+  secretKey = 0;
+  /** ParameterStatus values the server reported at login, in order. */
+  readonly params: [string, string][] = [];
+  owner: ServerOwner | null = null;
+  /** Set when the server sent an error while idle: the connection is not reused. */
+  broken = false;
+  private phase: Phase = 'connecting';
+  private control: Control | null = null;
+  private controlBuf: Buffer = Buffer.alloc(0);
+  private closeCause = 'closed';
+  private readonly idleScanner = new FrameScanner((type) => {
+    if (type === Backend.ErrorResponse) this.broken = true;
+  });
+  onClosed: (cause: string) => void = () => {};
+
+  constructor(
+    readonly id: number,
+    readonly login: ServerLogin,
+  ) {
+    this.socket = net.connect({ host: login.host, port: login.port, noDelay: true });
+    this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    this.socket.on('drain', () => this.owner?.onServerDrain());
+    this.socket.on('error', (err) => {
+      this.closeCause = err.message;
+    });
+    this.socket.on('close', () => {
+      const was = this.phase;
+      this.phase = 'closed';
+      if (this.control) {
+        const c = this.control;
+        this.control = null;
+        c.reject(new ServerLoginError(`upstream ${login.host}:${login.port}: ${this.closeCause}`, true));
+      }
+      if (was !== 'connecting' && was !== 'login') this.owner?.onServerClose(this.closeCause);
+      // After the open() promise has settled, so a failed login is classified
+      // (backoff, or failing its waiters) before its slot is handed out again.
+      const cause = this.closeCause;
+      setImmediate(() => this.onClosed(cause));
+    });
+  }
+
+  get ready(): boolean {
+    return this.phase === 'ready';
+  }
+
+  /** Connects and logs in; resolves when the server is ready for queries. */
+  open(): Promise<void> {
+    const { login } = this;
+    const timer = setTimeout(() => {
+      this.closeCause = `connect timeout after ${login.connectTimeoutMs} ms`;
+      this.socket.destroy();
+    }, login.connectTimeoutMs);
+    return new Promise<void>((resolve, reject) => {
+      let scram: ScramClient | null = null;
+      const fail = (err: ServerLoginError) => {
+        this.control = null;
+        reject(err);
+        this.socket.destroy();
+      };
+      const ourError = (fields: ErrorFields) =>
+        fail(new ServerLoginError(fields.message, false, errorResponse(fields)));
+      this.control = {
+        resolve,
+        reject,
+        onMessage: (msg, raw) => {
+          const m = msg as unknown as Record<string, unknown> & { name: string };
+          switch (m.name) {
+            case 'authenticationOk':
+              return;
+            case 'authenticationCleartextPassword':
+            case 'authenticationMD5Password': {
+              const pw = login.password();
+              if (pw === undefined) return ourError(clientErrors.noServerPassword(login.service, m.name.slice(14)));
+              const reply =
+                m.name === 'authenticationMD5Password' ? md5Password(login.user, pw, m.salt as Buffer) : pw;
+              this.socket.write(serialize.password(reply));
+              return;
+            }
+            case 'authenticationSASL': {
+              const mechanisms = m.mechanisms as string[];
+              if (!mechanisms.includes('SCRAM-SHA-256')) {
+                return ourError(clientErrors.unsupportedServerAuth(`SASL ${mechanisms.join(' ')}`));
+              }
+              const pw = login.password();
+              if (pw === undefined) return ourError(clientErrors.noServerPassword(login.service, 'SCRAM-SHA-256'));
+              scram = new ScramClient(pw);
+              this.socket.write(serialize.sendSASLInitialResponseMessage('SCRAM-SHA-256', scram.clientFirst()));
+              return;
+            }
+            case 'authenticationSASLContinue':
+              try {
+                this.socket.write(serialize.sendSCRAMClientFinalMessage(scram!.clientFinal(m.data as string)));
+              } catch (err) {
+                return ourError(clientErrors.serverProtocolViolation((err as Error).message));
+              }
+              return;
+            case 'authenticationSASLFinal':
+              try {
+                scram!.verifyServerFinal(m.data as string);
+              } catch (err) {
+                return ourError(clientErrors.serverProtocolViolation((err as Error).message));
+              }
+              return;
+            case 'parameterStatus':
+              this.params.push([m.parameterName as string, m.parameterValue as string]);
+              return;
+            case 'backendKeyData':
+              this.processId = m.processID as number;
+              this.secretKey = m.secretKey as number;
+              return;
+            case 'readyForQuery':
+              this.control = null;
+              this.phase = 'ready';
+              clearTimeout(timer);
+              resolve();
+              return;
+            case 'error': {
+              const code = String(m.code ?? '');
+              return fail(new ServerLoginError(String(m.message), TRANSIENT_SQLSTATE.test(code), raw));
+            }
+            case 'notice':
+              return;
+            default:
+              if (m.name.startsWith('authentication')) return ourError(clientErrors.unsupportedServerAuth(m.name));
+              return ourError(clientErrors.serverProtocolViolation(`unexpected ${m.name} during login`));
+          }
+        },
+      };
+      this.socket.once('connect', () => {
+        this.phase = 'login';
+        this.socket.write(
+          serialize.startup({
+            user: login.user,
+            database: login.database,
+            application_name: login.applicationName,
+          }),
+        );
+      });
+    }).finally(() => clearTimeout(timer));
+  }
+
+  /**
+   * Runs one simple query that the proxy itself issued (e.g. DISCARD ALL)
+   * and resolves at its ReadyForQuery; rejects on an error or a status
+   * other than idle. Only while no client owns the connection.
+   */
+  query(sql: string): Promise<void> {
+    if (this.phase !== 'ready' || this.owner) return Promise.reject(new Error('connection not available'));
+    return new Promise<void>((resolve, reject) => {
+      let failure: Error | null = null;
+      this.control = {
+        resolve,
+        reject,
+        onMessage: (msg) => {
+          const m = msg as unknown as { name: string; message?: string; status?: string };
+          if (m.name === 'error') failure = new Error(m.message);
+          if (m.name === 'readyForQuery') {
+            this.control = null;
+            if (!failure && m.status !== 'I') failure = new Error(`status ${m.status} after ${sql}`);
+            if (failure) reject(failure);
+            else resolve();
+          }
+        },
+      };
+      this.socket.write(serialize.query(sql));
+    });
+  }
+
+  write(chunk: Buffer): boolean {
+    return this.socket.write(chunk);
+  }
+
+  /** Polite close: Terminate, then end. The slot is freed on 'close'. */
+  terminate(reason: string): void {
+    this.closeCause = reason;
+    if (this.phase === 'ready' && !this.socket.destroyed) {
+      this.socket.end(serialize.end());
+      // A server that does not close its side promptly is not waited for.
+      setTimeout(() => this.socket.destroy(), 5000).unref();
+    } else {
+      this.socket.destroy();
+    }
+  }
+
+  destroy(reason: string): void {
+    this.closeCause = reason;
+    this.socket.destroy();
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.control) return this.onControlData(chunk);
+    if (this.owner) return this.owner.onServerData(chunk);
+    // Nobody owns it: the server spoke unprompted (a notice, a parameter
+    // change, or a FATAL before it goes away). An error marks it broken.
+    try {
+      this.idleScanner.scan(chunk);
+    } catch {
+      this.broken = true;
+    }
+  }
+
+  /** Login and the proxy's own queries: whole messages, parsed from copies. */
+  private onControlData(chunk: Buffer): void {
+    this.controlBuf = this.controlBuf.length ? Buffer.concat([this.controlBuf, chunk]) : chunk;
+    let buf = this.controlBuf;
+    while (buf.length >= 5) {
+      const length = buf.readInt32BE(1);
+      if (length < 4) {
+        this.destroy('server sent an invalid message length');
+        return;
+      }
+      if (buf.length < 1 + length) break;
+      const raw = Buffer.from(buf.subarray(0, 1 + length)); // a copy: the parser may keep it
+      buf = buf.subarray(1 + length);
+      parser.parse(raw, (msg) => this.control?.onMessage(msg, raw));
+      if (!this.control) {
+        // Control ended (ready or failed); anything after belongs to forwarding.
+        if (buf.length > 0 && this.phase === 'ready') this.onData(Buffer.from(buf));
+        buf = Buffer.alloc(0);
+        break;
+      }
+    }
+    this.controlBuf = buf.length ? Buffer.from(buf) : Buffer.alloc(0);
+  }
+}
+
+// Every control message is handed over whole, so one parser serves all
+// connections: it never holds a partial message between calls.
+const parser = new Parser();

@@ -1,0 +1,246 @@
+// The pool of server connections of all services: carries out the
+// scheduler's decisions (open, close, assign, reject), retries an absent
+// upstream with backoff, and sweeps timeouts with one periodic timer.
+import net from 'node:net';
+import type { Logger } from 'pino';
+import { Scheduler, type Action, type Waiter } from '../budget/scheduler.js';
+import type { Stats } from '../budget/stats.js';
+import type { Config, ServiceConfig } from '../config/schema.js';
+import { cancelRequest, errorResponse, type ErrorFields } from '../protocol/encode.js';
+import { clientErrors } from '../errors.js';
+import { ServerConnection, ServerLoginError } from './connection.js';
+
+export interface WaitHandlers {
+  onAssign(conn: ServerConnection, waitedMs: number): void;
+  /** `error` is a whole ErrorResponse message, ready to write to the client. */
+  onReject(error: Buffer, reason: 'queue_full' | 'queue_timeout' | 'server_login'): void;
+}
+
+const SWEEP_MS = 50;
+const BACKOFF_MIN_MS = 100;
+const BACKOFF_MAX_MS = 5000;
+
+export function poolKey(user: string, database: string): string {
+  return `${user}\u0000${database}`;
+}
+
+export class ServerPool {
+  readonly scheduler: Scheduler;
+  private readonly conns = new Map<number, ServerConnection>();
+  private readonly handlers = new Map<number, WaitHandlers>();
+  private readonly welcomes = new Map<string, [string, string][]>();
+  private services = new Map<string, ServiceConfig>();
+  private backoffMs = 0;
+  /** Why the upstream could not be reached, while it cannot. */
+  lastUpstreamError: string | null = null;
+  private lastUpstreamOkAt = 0;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private config: Config,
+    private readonly stats: Stats,
+    private readonly log: Logger,
+  ) {
+    this.scheduler = new Scheduler(this.poolLimits(config));
+    this.applyConfig(config);
+    this.timer = setInterval(() => this.run(this.scheduler.sweep(Date.now())), SWEEP_MS);
+    this.timer.unref();
+  }
+
+  /** New budgets and queue settings apply at once; nothing is dropped. */
+  applyConfig(config: Config): void {
+    this.config = config;
+    this.scheduler.setPoolLimits(this.poolLimits(config));
+    const next = new Map(config.services.map((s) => [s.name, s]));
+    for (const s of config.services) {
+      this.scheduler.setService(s.name, { budget: s.budget, maxWaiting: s.queue.maxWaiting, timeoutMs: s.queue.timeoutMs });
+    }
+    // A removed service keeps its clients until they leave; its connections
+    // close as they are released, and nobody new can join it.
+    for (const name of this.scheduler.serviceNames()) {
+      if (!next.has(name)) {
+        this.scheduler.setService(name, { budget: 0, maxWaiting: 0, timeoutMs: 1 });
+        const old = this.services.get(name);
+        if (old) next.set(name, old);
+      }
+    }
+    this.services = next;
+    this.run(this.scheduler.sweep(Date.now()));
+  }
+
+  private poolLimits(config: Config) {
+    return {
+      cap: config.upstream.maxConnections,
+      idleTimeoutMs: config.serverIdleTimeoutMs,
+      lifetimeMs: config.serverLifetimeMs,
+    };
+  }
+
+  /** ParameterStatus values of the first server connection for this user and database. */
+  welcome(key: string): [string, string][] | undefined {
+    return this.welcomes.get(key);
+  }
+
+  acquire(service: string, key: string, handlers: WaitHandlers): Waiter {
+    const { waiter, actions } = this.scheduler.acquire(service, key, Date.now());
+    this.handlers.set(waiter.id, handlers);
+    this.run(actions);
+    return waiter;
+  }
+
+  /** The client left while waiting. */
+  cancelWait(waiter: Waiter): void {
+    if (!this.handlers.delete(waiter.id)) return;
+    this.run(this.scheduler.cancel(waiter, Date.now()));
+  }
+
+  release(conn: ServerConnection, reusable: boolean): void {
+    conn.owner = null;
+    if (this.scheduler.connState(conn.id) !== 'active') return;
+    const ok = reusable && conn.ready && !conn.broken && conn.socket.writable;
+    if (conn.socket.isPaused()) conn.socket.resume();
+    this.run(this.scheduler.release(conn.id, Date.now(), ok));
+  }
+
+  /** Forwards a client's cancel to the server connection it holds. */
+  cancelQuery(conn: ServerConnection): void {
+    const { host, port } = this.config.upstream;
+    const s = net.connect({ host, port }, () => s.end(cancelRequest(conn.processId, conn.secretKey)));
+    s.on('error', (err) => this.log.warn({ err: err.message }, 'cancel request to upstream failed'));
+    s.setTimeout(5000, () => s.destroy());
+  }
+
+  /** Upstream reachable: a login succeeded recently, or a probe that takes no backend slot answers. */
+  async upstreamReachable(): Promise<boolean> {
+    if (Date.now() - this.lastUpstreamOkAt < 5000 && this.lastUpstreamError === null) return true;
+    const { host, port } = this.config.upstream;
+    return new Promise<boolean>((resolve) => {
+      const s = net.connect({ host, port });
+      const done = (ok: boolean) => {
+        s.destroy();
+        resolve(ok);
+      };
+      s.setTimeout(2000, () => done(false));
+      s.on('error', () => done(false));
+      // SSLRequest is answered by the postmaster itself ('S' or 'N'); no backend slot is used.
+      s.on('connect', () => s.write(Buffer.from([0, 0, 0, 8, 4, 210, 22, 47])));
+      s.on('data', (d) => done(d[0] === 0x4e || d[0] === 0x53));
+    });
+  }
+
+  /** Closes every idle server connection (shutdown). */
+  closeIdle(): void {
+    const now = Date.now();
+    for (const id of this.scheduler.idleConnIds()) {
+      this.run(this.scheduler.closing(id, now));
+      this.conns.get(id)?.terminate('shutdown');
+    }
+  }
+
+  get openConnections(): number {
+    return this.conns.size;
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  private run(actions: Action[]): void {
+    for (const a of actions) {
+      switch (a.kind) {
+        case 'assign': {
+          const h = this.handlers.get(a.waiter.id);
+          this.handlers.delete(a.waiter.id);
+          const conn = this.conns.get(a.connId)!;
+          this.stats.waited(a.waiter.service, a.waitedMs);
+          if (h) h.onAssign(conn, a.waitedMs);
+          else this.release(conn, true); // the waiter left in the same tick
+          break;
+        }
+        case 'open':
+          this.open(a.connId, a.service, a.key);
+          break;
+        case 'close':
+          this.conns.get(a.connId)?.terminate(a.reason);
+          break;
+        case 'reject': {
+          const h = this.handlers.get(a.waiter.id);
+          this.handlers.delete(a.waiter.id);
+          const facts = {
+            service: a.facts.service,
+            budget: a.facts.budget,
+            inUse: a.facts.held,
+            waiting: a.facts.waiting,
+          };
+          const svc = this.services.get(a.waiter.service);
+          const fields: ErrorFields =
+            a.reason === 'queue_full'
+              ? clientErrors.queueFull(facts, svc?.queue.maxWaiting ?? 0)
+              : clientErrors.queueTimeout(facts, a.waitedMs, this.lastUpstreamError ?? undefined);
+          this.log.warn(
+            { ...a.facts, reason: a.reason, waitedMs: a.waitedMs },
+            a.reason === 'queue_full' ? 'client rejected: queue full' : 'client rejected: queue timeout',
+          );
+          h?.onReject(errorResponse(fields), a.reason);
+          break;
+        }
+      }
+    }
+  }
+
+  private open(connId: number, service: string, key: string): void {
+    const [user, database] = key.split('\u0000');
+    const svc = this.services.get(service);
+    const { host, port, connectTimeoutMs } = this.config.upstream;
+    const conn = new ServerConnection(connId, {
+      host,
+      port,
+      user,
+      database,
+      applicationName: `pgbudget:${service}`,
+      service,
+      connectTimeoutMs,
+      password: () => (svc?.passwordEnv ? process.env[svc.passwordEnv] : svc?.password),
+    });
+    this.conns.set(connId, conn);
+    const stats = this.stats.service(service);
+    conn.onClosed = (cause) => {
+      this.conns.delete(connId);
+      if (conn.ready || conn.processId) {
+        stats.serversClosed++;
+        this.log.info({ service, conn: connId, pid: conn.processId, reason: cause }, 'server connection closed');
+      }
+      this.run(this.scheduler.closed(connId, Date.now()));
+    };
+    conn.open().then(
+      () => {
+        stats.serversOpened++;
+        this.backoffMs = 0;
+        this.lastUpstreamError = null;
+        this.lastUpstreamOkAt = Date.now();
+        if (!this.welcomes.has(key)) this.welcomes.set(key, conn.params);
+        this.log.info({ service, conn: connId, pid: conn.processId, user, database }, 'server connection opened');
+        this.run(this.scheduler.opened(connId, Date.now()));
+      },
+      (err: Error) => {
+        stats.serverConnectErrors++;
+        const loginErr = err instanceof ServerLoginError ? err : new ServerLoginError(err.message, true);
+        if (loginErr.transient) {
+          this.backoffMs = Math.min(Math.max(this.backoffMs * 2, BACKOFF_MIN_MS), BACKOFF_MAX_MS);
+          this.lastUpstreamError = loginErr.message;
+          this.scheduler.pauseOpening(Date.now() + this.backoffMs);
+          this.log.warn({ service, err: loginErr.message, retryInMs: this.backoffMs }, 'server connection failed');
+        } else {
+          // The server refused these credentials for good: every client waiting
+          // for the same user and database gets the server's own error.
+          this.log.warn({ service, user, database, err: loginErr.message }, 'server login refused');
+          for (const w of this.scheduler.failWaiters(service, key)) {
+            const h = this.handlers.get(w.id);
+            this.handlers.delete(w.id);
+            h?.onReject(loginErr.errorResponse!, 'server_login');
+          }
+        }
+      },
+    );
+  }
+}
