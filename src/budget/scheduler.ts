@@ -209,7 +209,7 @@ export class Scheduler {
     const actions: Action[] = [];
     const reason: CloseReason | null = !reusable
       ? 'not_reusable'
-      : s.held > s.limits.budget
+      : s.held - s.closing > s.limits.budget
         ? 'over_budget'
         : now - conn.createdAt >= this.limits.lifetimeMs
           ? 'lifetime'

@@ -14,6 +14,7 @@ export class FrameError extends Error {
   constructor(readonly type: number, readonly length: number) {
     super(`invalid message length ${length} for message type 0x${type.toString(16)}`);
   }
+  override readonly name = 'FrameError';
 }
 
 export class FrameScanner {

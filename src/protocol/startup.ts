@@ -11,7 +11,9 @@ export type StartupPacket =
   | { kind: 'cancel'; processId: number; secretKey: number }
   | { kind: 'startup'; minorVersion: number; params: Record<string, string>; protocolOptions: string[] };
 
-export class StartupPacketError extends Error {}
+export class StartupPacketError extends Error {
+  override readonly name = 'StartupPacketError';
+}
 
 /**
  * Declared length of the packet at the start of buf, or -1 when fewer than

@@ -1,0 +1,88 @@
+import t from 'tap';
+import { configFromUpstreamUrl } from '../../src/config/load.js';
+import { ConfigError, matchService, overcommitWarning, validateConfig } from '../../src/config/schema.js';
+
+const minimal = { services: [{ name: 'web', budget: 5 }] };
+
+function problems(raw: unknown): string[] {
+  try {
+    validateConfig(raw);
+  } catch (err) {
+    if (err instanceof ConfigError) return err.problems;
+    throw err;
+  }
+  return [];
+}
+
+t.test('defaults are filled in', async (t) => {
+  const c = validateConfig(minimal);
+  t.same(c.listen, { host: '127.0.0.1', port: 6432 });
+  t.same(c.admin, { host: '127.0.0.1', port: 9187 });
+  t.same(c.upstream, { host: '127.0.0.1', port: 5432, maxConnections: 40, connectTimeoutMs: 5000 });
+  t.equal(c.startupTimeoutMs, 10000);
+  t.same(c.services[0], { name: 'web', match: {}, budget: 5, poolMode: 'session', queue: { maxWaiting: 1000, timeoutMs: 30000 } });
+});
+
+t.test('the documented example is valid', async (t) => {
+  const c = validateConfig({
+    listen: '127.0.0.1:6432',
+    admin: '127.0.0.1:9187',
+    upstream: { host: '127.0.0.1', port: 5432, maxConnections: 40 },
+    services: [
+      { name: 'segmentation', match: { user: 'segmentation' }, budget: 10, poolMode: 'transaction', queue: { maxWaiting: 1000, timeoutMs: 30000 } },
+    ],
+  });
+  t.equal(c.services[0].poolMode, 'transaction');
+});
+
+t.test('validation names the exact bad field', async (t) => {
+  t.same(problems({ services: [{ name: 'a', budget: 1 }, { name: 'b', budget: -3 }] }), [
+    'services[1].budget: must be a positive integer (got -3)',
+  ]);
+  t.same(problems({ services: [] }), ['services: must be a non-empty list (got [])']);
+  t.same(problems({ services: [{ name: 'a', budget: 1, poolMode: 'statement' }] }), [
+    'services[0].poolMode: must be one of session, transaction (got "statement")',
+  ]);
+  t.same(problems({ ...minimal, upstream: { maxConnections: 0 } }), ['upstream.maxConnections: must be a positive integer (got 0)']);
+  t.same(problems({ ...minimal, listen: 'nowhere' }), ['listen: must be "host:port" (got "nowhere")']);
+  t.same(problems({ ...minimal, budgte: 3 }), ['budgte: unknown field']);
+  t.same(problems({ services: [{ name: 'a', budget: 1, match: { usr: 'x' } }] }), ['services[0].match.usr: unknown field']);
+  t.same(problems({ ...minimal, defaultService: 'nope' }), ['defaultService: must name one of services[].name (got "nope")']);
+  t.same(problems({ services: [{ name: 'a', budget: 1 }, { name: 'a', budget: 2 }] }), ['services[1].name: must be unique (got "a")']);
+  t.same(problems({ services: [{ budget: 1 }] }), ['services[0].name: is required']);
+  t.same(problems({ services: [{ name: 'a', budget: 1, queue: { timeoutMs: 'soon' } }] }), [
+    'services[0].queue.timeoutMs: must be a positive integer (got "soon")',
+  ]);
+  t.equal(problems({ services: [{ name: 'a' }], logLevel: 'loud' }).length, 2, 'every problem is reported');
+});
+
+t.test('service matching: first match wins, then defaultService', async (t) => {
+  const c = validateConfig({
+    services: [
+      { name: 'seg', match: { user: 'seg' }, budget: 1 },
+      { name: 'report', match: { database: 'dw', applicationName: 'metabase' }, budget: 1 },
+      { name: 'seg2', match: { user: 'seg' }, budget: 1 },
+      { name: 'other', budget: 1, match: { user: 'nobody' } },
+    ],
+  });
+  const m = (user: string, database: string, applicationName = '') => matchService(c, { user, database, applicationName })?.name;
+  t.equal(m('seg', 'x'), 'seg');
+  t.equal(m('bob', 'dw', 'metabase'), 'report');
+  t.equal(m('bob', 'dw', 'psql'), undefined);
+  const withDefault = { ...c, defaultService: 'other' };
+  t.equal(matchService(withDefault, { user: 'bob', database: 'dw', applicationName: 'psql' })?.name, 'other');
+});
+
+t.test('overcommit warning', async (t) => {
+  t.equal(overcommitWarning(validateConfig(minimal)), null);
+  const c = validateConfig({ upstream: { maxConnections: 16 }, services: [{ name: 'a', budget: 10 }, { name: 'b', budget: 10 }] });
+  t.match(overcommitWarning(c), /add up to 20, more than upstream.maxConnections 16/);
+});
+
+t.test('upstream URL gives one default service', async (t) => {
+  const c = configFromUpstreamUrl('postgres://u:s%40cret@db.local:5433/x');
+  t.same(c.upstream, { host: 'db.local', port: 5433, maxConnections: 40, connectTimeoutMs: 5000 });
+  t.equal(c.defaultService, 'default');
+  t.equal(c.services[0].password, 's@cret');
+  t.throws(() => configFromUpstreamUrl('mysql://x'), /must start with postgres:\/\//);
+});
