@@ -1,0 +1,219 @@
+// A pgbudget in front of a test cluster: in-process (startProxy) or as the
+// real CLI in a child process (spawnProxy), plus the real clients' runners.
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { pino } from 'pino';
+import { stringify } from 'yaml';
+import { startPgbudget, type RunningPgbudget } from '../../src/app.js';
+import { validateConfig } from '../../src/config/schema.js';
+import type { Cluster } from './cluster.js';
+
+interface Teardown {
+  teardown(fn: () => unknown): void;
+}
+
+export interface TestProxy extends RunningPgbudget {
+  port: number;
+  url(user?: string, database?: string, extra?: string): string;
+}
+
+/** Root of the repository (helpers live in build/test/helpers once compiled). */
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+
+export function proxyConfig(cluster: Cluster, raw: Record<string, unknown>): Record<string, unknown> {
+  const upstream = (raw.upstream ?? {}) as Record<string, unknown>;
+  return {
+    listen: '127.0.0.1:0',
+    admin: '127.0.0.1:0',
+    logLevel: 'silent',
+    ...raw,
+    upstream: { host: '127.0.0.1', port: cluster.port, ...upstream },
+  };
+}
+
+/** Starts pgbudget in this process, stopped at teardown. */
+export async function startProxy(t: Teardown, cluster: Cluster, raw: Record<string, unknown>): Promise<TestProxy> {
+  const config = validateConfig(proxyConfig(cluster, raw));
+  const log = pino({ level: process.env.PGBUDGET_TEST_LOG ? 'debug' : 'silent' });
+  const app = await startPgbudget(config, log);
+  t.teardown(() => app.stop());
+  const port = app.address.port;
+  return {
+    ...app,
+    port,
+    url: (user = 'postgres', database = 'postgres', extra = '') =>
+      `postgres://${user}@127.0.0.1:${port}/${database}${extra ? `?${extra}` : ''}`,
+  };
+}
+
+interface Asserter {
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  ok: (...args: any[]) => unknown;
+}
+
+/** Waits until no service holds a server connection in use, a client waiting, or one opening. */
+export async function assertNoLeaks(t: Asserter, proxy: RunningPgbudget, timeoutMs = 3000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let busy = '';
+  for (;;) {
+    const snap = proxy.proxy.snapshot();
+    busy = snap.services
+      .filter((s) => s.serverConnections.active > 0 || s.clients.waiting > 0 || s.serverConnections.opening > 0)
+      .map((s) => `${s.name}: ${JSON.stringify(s.serverConnections)} waiting ${s.clients.waiting}`)
+      .join('; ');
+    if (!busy || Date.now() > deadline) break;
+    await sleep(20);
+  }
+  t.ok(!busy, busy ? `slots leaked: ${busy}` : 'every budget is back to 0 in use');
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a command (psql, pgbench) to completion; never throws on a non-zero exit. */
+export function run(cmd: string, args: string[], opts: { env?: Record<string, string>; timeoutMs?: number } = {}): Promise<RunResult> {
+  return new Promise((resolve) => {
+    execFile(
+      cmd,
+      args,
+      { env: { ...process.env, PGCONNECT_TIMEOUT: '30', ...opts.env }, timeout: opts.timeoutMs ?? 60_000, maxBuffer: 64 * 1024 * 1024 },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0;
+        resolve({ code, stdout: String(stdout), stderr: String(stderr) });
+      },
+    );
+  });
+}
+
+export function psql(url: string, sql: string, opts: { env?: Record<string, string> } = {}): Promise<RunResult> {
+  return run('psql', ['-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-d', url, '-c', sql], opts);
+}
+
+export interface SpawnedProxy {
+  proc: ChildProcess;
+  port: number;
+  adminPort: number;
+  configPath: string;
+  logs: string[];
+  url(user?: string, database?: string): string;
+  writeConfig(raw: Record<string, unknown>): Promise<void>;
+  waitForLog(pattern: RegExp, timeoutMs?: number): Promise<string>;
+  exited: Promise<number | null>;
+}
+
+/** Runs the real CLI (dist/cli.js) with a YAML config file; killed at teardown. */
+export async function spawnProxy(t: Teardown, cluster: Cluster, raw: Record<string, unknown>): Promise<SpawnedProxy> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'pgbudget-cli-'));
+  const configPath = path.join(dir, 'pgbudget.yaml');
+  const writeConfig = (r: Record<string, unknown>) =>
+    writeFile(configPath, stringify(proxyConfig(cluster, { logLevel: 'info', ...r })));
+  await writeConfig(raw);
+  const proc = spawn(process.execPath, [path.join(repoRoot, 'dist', 'cli.js'), '--config', configPath], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const logs: string[] = [];
+  const waiters: { pattern: RegExp; from: number; resolve: (line: string) => void }[] = [];
+  let buffered = '';
+  const onLine = (line: string) => {
+    logs.push(line);
+    for (const w of [...waiters]) {
+      if (w.pattern.test(line)) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(line);
+      }
+    }
+  };
+  proc.stdout!.on('data', (d: Buffer) => {
+    buffered += d.toString();
+    const lines = buffered.split('\n');
+    buffered = lines.pop()!;
+    lines.forEach(onLine);
+  });
+  proc.stderr!.on('data', (d: Buffer) => d.toString().split('\n').filter(Boolean).forEach(onLine));
+  const exited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
+  const waitForLog = (pattern: RegExp, timeoutMs = 15_000) => {
+    const hit = logs.find((l) => pattern.test(l));
+    if (hit) return Promise.resolve(hit);
+    return new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no log line matching ${pattern} within ${timeoutMs} ms:\n${logs.join('\n')}`)), timeoutMs);
+      waiters.push({ pattern, from: logs.length, resolve: (l) => (clearTimeout(timer), resolve(l)) });
+    });
+  };
+  t.teardown(async () => {
+    if (proc.exitCode === null && proc.signalCode === null) {
+      proc.kill('SIGKILL');
+      await exited;
+    }
+    await rm(dir, { recursive: true, force: true });
+  });
+  const ready = JSON.parse(await waitForLog(/pgbudget ready/));
+  const port = Number(String(ready.listen).split(':').pop());
+  const adminPort = Number(String(ready.admin).split(':').pop());
+  return {
+    proc,
+    port,
+    adminPort,
+    configPath,
+    logs,
+    url: (user = 'postgres', database = 'postgres') => `postgres://${user}@127.0.0.1:${port}/${database}`,
+    writeConfig,
+    waitForLog,
+    exited,
+  };
+}
+
+/** A raw TCP connection for sending hand-made packets. */
+export function rawConnect(port: number): Promise<{ socket: net.Socket; received: () => Buffer; closed: Promise<void> }> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: '127.0.0.1', port });
+    const chunks: Buffer[] = [];
+    socket.on('data', (d) => chunks.push(d));
+    const closed = new Promise<void>((r) => socket.on('close', () => r()));
+    socket.on('error', () => {});
+    socket.once('connect', () => resolve({ socket, received: () => Buffer.concat(chunks), closed }));
+    socket.once('error', reject);
+  });
+}
+
+/** The fields of the first ErrorResponse in a byte stream, by field letter. */
+export function errorFields(bytes: Buffer): Record<string, string> | null {
+  let i = 0;
+  while (i + 5 <= bytes.length) {
+    const type = String.fromCharCode(bytes[i]);
+    const len = bytes.readInt32BE(i + 1);
+    if (type === 'E') {
+      const fields: Record<string, string> = {};
+      let j = i + 5;
+      while (bytes[j] !== 0 && j < i + 1 + len) {
+        const end = bytes.indexOf(0, j + 1);
+        fields[String.fromCharCode(bytes[j])] = bytes.toString('utf8', j + 1, end);
+        j = end + 1;
+      }
+      return fields;
+    }
+    i += 1 + len;
+  }
+  return null;
+}
+
+export async function scrape(adminPort: number, pathname = '/metrics'): Promise<{ status: number; body: string }> {
+  const res = await fetch(`http://127.0.0.1:${adminPort}${pathname}`);
+  return { status: res.status, body: await res.text() };
+}
+
+/** The value of one sample in Prometheus text, e.g. metric('pgbudget_clients_waiting{service="web"}'). */
+export function metric(body: string, sample: string): number | undefined {
+  const line = body.split('\n').find((l) => l.startsWith(sample + ' '));
+  return line === undefined ? undefined : Number(line.slice(sample.length + 1));
+}
