@@ -1,0 +1,140 @@
+// The real CLI: config validation before listening, SIGHUP reload under load
+// without dropping anyone, SIGTERM drain, and --upstream.
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import pg from 'pg';
+import { withCluster } from '../helpers/cluster.js';
+import { psql, repoRoot, run, scrape, sleep, spawnProxy } from '../helpers/proxy.js';
+
+const cluster = await withCluster(t, { maxConnections: 20, users: ['app', 'other'] });
+const cli = path.join(repoRoot, 'dist', 'cli.js');
+
+t.test('an invalid config names the exact field and exits non-zero before listening', async (t) => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'pgbudget-badcfg-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'bad.yaml');
+  await writeFile(file, 'listen: "127.0.0.1:0"\nservices:\n  - name: a\n    budget: 2\n  - name: b\n    budget: -3\n');
+  const r = await run(process.execPath, [cli, '--config', file]);
+  t.equal(r.code, 2);
+  t.match(r.stderr, 'pgbudget: invalid config: services[1].budget: must be a positive integer (got -3)');
+  t.notMatch(r.stdout, /pgbudget ready/);
+  const missing = await run(process.execPath, [cli, '--config', path.join(dir, 'nope.yaml')]);
+  t.equal(missing.code, 2);
+  t.match(missing.stderr, /nope\.yaml: cannot read/);
+});
+
+t.test('--upstream starts one default service', async (t) => {
+  const child = spawn(process.execPath, [cli, '--upstream', `postgres://127.0.0.1:${cluster.port}`, '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const exited = new Promise<number | null>((r) => child.on('exit', r));
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  let out = '';
+  const ready = await new Promise<string>((resolve) => child.stdout.on('data', (d) => {
+    out += d;
+    const line = out.split('\n').find((l) => l.includes('pgbudget ready'));
+    if (line) resolve(line);
+  }));
+  const port = JSON.parse(ready).listen.split(':').pop();
+  const r = await psql(`postgres://app@127.0.0.1:${port}/postgres`, 'select current_user');
+  t.equal(r.stdout.trim(), 'app', r.stderr);
+  child.kill('SIGTERM');
+  t.equal(await exited, 0, 'SIGTERM exits 0');
+});
+
+t.test('SIGHUP reload under load: budgets change, nobody is dropped; a bad file is rejected', async (t) => {
+  const base = {
+    upstream: { maxConnections: 10 },
+    services: [{ name: 'app', match: { user: 'app' }, budget: 1, poolMode: 'transaction', queue: { timeoutMs: 20_000 } }],
+  };
+  const p = await spawnProxy(t, cluster, base);
+  let running = true;
+  let errors = 0;
+  let queries = 0;
+  const workers = Array.from({ length: 6 }, async () => {
+    const c = new pg.Client({ connectionString: p.url('app') });
+    c.on('error', () => errors++);
+    await c.connect();
+    while (running) {
+      try {
+        await c.query('select pg_sleep(0.02)');
+        queries++;
+      } catch {
+        errors++;
+      }
+    }
+    await c.end();
+  });
+  await sleep(400);
+  let max = 0;
+  const sample = async () => {
+    const n = await cluster.countClientBackends({ applicationName: 'pgbudget:app' });
+    max = Math.max(max, n);
+  };
+  for (let i = 0; i < 10; i++) await sample();
+  t.equal(max, 1, 'budget 1 holds before the reload');
+  await p.writeConfig({ ...base, services: [{ ...base.services[0], budget: 3 }] });
+  p.proc.kill('SIGHUP');
+  await p.waitForLog(/config reloaded/);
+  await sleep(300);
+  max = 0;
+  for (let i = 0; i < 30; i++) {
+    await sample();
+    await sleep(10);
+  }
+  t.equal(max, 3, 'the new budget of 3 is used after the reload');
+  const status = JSON.parse((await scrape(p.adminPort, '/status')).body);
+  t.equal(status.services[0].budget, 3);
+
+  await writeFile(p.configPath, 'services: [{ name: app, budget: -1 }]\n');
+  p.proc.kill('SIGHUP');
+  const rejected = await p.waitForLog(/config reload rejected/);
+  t.match(rejected, /services\[0\]\.budget: must be a positive integer \(got -1\)/);
+  t.equal(JSON.parse((await scrape(p.adminPort, '/status')).body).services[0].budget, 3, 'the old config is kept');
+  running = false;
+  await Promise.all(workers);
+  t.equal(errors, 0, `no client saw an error across two reloads (${queries} queries)`);
+  t.ok(queries > 50);
+  p.proc.kill('SIGTERM');
+  t.equal(await p.exited, 0);
+});
+
+t.test('SIGTERM: stop accepting, let transactions finish, then exit 0', async (t) => {
+  const p = await spawnProxy(t, cluster, {
+    shutdownTimeoutMs: 10_000,
+    services: [
+      { name: 'app', match: { user: 'app' }, budget: 2, poolMode: 'transaction' },
+      { name: 'other', match: { user: 'other' }, budget: 2, poolMode: 'session' },
+    ],
+  });
+  const inTx = new pg.Client({ connectionString: p.url('app') });
+  const idle = new pg.Client({ connectionString: p.url('other') });
+  const idleError = new Promise<Error & { code?: string }>((r) => idle.on('error', r));
+  const txError = new Promise<Error & { code?: string }>((r) => inTx.on('error', r));
+  await inTx.connect();
+  await idle.connect();
+  await idle.query('select 1');
+  await inTx.query('begin');
+  await inTx.query('create temp table drain_check(a int)');
+  p.proc.kill('SIGTERM');
+  const idleErr = await idleError;
+  t.equal(idleErr.code, '57P01', 'an idle client is told at once');
+  t.match(idleErr.message, /pgbudget: terminating connection because the proxy is shutting down/);
+  const refused = await psql(p.url('app'), 'select 1');
+  t.not(refused.code, 0, 'new clients are refused');
+  await sleep(300);
+  await inTx.query('insert into drain_check values (1)');
+  const r = await inTx.query('commit');
+  t.equal(r.command, 'COMMIT', 'the transaction in flight finished');
+  const txErr = await txError;
+  t.equal(txErr.code, '57P01', 'then that client is told too');
+  t.equal(await p.exited, 0, 'exit code 0');
+  t.match(p.logs.join('\n'), /"msg":"stopped"/);
+  const left = await cluster.countClientBackends({ applicationName: 'pgbudget:app' });
+  t.equal(left, 0, 'every server connection was closed');
+});
