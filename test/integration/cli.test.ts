@@ -138,3 +138,33 @@ t.test('SIGTERM: stop accepting, let transactions finish, then exit 0', async (t
   const left = await cluster.countClientBackends({ applicationName: 'pgbudget:app' });
   t.equal(left, 0, 'every server connection was closed');
 });
+
+t.test('with no upstream configured, pgbudget starts an embedded PostgreSQL and proxies to it', async (t) => {
+  const env = { ...process.env };
+  delete env.DATABASE_URL;
+  delete env.PGBUDGET_CONFIG;
+  const child = spawn(process.execPath, [cli, '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'], env });
+  const exited = new Promise<number | null>((r) => child.on('exit', r));
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  let out = '';
+  child.stderr.on('data', (d) => (out += d));
+  const ready = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`not ready in 60 s:\n${out}`)), 60_000);
+    child.stdout.on('data', (d) => {
+      out += d;
+      const line = out.split('\n').find((l) => l.includes('pgbudget ready'));
+      if (line) {
+        clearTimeout(timer);
+        resolve(line);
+      }
+    });
+  });
+  t.match(out, /DATABASE_URL=postgres:\/\/postgres@127\.0\.0\.1:\d+\/postgres/, 'it prints the DATABASE_URL to use');
+  const port = JSON.parse(ready).listen.split(':').pop();
+  const r = await psql(`postgres://postgres@127.0.0.1:${port}/postgres`, "select current_setting('server_version_num')::int >= 150000");
+  t.equal(r.stdout.trim(), 't', r.stderr);
+  child.kill('SIGTERM');
+  t.equal(await exited, 0, 'SIGTERM stops the proxy and the embedded database, exit 0');
+});

@@ -213,6 +213,20 @@ t.test('malformed startup packets get 08P01 and the proxy stays up', async (t) =
   t.equal(ok.code, 0, 'the proxy still serves clients');
 });
 
+t.test('a client that does not finish startup in time is closed with 08P01', async (t) => {
+  const quick = await startProxy(t, cluster, { startupTimeoutMs: 300, services: [{ name: 'app', budget: 1 }] });
+  const c = await rawConnect(quick.port);
+  const started = Date.now();
+  c.socket.write(Buffer.from([0, 0, 0])); // a partial length, then nothing
+  await c.closed;
+  const waited = Date.now() - started;
+  const f = errorFields(c.received());
+  t.equal(f?.C, '08P01');
+  t.equal(f?.M, 'pgbudget: startup not completed within 300 ms');
+  t.ok(waited >= 250 && waited < 3000, `closed after ${waited} ms`);
+  t.equal(quick.proxy.snapshot().unmatched.rejections.startup_timeout, 1);
+});
+
 t.test('SSLRequest is answered N and the client goes on in plain text', async (t) => {
   const r = await psql(`${proxy.url('app')}?sslmode=prefer`, 'select 1');
   t.equal(r.code, 0, r.stderr);
