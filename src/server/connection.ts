@@ -2,9 +2,10 @@
 // SCRAM-SHA-256), then either forwarding raw chunks to the client that owns
 // it, or running the proxy's own queries (reset) when nobody does.
 import net from 'node:net';
-import { Parser } from 'pg-protocol/dist/parser.js';
-import { serialize } from 'pg-protocol';
-import type { BackendMessage } from 'pg-protocol/dist/messages.js';
+// Without the .js: older ESM resolvers (tap's ts-node loader) map "./dist/*" first.
+import { Parser } from 'pg-protocol/dist/parser';
+import { serialize } from 'pg-protocol/dist/serializer';
+import type { BackendMessage } from 'pg-protocol/dist/messages';
 import { Backend } from '../protocol/codes.js';
 import { errorResponse, type ErrorFields } from '../protocol/encode.js';
 import { FrameScanner } from '../protocol/framing.js';

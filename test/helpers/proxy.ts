@@ -71,6 +71,22 @@ export async function assertNoLeaks(t: Asserter, proxy: RunningPgbudget, timeout
   t.ok(!busy, busy ? `slots leaked: ${busy}` : 'every budget is back to 0 in use');
 }
 
+/** The same check for a proxy in a child process, through GET /status. */
+export async function assertNoLeaksHttp(t: Asserter, adminPort: number, timeoutMs = 3000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let busy = '';
+  for (;;) {
+    const snap = JSON.parse((await scrape(adminPort, '/status')).body) as ReturnType<RunningPgbudget['proxy']['snapshot']>;
+    busy = snap.services
+      .filter((s) => s.serverConnections.active > 0 || s.clients.waiting > 0 || s.serverConnections.opening > 0)
+      .map((s) => `${s.name}: ${JSON.stringify(s.serverConnections)} waiting ${s.clients.waiting}`)
+      .join('; ');
+    if (!busy || Date.now() > deadline) break;
+    await sleep(20);
+  }
+  t.ok(!busy, busy ? `slots leaked: ${busy}` : 'every budget is back to 0 in use');
+}
+
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }

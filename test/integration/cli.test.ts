@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { withCluster } from '../helpers/cluster.js';
-import { psql, repoRoot, run, scrape, sleep, spawnProxy } from '../helpers/proxy.js';
+import { assertNoLeaksHttp, psql, repoRoot, run, scrape, sleep, spawnProxy } from '../helpers/proxy.js';
 
 const cluster = await withCluster(t, { maxConnections: 20, users: ['app', 'other'] });
 const cli = path.join(repoRoot, 'dist', 'cli.js');
@@ -100,6 +100,7 @@ t.test('SIGHUP reload under load: budgets change, nobody is dropped; a bad file 
   await Promise.all(workers);
   t.equal(errors, 0, `no client saw an error across two reloads (${queries} queries)`);
   t.ok(queries > 50);
+  await assertNoLeaksHttp(t, p.adminPort);
   p.proc.kill('SIGTERM');
   t.equal(await p.exited, 0);
 });

@@ -4,7 +4,7 @@
 import t from 'tap';
 import pg from 'pg';
 import postgres from 'postgres';
-import { serialize } from 'pg-protocol';
+import { serialize } from 'pg-protocol/dist/serializer';
 import { withCluster } from '../helpers/cluster.js';
 import { assertNoLeaks, errorFields, psql, rawConnect, sleep, startProxy } from '../helpers/proxy.js';
 
@@ -157,6 +157,7 @@ t.test('an unmatched client gets 28000 naming user, database and application_nam
   const ok = await psql(`${proxy.url('reporting')}?application_name=metabase`, 'select 1');
   t.equal(ok.code, 0, 'the same user with the matching application_name is served');
   t.equal(proxy.proxy.snapshot().unmatched.rejections.no_service, 2);
+  await assertNoLeaks(t, proxy);
 });
 
 t.test('server-side scram, md5 and cleartext logins use the service password', async (t) => {
@@ -190,6 +191,8 @@ t.test('a service without a password gets a clear error when the server asks for
   });
   const r2 = await psql(wrong.url('md5_user'), 'select 1');
   t.match(r2.stderr, /password authentication failed for user "md5_user"/);
+  await assertNoLeaks(t, noPass);
+  await assertNoLeaks(t, wrong);
 });
 
 t.test('malformed startup packets get 08P01 and the proxy stays up', async (t) => {
@@ -211,6 +214,7 @@ t.test('malformed startup packets get 08P01 and the proxy stays up', async (t) =
   }
   const ok = await psql(proxy.url('app'), 'select 1');
   t.equal(ok.code, 0, 'the proxy still serves clients');
+  await assertNoLeaks(t, proxy);
 });
 
 t.test('a client that does not finish startup in time is closed with 08P01', async (t) => {
@@ -225,6 +229,7 @@ t.test('a client that does not finish startup in time is closed with 08P01', asy
   t.equal(f?.M, 'pgbudget: startup not completed within 300 ms');
   t.ok(waited >= 250 && waited < 3000, `closed after ${waited} ms`);
   t.equal(quick.proxy.snapshot().unmatched.rejections.startup_timeout, 1);
+  await assertNoLeaks(t, quick);
 });
 
 t.test('SSLRequest is answered N and the client goes on in plain text', async (t) => {
@@ -232,6 +237,20 @@ t.test('SSLRequest is answered N and the client goes on in plain text', async (t
   t.equal(r.code, 0, r.stderr);
   const req = await psql(`${proxy.url('app')}?sslmode=require`, 'select 1');
   t.match(req.stderr, /server does not support SSL/);
+  // GSSENCRequest: answered N the same way, then a normal startup on the same socket.
+  const c = await rawConnect(proxy.port);
+  const gss = Buffer.alloc(8);
+  gss.writeInt32BE(8, 0);
+  gss.writeInt32BE(80877104, 4);
+  c.socket.write(gss);
+  await sleep(100);
+  t.equal(c.received().toString('latin1'), 'N');
+  c.socket.write(serialize.startup({ user: 'app', database: 'postgres' }));
+  await sleep(300);
+  t.match(c.received().toString('latin1'), /R\0\0\0\x08\0\0\0\0/, 'AuthenticationOk follows');
+  c.socket.end(serialize.end());
+  await c.closed;
+  await assertNoLeaks(t, proxy);
 });
 
 t.test('a malformed message after startup gets 08P01 and other clients do not notice', async (t) => {

@@ -6,7 +6,7 @@
 import t from 'tap';
 import pg from 'pg';
 import { withCluster } from '../helpers/cluster.js';
-import { sleep, spawnProxy } from '../helpers/proxy.js';
+import { assertNoLeaksHttp, sleep, spawnProxy } from '../helpers/proxy.js';
 
 const STORM_CLIENTS = 300;
 const WEB_CLIENTS = 10;
@@ -186,6 +186,7 @@ t.test('through pgbudget, segmentation waits in its own queue and web does not n
       .reduce((a, b) => String(Number(a) + Number(b)), '0'),
   );
   t.equal(waitedMax, 0, 'no segmentation client was rejected');
+  await assertNoLeaksHttp(t, p.adminPort);
   p.proc.kill('SIGTERM');
   t.equal(await p.exited, 0);
 });

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { serialize } from 'pg-protocol';
+import { serialize } from 'pg-protocol/dist/serializer';
 import { parseStartupPacket, startupPacketLength, StartupPacketError } from '../../src/protocol/startup.js';
 
 t.test('startup message with parameters', async (t) => {
