@@ -175,6 +175,19 @@ export class Scheduler {
     return { waiter, actions };
   }
 
+  /**
+   * Puts a waiter back at the head of its queue, keeping its original wait
+   * time (the connection it was given turned out to be unusable).
+   */
+  requeue(waiter: Waiter): void {
+    const s = this.service(waiter.service);
+    const rest = [...s.waiters.values()];
+    s.waiters.clear();
+    s.waiters.set(waiter.id, waiter);
+    for (const w of rest) s.waiters.set(w.id, w);
+    bump(s.waitingByKey, waiter.key, 1);
+  }
+
   /** A waiting client went away (disconnected); it leaves the queue at once. */
   cancel(waiter: Waiter, now: number): Action[] {
     const s = this.services.get(waiter.service);
@@ -209,7 +222,7 @@ export class Scheduler {
     const actions: Action[] = [];
     const reason: CloseReason | null = !reusable
       ? 'not_reusable'
-      : s.held - s.closing > s.limits.budget
+      : s.held - s.closing > s.limits.budget || this.overCap()
         ? 'over_budget'
         : now - conn.createdAt >= this.limits.lifetimeMs
           ? 'lifetime'
@@ -302,6 +315,12 @@ export class Scheduler {
         else if (s.held - s.closing > s.limits.budget) this.startClosing(s, conn, 'over_budget', actions);
       }
     }
+    // A cap lowered by a reload: close idle connections, oldest first.
+    while (this.overCap()) {
+      const oldest = this.oldestIdle();
+      if (!oldest) break;
+      this.startClosing(oldest.s, oldest.c, 'over_budget', actions);
+    }
     this.dispatch(now, actions);
     return actions;
   }
@@ -359,6 +378,20 @@ export class Scheduler {
     const c = this.conns.get(id);
     if (!c) throw new Error(`unknown server connection ${id}`);
     return c;
+  }
+
+  /** More connections than the cap, not counting those already closing. */
+  private overCap(): boolean {
+    let closing = 0;
+    for (const s of this.services.values()) closing += s.closing;
+    return this.total - closing > this.limits.cap;
+  }
+
+  private oldestIdle(): { s: ServiceState; c: Conn } | null {
+    let oldest: { s: ServiceState; c: Conn } | null = null;
+    for (const s of this.services.values())
+      for (const c of s.idle) if (!oldest || c.idleSince < oldest.c.idleSince) oldest = { s, c };
+    return oldest;
   }
 
   private takeIdle(s: ServiceState, key: string): Conn | undefined {
@@ -510,9 +543,7 @@ export class Scheduler {
       for (const s of this.services.values()) closing += s.closing;
       wanted -= closing;
       while (wanted > 0) {
-        let oldest: { s: ServiceState; c: Conn } | null = null;
-        for (const s of this.services.values())
-          for (const c of s.idle) if (!oldest || c.idleSince < oldest.c.idleSince) oldest = { s, c };
+        const oldest = this.oldestIdle();
         if (!oldest) break;
         this.startClosing(oldest.s, oldest.c, 'evicted', actions);
         wanted--;

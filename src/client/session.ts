@@ -64,6 +64,12 @@ export class ClientSession implements ServerOwner {
   /** Extended-protocol messages sent since the last Sync. */
   private extendedOpen = false;
   private inCopy = false;
+  /** Syncs sent since the last Execute or Query: ignored by the server if that started a COPY FROM STDIN. */
+  private syncsSinceExecute = 0;
+  /** Between the server's CopyInResponse and the client's CopyDone/CopyFail: Syncs are ignored. */
+  private clientCopyIn = false;
+  /** A framing error on either side: the server connection's position is unknown. */
+  private poisoned = false;
   /** Offset just past a Terminate in the chunk being scanned, or -1. */
   private terminateEnd = -1;
   private lastServerType = 0;
@@ -100,6 +106,7 @@ export class ClientSession implements ServerOwner {
   /** Between transactions, with no server work outstanding. */
   get atTransactionBoundary(): boolean {
     return (
+      !this.poisoned &&
       this.expectedReady === 0 &&
       this.txStatus === TxStatus.Idle &&
       !this.extendedOpen &&
@@ -222,6 +229,7 @@ export class ClientSession implements ServerOwner {
       this.clientScanner.scan(chunk);
     } catch (err) {
       if (!(err instanceof FrameError)) throw err;
+      this.poisoned = true;
       this.stats().rejections.protocol_violation++;
       return this.fatal(clientErrors.protocolViolation(err.message), 'protocol violation');
     }
@@ -239,7 +247,7 @@ export class ClientSession implements ServerOwner {
     }
     if (data.length > 0) {
       if (this.state === 'linked') {
-        if (!this.server!.write(data)) this.socket.pause();
+        if (this.server && !this.server.write(data)) this.socket.pause();
       } else {
         this.pending.push(data);
         if (this.state === 'idle') this.requestServer(false);
@@ -254,20 +262,32 @@ export class ClientSession implements ServerOwner {
   private onClientMessage(type: number, end: number): void {
     switch (type) {
       case Frontend.Query:
+        this.syncsSinceExecute = 0;
+        this.expectedReady++;
+        break;
       case Frontend.FunctionCall:
         this.expectedReady++;
         break;
       case Frontend.Sync:
+        if (this.clientCopyIn) break; // ignored by the server during COPY FROM STDIN
         this.expectedReady++;
+        this.syncsSinceExecute++;
         this.extendedOpen = false;
+        break;
+      case Frontend.Execute:
+        this.syncsSinceExecute = 0;
+        this.extendedOpen = true;
         break;
       case Frontend.Parse:
       case Frontend.Bind:
       case Frontend.Describe:
-      case Frontend.Execute:
       case Frontend.Close:
       case Frontend.Flush:
         this.extendedOpen = true;
+        break;
+      case Frontend.CopyDone:
+      case Frontend.CopyFail:
+        this.clientCopyIn = false;
         break;
       case Frontend.Terminate:
         this.terminateEnd = end;
@@ -281,10 +301,12 @@ export class ClientSession implements ServerOwner {
     try {
       this.serverScanner.scan(chunk);
     } catch (err) {
+      this.poisoned = true;
       this.closeReason = 'server protocol violation';
       return this.fatal(clientErrors.serverProtocolViolation((err as Error).message), this.closeReason);
     }
-    if (!this.socket.write(chunk)) this.server?.socket.pause();
+    // A client socket that is gone cannot drain: never pause the server for it.
+    if (!this.socket.write(chunk) && this.socket.writable) this.server?.socket.pause();
     if (!this.server || !this.atTransactionBoundary) return;
     if (this.ctx.shuttingDown) {
       this.stats().rejections.shutdown++;
@@ -303,6 +325,13 @@ export class ClientSession implements ServerOwner {
         if (first === TxStatus.Idle) this.stats().transactions++;
         break;
       case Backend.CopyInResponse:
+        // Syncs the client pipelined after the Execute that started this COPY
+        // are ignored by the server: they will get no ReadyForQuery.
+        this.expectedReady = Math.max(0, this.expectedReady - this.syncsSinceExecute);
+        this.syncsSinceExecute = 0;
+        this.clientCopyIn = true;
+        this.inCopy = true;
+        break;
       case Backend.CopyOutResponse:
       case Backend.CopyBothResponse:
         this.inCopy = true;
@@ -321,7 +350,7 @@ export class ClientSession implements ServerOwner {
     const reason = `server connection closed: ${cause}`;
     if (this.lastServerType === Backend.ErrorResponse) {
       this.closeReason = reason;
-      this.socket.end();
+      this.endWith(Buffer.alloc(0));
     } else {
       this.fatal(clientErrors.serverConnectionLost(cause), reason);
     }
@@ -371,10 +400,11 @@ export class ClientSession implements ServerOwner {
     this.socket.resume();
   }
 
-  /** Called on the target session of a CancelRequest. */
+  /** Called on the target session of a CancelRequest: only a query in flight is cancelled. */
   private cancelFrom(secretKey: number): void {
-    if (secretKey !== this.secretKey || !this.server) return;
-    this.ctx.pool.cancelQuery(this.server);
+    const conn = this.server;
+    if (secretKey !== this.secretKey || !conn || this.expectedReady === 0) return;
+    this.ctx.pool.cancelQuery(conn, () => this.server === conn && this.expectedReady > 0);
   }
 
   // ---- ending ----

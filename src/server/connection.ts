@@ -68,12 +68,16 @@ export class ServerConnection {
   owner: ServerOwner | null = null;
   /** Set when the server sent an error while idle: the connection is not reused. */
   broken = false;
+  /** Called at once when the socket closes (the pool stops handing it out). */
+  onSocketClose: () => void = () => {};
+  /** Called when an idle connection turns out to be unusable. */
+  onBroken: () => void = () => {};
   private phase: Phase = 'connecting';
   private control: Control | null = null;
   private controlBuf: Buffer = Buffer.alloc(0);
   private closeCause = 'closed';
   private readonly idleScanner = new FrameScanner((type) => {
-    if (type === Backend.ErrorResponse) this.broken = true;
+    if (type === Backend.ErrorResponse) this.markBroken();
   });
   onClosed: (cause: string) => void = () => {};
 
@@ -95,6 +99,7 @@ export class ServerConnection {
         this.control = null;
         c.reject(new ServerLoginError(`upstream ${login.host}:${login.port}: ${this.closeCause}`, true));
       }
+      this.onSocketClose();
       if (was !== 'connecting' && was !== 'login') this.owner?.onServerClose(this.closeCause);
       // After the open() promise has settled, so a failed login is classified
       // (backoff, or failing its waiters) before its slot is handed out again.
@@ -105,6 +110,20 @@ export class ServerConnection {
 
   get ready(): boolean {
     return this.phase === 'ready';
+  }
+
+  /**
+   * Fit to hand to a client: logged in, open, nothing unexpected from the
+   * server, and not in the middle of a message it sent unprompted.
+   */
+  get usable(): boolean {
+    return this.phase === 'ready' && !this.broken && !this.socket.destroyed && this.idleScanner.atBoundary;
+  }
+
+  private markBroken(): void {
+    if (this.broken) return;
+    this.broken = true;
+    if (!this.owner) this.onBroken();
   }
 
   /** Connects and logs in; resolves when the server is ready for queries. */
@@ -208,17 +227,28 @@ export class ServerConnection {
    * and resolves at its ReadyForQuery; rejects on an error or a status
    * other than idle. Only while no client owns the connection.
    */
-  query(sql: string): Promise<void> {
+  query(sql: string, timeoutMs = 5000): Promise<void> {
     if (this.phase !== 'ready' || this.owner) return Promise.reject(new Error('connection not available'));
+    // A reply is read only while the socket flows.
+    this.socket.resume();
     return new Promise<void>((resolve, reject) => {
       let failure: Error | null = null;
+      const timer = setTimeout(() => {
+        this.control = null;
+        this.destroy(`${sql}: no reply within ${timeoutMs} ms`);
+        reject(new Error(`${sql}: no reply within ${timeoutMs} ms`));
+      }, timeoutMs);
       this.control = {
         resolve,
-        reject,
+        reject: (err) => {
+          clearTimeout(timer);
+          reject(err);
+        },
         onMessage: (msg) => {
           const m = msg as unknown as { name: string; message?: string; status?: string };
           if (m.name === 'error') failure = new Error(m.message);
           if (m.name === 'readyForQuery') {
+            clearTimeout(timer);
             this.control = null;
             if (!failure && m.status !== 'I') failure = new Error(`status ${m.status} after ${sql}`);
             if (failure) reject(failure);
@@ -259,7 +289,7 @@ export class ServerConnection {
     try {
       this.idleScanner.scan(chunk);
     } catch {
-      this.broken = true;
+      this.markBroken();
     }
   }
 

@@ -97,15 +97,23 @@ export class ServerPool {
   release(conn: ServerConnection, reusable: boolean): void {
     conn.owner = null;
     if (this.scheduler.connState(conn.id) !== 'active') return;
-    const ok = reusable && conn.ready && !conn.broken && conn.socket.writable;
+    const ok = reusable && conn.usable && conn.socket.writable;
     if (conn.socket.isPaused()) conn.socket.resume();
     this.run(this.scheduler.release(conn.id, Date.now(), ok));
   }
 
-  /** Forwards a client's cancel to the server connection it holds. */
-  cancelQuery(conn: ServerConnection): void {
+  /**
+   * Forwards a client's cancel to the server connection it holds. The
+   * request goes out only if `stillWanted()` holds once the cancel socket is
+   * connected, which narrows the window in which a server connection, handed
+   * to another client meanwhile, could get someone else's cancel.
+   */
+  cancelQuery(conn: ServerConnection, stillWanted: () => boolean): void {
     const { host, port } = this.config.upstream;
-    const s = net.connect({ host, port }, () => s.end(cancelRequest(conn.processId, conn.secretKey)));
+    const s = net.connect({ host, port }, () => {
+      if (stillWanted()) s.end(cancelRequest(conn.processId, conn.secretKey));
+      else s.destroy();
+    });
     s.on('error', (err) => this.log.warn({ err: err.message }, 'cancel request to upstream failed'));
     s.setTimeout(5000, () => s.destroy());
   }
@@ -150,8 +158,15 @@ export class ServerPool {
       switch (a.kind) {
         case 'assign': {
           const h = this.handlers.get(a.waiter.id);
-          this.handlers.delete(a.waiter.id);
           const conn = this.conns.get(a.connId)!;
+          if (!conn.usable) {
+            // Went bad while idle (closed, or the server spoke unprompted):
+            // close it and put the waiter back at the head of its queue.
+            if (h) this.scheduler.requeue(a.waiter);
+            this.release(conn, false);
+            break;
+          }
+          this.handlers.delete(a.waiter.id);
           this.stats.waited(a.waiter.service, a.waitedMs);
           if (h) h.onAssign(conn, a.waitedMs);
           else this.release(conn, true); // the waiter left in the same tick
@@ -204,6 +219,15 @@ export class ServerPool {
     });
     this.conns.set(connId, conn);
     const stats = this.stats.service(service);
+    // Out of the idle list at once, so it is never handed out; the slot is
+    // freed only when onClosed runs, after a failed login is classified.
+    conn.onSocketClose = () => {
+      if (this.scheduler.connState(connId) !== 'opening') this.run(this.scheduler.closing(connId, Date.now()));
+    };
+    conn.onBroken = () => {
+      this.run(this.scheduler.closing(connId, Date.now()));
+      conn.terminate('server error while idle');
+    };
     conn.onClosed = (cause) => {
       this.conns.delete(connId);
       if (conn.ready || conn.processId) {

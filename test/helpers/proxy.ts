@@ -202,6 +202,71 @@ export function rawConnect(port: number): Promise<{ socket: net.Socket; received
   });
 }
 
+/** One backend message as a raw client sees it. */
+export interface RawMessage {
+  type: string;
+  body: Buffer;
+}
+
+/**
+ * A raw protocol client: hand-made frontend messages out, parsed backend
+ * messages in. `allowHalfOpen` keeps writing possible after the proxy ends.
+ */
+export function rawClient(port: number, allowHalfOpen = false) {
+  const socket = net.connect({ host: '127.0.0.1', port, allowHalfOpen });
+  const messages: RawMessage[] = [];
+  let buf = Buffer.alloc(0);
+  socket.on('data', (d: Buffer) => {
+    buf = Buffer.concat([buf, d]);
+    while (buf.length >= 5) {
+      const len = buf.readInt32BE(1);
+      if (buf.length < len + 1) break;
+      messages.push({ type: String.fromCharCode(buf[0]), body: Buffer.from(buf.subarray(5, len + 1)) });
+      buf = buf.subarray(len + 1);
+    }
+  });
+  socket.on('error', () => {});
+  const closed = new Promise<void>((r) => socket.on('close', () => r()));
+  const count = (type: string) => messages.filter((m) => m.type === type).length;
+  return {
+    socket,
+    messages,
+    closed,
+    count,
+    /** Resolves when `pred` holds, or rejects after timeoutMs. */
+    async until(pred: () => boolean, timeoutMs = 5000): Promise<void> {
+      const deadline = Date.now() + timeoutMs;
+      while (!pred()) {
+        if (Date.now() > deadline) throw new Error(`timed out; got ${messages.map((m) => m.type).join(' ')}`);
+        await sleep(5);
+      }
+    },
+    /** Sends the startup packet and waits for the first ReadyForQuery. */
+    async login(user: string, database = 'postgres'): Promise<void> {
+      socket.write(serializeStartup(user, database));
+      await this.until(() => count('Z') >= 1);
+    },
+  };
+}
+
+function serializeStartup(user: string, database: string): Buffer {
+  const body = Buffer.from(`\0\x03\0\0user\0${user}\0database\0${database}\0\0`, 'latin1');
+  const len = Buffer.alloc(4);
+  len.writeInt32BE(body.length + 4);
+  return Buffer.concat([len, body]);
+}
+
+/** A frontend message: type letter, int32 length, body. */
+export function frontend(type: string, body: Buffer | string = Buffer.alloc(0)): Buffer {
+  const b = typeof body === 'string' ? Buffer.from(body, 'utf8') : body;
+  const h = Buffer.alloc(5);
+  h[0] = type.charCodeAt(0);
+  h.writeInt32BE(b.length + 4, 1);
+  return Buffer.concat([h, b]);
+}
+
+export const simpleQuery = (sql: string) => frontend('Q', sql + '\0');
+
 /** The fields of the first ErrorResponse in a byte stream, by field letter. */
 export function errorFields(bytes: Buffer): Record<string, string> | null {
   let i = 0;

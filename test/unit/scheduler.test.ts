@@ -212,3 +212,30 @@ t.test('ten thousand acquire/release cycles stay balanced', async (t) => {
   }
   t.ok(s.totalHeld <= 4);
 });
+
+t.test('a waiter put back keeps its place at the head of the queue', async (t) => {
+  const s = make(10, { a: 1 });
+  const r0 = s.acquire('a', K, 0);
+  const c = assigns(openAll(s, r0.actions))[0].connId;
+  const r1 = s.acquire('a', K, 1);
+  const r2 = s.acquire('a', K, 2);
+  const handed = assigns(s.release(c, 3, true));
+  t.same(handed.map((a) => a.waiter.id), [r1.waiter.id]);
+  s.requeue(r1.waiter);
+  t.equal(s.counts('a').waiting, 2);
+  const next = assigns(s.release(c, 4, true));
+  t.same(next.map((a) => a.waiter.id), [r1.waiter.id], 'the requeued waiter is served before the later one');
+  void r2;
+});
+
+t.test('a cap lowered by reload closes idle connections and released ones above it', async (t) => {
+  const s = make(4, { a: 4 });
+  const r = [0, 1, 2, 3].map(() => s.acquire('a', K, 0));
+  const conns = assigns(openAll(s, r.flatMap((x) => x.actions))).map((a) => a.connId);
+  s.release(conns[0], 1, true);
+  s.release(conns[1], 1, true);
+  s.setPoolLimits({ cap: 1, idleTimeoutMs: 60_000, lifetimeMs: 3_600_000 });
+  t.same(kinds(s.sweep(2)), ['close', 'close'], 'both idle connections close');
+  t.same(kinds(s.release(conns[2], 3, true)), ['close'], 'a released one above the cap closes');
+  t.same(kinds(s.release(conns[3], 3, true)), [], 'the last one fits under the cap');
+});

@@ -1,0 +1,145 @@
+// Failure paths found in review: clients that vanish mid-reply, servers that
+// vanish mid-conversation, protocol errors mid-message, COPY over the
+// extended protocol. Each must leave no slot leaked and no other client hurt.
+import t from 'tap';
+import pg from 'pg';
+import postgres from 'postgres';
+import { withCluster } from '../helpers/cluster.js';
+import { assertNoLeaks, frontend, rawClient, simpleQuery, sleep, startProxy } from '../helpers/proxy.js';
+
+const cluster = await withCluster(t, { maxConnections: 20, users: ['app', 'sess'] });
+const proxy = await startProxy(t, cluster, {
+  services: [
+    { name: 'app', match: { user: 'app' }, budget: 2, poolMode: 'transaction', queue: { timeoutMs: 5000 } },
+    { name: 'sess', match: { user: 'sess' }, budget: 2, poolMode: 'session', queue: { timeoutMs: 5000 } },
+  ],
+});
+
+t.test('clients reset while their reply arrives leak nothing (both modes)', async (t) => {
+  for (const user of ['sess', 'app']) {
+    await Promise.all(
+      Array.from({ length: 40 }, async (_, i) => {
+        const c = rawClient(proxy.port);
+        await c.login(user);
+        c.socket.write(simpleQuery('select pg_sleep(0.05)'));
+        await sleep(45 + (i % 10));
+        c.socket.resetAndDestroy();
+      }),
+    );
+    await assertNoLeaks(t, proxy, 8000);
+    const ok = new pg.Client({ connectionString: proxy.url(user) });
+    await ok.connect();
+    t.same((await ok.query('select 1 as n')).rows, [{ n: 1 }], `${user}: still served after 40 reset clients`);
+    await ok.end();
+  }
+});
+
+t.test('the server dies and the client keeps sending: the proxy stays up', async (t) => {
+  const c = rawClient(proxy.port, true);
+  await c.login('sess');
+  c.socket.write(simpleQuery('select pg_backend_pid()'));
+  await c.until(() => c.count('Z') === 2);
+  const row = c.messages.find((m) => m.type === 'D')!;
+  const pid = Number(row.body.toString('latin1', 6));
+  await cluster.query('select pg_terminate_backend($1)', [pid]);
+  await c.until(() => c.count('E') === 1);
+  c.socket.write(simpleQuery('select 2')); // still writable: the client half-closed nothing
+  await sleep(300);
+  const d = new pg.Client({ connectionString: proxy.url('sess') });
+  await d.connect();
+  t.same((await d.query('select 2 as n')).rows, [{ n: 2 }], 'the proxy is alive and serving');
+  await d.end();
+  c.socket.destroy();
+  await assertNoLeaks(t, proxy);
+});
+
+t.test('a protocol error in the middle of a message never leaves a half-sent message for the next client', async (t) => {
+  const other = rawClient(proxy.port);
+  await other.login('app');
+  const bad = rawClient(proxy.port);
+  await bad.login('app');
+  // CopyData outside COPY is read and ignored by the server, with no reply:
+  // send half of one, then the rest plus a nonsense header.
+  const copyData = frontend('d', Buffer.alloc(100, 0x41));
+  bad.socket.write(copyData.subarray(0, 55));
+  await sleep(100);
+  bad.socket.write(Buffer.concat([copyData.subarray(55), Buffer.from([0x51, 0, 0, 0, 1])]));
+  await bad.closed;
+  t.match(bad.messages.at(-1)?.body.toString('latin1'), /protocol violation: invalid message length 1/);
+  // Budget 2: whichever server connection the next clients get must answer.
+  for (let i = 0; i < 3; i++) {
+    other.socket.write(simpleQuery(`select ${40 + i}`));
+    await other.until(() => other.count('Z') === 2 + i, 3000);
+  }
+  t.same(
+    other.messages.filter((m) => m.type === 'D').map((m) => m.body.toString('latin1', 6)),
+    ['40', '41', '42'],
+  );
+  other.socket.end(frontend('X'));
+  await assertNoLeaks(t, proxy);
+});
+
+t.test('an idle server connection that closes is never handed out', async (t) => {
+  const c = rawClient(proxy.port);
+  await c.login('app');
+  c.socket.write(simpleQuery('select 1'));
+  await c.until(() => c.count('Z') === 2);
+  await sleep(50);
+  const conns = (proxy.proxy.pool as unknown as { conns: Map<number, { socket: import('node:net').Socket }> }).conns;
+  let sent = false;
+  for (const conn of conns.values()) {
+    // The client's next query arrives in the same turn as the close.
+    conn.socket.on('close', () => {
+      if (!sent) c.socket.write(simpleQuery('select 2'));
+      sent = true;
+    });
+    conn.socket.destroy();
+  }
+  await c.until(() => c.count('Z') === 3, 3000);
+  t.equal(c.messages.filter((m) => m.type === 'D').at(-1)?.body.toString('latin1', 6), '2', 'answered on a fresh connection');
+  c.socket.end(frontend('X'));
+  await assertNoLeaks(t, proxy);
+});
+
+t.test('COPY FROM STDIN over the extended protocol, Sync before and after: released in transaction mode', async (t) => {
+  await cluster.query('create table if not exists copy_ext(a text)');
+  const c = rawClient(proxy.port);
+  await c.login('app');
+  const parse = frontend('P', Buffer.from('\0copy copy_ext from stdin\0\0\0', 'latin1'));
+  const bind = frontend('B', Buffer.from('\0\0\0\0\0\0\0\0', 'latin1'));
+  const execute = frontend('E', Buffer.from('\0\0\0\0\0', 'latin1'));
+  c.socket.write(Buffer.concat([parse, bind, execute, frontend('S')]));
+  await c.until(() => c.count('G') === 1);
+  // libpq's order: data, CopyDone, then another Sync; the first Sync was ignored during COPY.
+  c.socket.write(Buffer.concat([frontend('d', 'one\ntwo\n'), frontend('c'), frontend('S')]));
+  await c.until(() => c.count('Z') === 2);
+  t.match(c.messages.find((m) => m.type === 'C')?.body.toString('latin1'), /^COPY 2/);
+  await sleep(50);
+  const app = proxy.proxy.snapshot().services.find((s) => s.name === 'app')!;
+  t.equal(app.serverConnections.active, 0, 'the server connection went back to the pool');
+  c.socket.end(frontend('X'));
+  await assertNoLeaks(t, proxy);
+});
+
+t.test('COPY in and out with postgres.js in transaction mode', async (t) => {
+  await cluster.query('create table if not exists copy_target(a int, b text)');
+  const sql = postgres(proxy.url('app'), { prepare: false, max: 1 });
+  const writable = await sql`copy copy_target from stdin`.writable();
+  for (let i = 0; i < 1000; i++) writable.write(`${i}\trow ${i}\n`);
+  await new Promise<void>((resolve, reject) => {
+    writable.on('finish', () => resolve());
+    writable.on('error', reject);
+    writable.end();
+  });
+  const [{ n }] = await sql`select count(*)::int as n from copy_target`;
+  t.equal(n, 1000);
+  await sleep(50);
+  const snap = proxy.proxy.snapshot().services.find((s) => s.name === 'app')!;
+  t.equal(snap.serverConnections.active, 0, 'the idle client holds no server connection after COPY');
+  const readable = await sql`copy (select a from copy_target order by a limit 5) to stdout`.readable();
+  let out = '';
+  for await (const chunk of readable) out += chunk;
+  t.equal(out, '0\n1\n2\n3\n4\n', 'COPY TO STDOUT through the proxy');
+  await sql.end();
+  await assertNoLeaks(t, proxy);
+});
