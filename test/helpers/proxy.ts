@@ -6,6 +6,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import pg from 'pg';
 import { pino } from 'pino';
 import { stringify } from 'yaml';
 import { startPgbudget, type RunningPgbudget } from '../../src/app.js';
@@ -55,13 +56,13 @@ interface Asserter {
   ok: (...args: any[]) => unknown;
 }
 
-/** Waits until no service holds a server connection in use, a client waiting, or one opening. */
-export async function assertNoLeaks(t: Asserter, proxy: RunningPgbudget, timeoutMs = 3000): Promise<void> {
+type Snapshot = ReturnType<RunningPgbudget['proxy']['snapshot']>;
+
+async function assertNoLeaksIn(t: Asserter, snapshot: () => Promise<Snapshot>, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let busy = '';
   for (;;) {
-    const snap = proxy.proxy.snapshot();
-    busy = snap.services
+    busy = (await snapshot()).services
       .filter((s) => s.serverConnections.active > 0 || s.clients.waiting > 0 || s.serverConnections.opening > 0)
       .map((s) => `${s.name}: ${JSON.stringify(s.serverConnections)} waiting ${s.clients.waiting}`)
       .join('; ');
@@ -71,20 +72,45 @@ export async function assertNoLeaks(t: Asserter, proxy: RunningPgbudget, timeout
   t.ok(!busy, busy ? `slots leaked: ${busy}` : 'every budget is back to 0 in use');
 }
 
+/** Waits until no service holds a server connection in use, a client waiting, or one opening. */
+export function assertNoLeaks(t: Asserter, proxy: RunningPgbudget, timeoutMs = 3000): Promise<void> {
+  return assertNoLeaksIn(t, async () => proxy.proxy.snapshot(), timeoutMs);
+}
+
 /** The same check for a proxy in a child process, through GET /status. */
-export async function assertNoLeaksHttp(t: Asserter, adminPort: number, timeoutMs = 3000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  let busy = '';
-  for (;;) {
-    const snap = JSON.parse((await scrape(adminPort, '/status')).body) as ReturnType<RunningPgbudget['proxy']['snapshot']>;
-    busy = snap.services
-      .filter((s) => s.serverConnections.active > 0 || s.clients.waiting > 0 || s.serverConnections.opening > 0)
-      .map((s) => `${s.name}: ${JSON.stringify(s.serverConnections)} waiting ${s.clients.waiting}`)
-      .join('; ');
-    if (!busy || Date.now() > deadline) break;
-    await sleep(20);
-  }
-  t.ok(!busy, busy ? `slots leaked: ${busy}` : 'every budget is back to 0 in use');
+export function assertNoLeaksHttp(t: Asserter, adminPort: number, timeoutMs = 3000): Promise<void> {
+  return assertNoLeaksIn(t, async () => JSON.parse((await scrape(adminPort, '/status')).body) as Snapshot, timeoutMs);
+}
+
+/**
+ * Runs `sql` (one row with an int column n) over a direct connection every
+ * few milliseconds until stop(), which resolves with the largest n seen.
+ */
+export function watchMax(directUrl: string, sql: string) {
+  let max = 0;
+  let running = true;
+  const done = (async () => {
+    const c = new pg.Client({ connectionString: directUrl });
+    await c.connect();
+    while (running) {
+      max = Math.max(max, (await c.query(sql)).rows[0].n);
+      await sleep(2);
+    }
+    await c.end();
+  })();
+  return {
+    async stop(): Promise<number> {
+      running = false;
+      await done;
+      return max;
+    },
+  };
+}
+
+/** The most server connections a proxy holds, as pg_stat_activity shows them. */
+export function watchProxyBackends(directUrl: string, service?: string) {
+  const filter = service ? `application_name = 'pgbudget:${service}'` : `application_name like 'pgbudget:%'`;
+  return watchMax(directUrl, `select count(*)::int as n from pg_stat_activity where ${filter}`);
 }
 
 export function sleep(ms: number): Promise<void> {

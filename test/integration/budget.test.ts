@@ -4,33 +4,11 @@
 import t from 'tap';
 import pg from 'pg';
 import { withCluster } from '../helpers/cluster.js';
-import { assertNoLeaks, metric, psql, run, scrape, sleep, startProxy } from '../helpers/proxy.js';
+import { assertNoLeaks, metric, psql, run, scrape, sleep, startProxy, watchProxyBackends } from '../helpers/proxy.js';
 
 const cluster = await withCluster(t, { maxConnections: 20, users: ['alpha', 'beta', 'gamma'] });
 
-/** Samples pg_stat_activity for backends opened by the proxy until stop() is called. */
-function watchBackends(service?: string) {
-  let max = 0;
-  let running = true;
-  const filter = service ? `application_name = 'pgbudget:${service}'` : `application_name like 'pgbudget:%'`;
-  const done = (async () => {
-    const c = new pg.Client({ connectionString: cluster.url() });
-    await c.connect();
-    while (running) {
-      const n = (await c.query(`select count(*)::int as n from pg_stat_activity where ${filter}`)).rows[0].n;
-      max = Math.max(max, n);
-      await sleep(5);
-    }
-    await c.end();
-  })();
-  return {
-    async stop() {
-      running = false;
-      await done;
-      return max;
-    },
-  };
-}
+const watchBackends = (service?: string) => watchProxyBackends(cluster.url(), service);
 
 t.test('budgets hold while many clients run, and every client succeeds', async (t) => {
   const proxy = await startProxy(t, cluster, {
@@ -235,5 +213,20 @@ t.test('pgbench -M simple and -M extended through transaction mode', async (t) =
   }
   const max = await watch.stop();
   t.ok(max <= 3, `12 pgbench clients never used more than the budget of 3 (max ${max})`);
+  await assertNoLeaks(t, proxy);
+});
+
+t.test('idle server connections close after serverIdleTimeoutMs', async (t) => {
+  const proxy = await startProxy(t, cluster, {
+    serverIdleTimeoutMs: 300,
+    services: [{ name: 'alpha', match: { user: 'alpha' }, budget: 3, poolMode: 'transaction' }],
+  });
+  await Promise.all([1, 2, 3].map(() => psql(proxy.url('alpha'), 'select pg_sleep(0.1)')));
+  const open = await cluster.countClientBackends({ applicationName: 'pgbudget:alpha' });
+  t.ok(open >= 1, `${open} server connections open right after the load`);
+  await sleep(800);
+  t.equal(await cluster.countClientBackends({ applicationName: 'pgbudget:alpha' }), 0, 'all closed after idling');
+  t.equal(proxy.proxy.snapshot().services[0].serverConnections.total, 0);
+  t.equal(await psql(proxy.url('alpha'), 'select 1').then((r) => r.stdout.trim()), '1', 'a new client reopens one');
   await assertNoLeaks(t, proxy);
 });

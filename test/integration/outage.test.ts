@@ -6,7 +6,7 @@
 import t from 'tap';
 import pg from 'pg';
 import { withCluster } from '../helpers/cluster.js';
-import { assertNoLeaksHttp, sleep, spawnProxy } from '../helpers/proxy.js';
+import { assertNoLeaksHttp, sleep, spawnProxy, watchMax } from '../helpers/proxy.js';
 
 const STORM_CLIENTS = 300;
 const WEB_CLIENTS = 10;
@@ -90,27 +90,7 @@ function p95(xs: number[]): number {
   return s.length ? s[Math.floor(s.length * 0.95)] : NaN;
 }
 
-/** Samples the server's count of backends of the given filter until stop(). */
-function watch(sql: string) {
-  let max = 0;
-  let running = true;
-  const done = (async () => {
-    const c = new pg.Client({ connectionString: cluster.url() });
-    await c.connect();
-    while (running) {
-      max = Math.max(max, (await c.query(sql)).rows[0].n);
-      await sleep(2);
-    }
-    await c.end();
-  })();
-  return {
-    async stop() {
-      running = false;
-      await done;
-      return max;
-    },
-  };
-}
+const watch = (sql: string) => watchMax(cluster.url(), sql);
 
 t.test('directly against Postgres, the storm takes the database down for everyone', async (t) => {
   const monitor = watch(`select count(*)::int as n from pg_stat_activity where backend_type = 'client backend' and usename in ('segmentation','web')`);
