@@ -51,6 +51,14 @@ export const clientErrors = {
       (upstreamCause ? `; upstream unavailable: ${upstreamCause}` : ''),
   }),
 
+  /** 0A000 feature_not_supported: session state in transaction mode with onSessionState: error. */
+  sessionStateRefused: (service: string, what: string): ErrorFields => ({
+    severity: 'ERROR',
+    code: '0A000',
+    message: `pgbudget: ${what} keeps session state, which service "${service}" (transaction pooling) cannot carry between transactions`,
+    hint: 'Use SET LOCAL (or pg_advisory_xact_lock, ON COMMIT DROP) inside a transaction, or poolMode: session, or onSessionState: pin.',
+  }),
+
   /** 57P01 admin_shutdown: the proxy is shutting down. */
   shuttingDown: (): ErrorFields => ({
     severity: 'FATAL',

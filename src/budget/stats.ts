@@ -28,6 +28,8 @@ export interface ServiceStats {
   serversOpened: number;
   serversClosed: number;
   rejections: Record<RejectReason, number>;
+  /** Clients pinned to their server connection in transaction mode, by what kept session state. */
+  pins: Record<string, number>;
 }
 
 /** The pseudo-service under which clients that match no service are counted. */
@@ -48,6 +50,7 @@ export class Stats {
         serversOpened: 0,
         serversClosed: 0,
         rejections: Object.fromEntries(REJECT_REASONS.map((r) => [r, 0])) as Record<RejectReason, number>,
+        pins: {},
       };
       this.byService.set(name, s);
     }

@@ -19,10 +19,14 @@ import {
   readyForQuery,
   type ErrorFields,
 } from '../protocol/encode.js';
+import { MessageAssembler } from '../protocol/assembler.js';
 import { FrameError, FrameScanner } from '../protocol/framing.js';
+import { buildParse, buildQuery, readParse, readQuery } from '../protocol/messages.js';
 import { parseStartupPacket, startupPacketLength, StartupPacketError } from '../protocol/startup.js';
 import type { ServerConnection, ServerOwner } from '../server/connection.js';
 import { poolKey, type ServerPool } from '../server/pool.js';
+import { PreparedStatements } from './prepared.js';
+import { detectSessionState, type SessionStateReason } from './sessionState.js';
 
 export interface SessionContext {
   config(): Config;
@@ -70,6 +74,18 @@ export class ClientSession implements ServerOwner {
   private clientCopyIn = false;
   /** A framing error on either side: the server connection's position is unknown. */
   private poisoned = false;
+
+  // Transaction mode: whole client messages, prepared statements, session state.
+  /** Set at login for transaction mode: client messages are read whole, not just framed. */
+  private assembler: MessageAssembler | null = null;
+  private readonly prepared = new PreparedStatements();
+  /** Why this client is pinned to its server connection (session state), or null. */
+  private pinned: SessionStateReason | null = null;
+  /** Server bytes of an unfinished header, held back so a dropped message is never half-sent. */
+  private serverHeld: Buffer | null = null;
+  /** Byte ranges of the chunk being forwarded that answer the proxy's own messages. */
+  private cuts: number[] | null = null;
+  private cutBase = 0;
   /** Offset just past a Terminate in the chunk being scanned, or -1. */
   private terminateEnd = -1;
   private lastServerType = 0;
@@ -85,7 +101,7 @@ export class ClientSession implements ServerOwner {
     this.secretKey = randomInt(0, 0x7fffffff);
     const cfg = ctx.config();
     this.clientScanner = new FrameScanner((type, _first, end) => this.onClientMessage(type, end), cfg.maxMessageBytes);
-    this.serverScanner = new FrameScanner((type, first) => this.onServerMessage(type, first));
+    this.serverScanner = new FrameScanner((type, first, end) => this.onServerMessage(type, first, end));
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onClientData(chunk));
     socket.on('drain', () => this.server?.socket.resume());
@@ -113,7 +129,9 @@ export class ClientSession implements ServerOwner {
       !this.inCopy &&
       this.clientScanner.atBoundary &&
       this.serverScanner.atBoundary &&
-      this.heldHeader === null
+      this.heldHeader === null &&
+      this.serverHeld === null &&
+      (this.assembler?.atBoundary ?? true)
     );
   }
 
@@ -193,6 +211,7 @@ export class ClientSession implements ServerOwner {
     }
     this.service = service;
     this.key = poolKey(this.user, this.database);
+    if (service.poolMode === 'transaction') this.assembler = new MessageAssembler(this.ctx.config().maxMessageBytes);
     this.stats().clientsConnected++;
     this.ctx.byProcessId.set(this.processId, this);
     this.ctx.log.info(
@@ -224,6 +243,7 @@ export class ClientSession implements ServerOwner {
   private onClientData(chunk: Buffer): void {
     if (this.state === 'startup') return this.onStartupData(chunk);
     if (this.state === 'closed') return;
+    if (this.assembler) return this.onClientMessages(chunk);
     this.terminateEnd = -1;
     try {
       this.clientScanner.scan(chunk);
@@ -257,6 +277,82 @@ export class ClientSession implements ServerOwner {
       this.closeReason = 'client terminated';
       this.socket.end();
     }
+  }
+
+  /** Transaction mode: whole messages, so statement names and session state can be seen and changed. */
+  private onClientMessages(chunk: Buffer): void {
+    const messages: Buffer[] = [];
+    let terminated = false;
+    try {
+      this.assembler!.push(chunk, (msg) => {
+        if (terminated) return;
+        const type = msg[0];
+        if (type === Frontend.Terminate) {
+          terminated = true;
+          return;
+        }
+        const ignoredSync = type === Frontend.Sync && this.clientCopyIn;
+        this.onClientMessage(type, 0);
+        if (ignoredSync) {
+          // The server ignores it during COPY FROM STDIN: passes untouched, uncounted.
+          UNTOUCHED.add(msg);
+          messages.push(msg);
+          return;
+        }
+        messages.push(type === Frontend.Query || type === Frontend.Parse ? this.checkSessionState(msg) : msg);
+      });
+    } catch (err) {
+      if (!(err instanceof FrameError)) throw err;
+      this.poisoned = true;
+      this.stats().rejections.protocol_violation++;
+      return this.fatal(clientErrors.protocolViolation(err.message), 'protocol violation');
+    }
+    if (messages.length > 0) {
+      if (this.state === 'linked') this.forward(messages);
+      else {
+        this.pending.push(...messages);
+        if (this.state === 'idle') this.requestServer(false);
+      }
+    }
+    if (terminated) {
+      this.closeReason = 'client terminated';
+      this.socket.end();
+    }
+  }
+
+  /** Writes whole client messages to the linked server, with statement names rewritten. */
+  private forward(messages: Buffer[]): void {
+    const conn = this.server;
+    if (!conn) return;
+    const out: Buffer[] = [];
+    if (conn.statements.max === 0) out.push(...messages);
+    else for (const m of messages) out.push(...(UNTOUCHED.has(m) ? [m] : this.prepared.rewrite(m, conn.statements)));
+    if (!conn.write(out.length === 1 ? out[0] : Buffer.concat(out))) this.socket.pause();
+  }
+
+  /**
+   * Session state in transaction mode: pin the client to its server
+   * connection, or (onSessionState: error) replace the statement with one
+   * that fails with our error, which keeps the protocol in step.
+   */
+  private checkSessionState(msg: Buffer): Buffer {
+    const isQuery = msg[0] === Frontend.Query;
+    const parsed = isQuery ? null : readParse(msg);
+    const reason = detectSessionState(isQuery ? readQuery(msg) : parsed!.query);
+    if (!reason) return msg;
+    const service = this.service!;
+    if (service.onSessionState === 'error') {
+      const e = clientErrors.sessionStateRefused(service.name, SESSION_STATE_WHAT[reason]);
+      const raise = raiseStatement(e.code, e.message, e.hint ?? '');
+      return isQuery ? buildQuery(raise) : buildParse(parsed!.name, raise, parsed!.paramTypes);
+    }
+    if (!this.pinned) {
+      this.pinned = reason;
+      const pins = this.stats().pins;
+      pins[reason] = (pins[reason] ?? 0) + 1;
+      this.ctx.log.info({ service: service.name, pid: this.processId, reason }, 'client pinned to its server connection');
+    }
+    return msg;
   }
 
   private onClientMessage(type: number, end: number): void {
@@ -298,6 +394,9 @@ export class ClientSession implements ServerOwner {
   // ---- server → client ----
 
   onServerData(chunk: Buffer): void {
+    const held = this.serverHeld;
+    this.cutBase = held ? held.length : 0;
+    this.cuts = null;
     try {
       this.serverScanner.scan(chunk);
     } catch (err) {
@@ -305,20 +404,38 @@ export class ClientSession implements ServerOwner {
       this.closeReason = 'server protocol violation';
       return this.fatal(clientErrors.serverProtocolViolation((err as Error).message), this.closeReason);
     }
+    let data = held ? Buffer.concat([held, chunk]) : chunk;
+    if (this.assembler) {
+      // Transaction mode may drop whole messages: never forward half a header.
+      const partial = this.serverScanner.pendingHeaderBytes;
+      this.serverHeld = partial > 0 ? Buffer.from(data.subarray(data.length - partial)) : null;
+      if (partial > 0) data = data.subarray(0, data.length - partial);
+    }
+    if (this.cuts) data = withoutRanges(data, this.cuts);
     // A client socket that is gone cannot drain: never pause the server for it.
-    if (!this.socket.write(chunk) && this.socket.writable) this.server?.socket.pause();
+    if (data.length > 0 && !this.socket.write(data) && this.socket.writable) this.server?.socket.pause();
     if (!this.server || !this.atTransactionBoundary) return;
     if (this.ctx.shuttingDown) {
       this.stats().rejections.shutdown++;
       return this.fatal(clientErrors.shuttingDown(), 'shutting down');
     }
-    if (this.service!.poolMode === 'transaction') this.releaseServer(true);
+    if (this.service!.poolMode === 'transaction' && !this.pinned) this.releaseServer(true);
   }
 
-  private onServerMessage(type: number, first: number): void {
+  private onServerMessage(type: number, first: number, end: number): void {
     this.lastServerType = type;
     switch (type) {
+      case Backend.ParseComplete:
+      case Backend.CloseComplete:
+        if (this.server && this.prepared.onComplete(type === Backend.ParseComplete ? 'parse' : 'close', this.server.statements)) {
+          (this.cuts ??= []).push(this.cutBase + end - 5, this.cutBase + end);
+        }
+        break;
+      case Backend.ErrorResponse:
+        if (this.server) this.prepared.onError(this.server.statements);
+        break;
       case Backend.ReadyForQuery:
+        this.prepared.onReadyForQuery();
         if (this.expectedReady > 0) this.expectedReady--;
         this.txStatus = first;
         this.inCopy = false;
@@ -328,6 +445,7 @@ export class ClientSession implements ServerOwner {
         // Syncs the client pipelined after the Execute that started this COPY
         // are ignored by the server: they will get no ReadyForQuery.
         this.expectedReady = Math.max(0, this.expectedReady - this.syncsSinceExecute);
+        this.prepared.dropIgnoredSyncs(this.syncsSinceExecute);
         this.syncsSinceExecute = 0;
         this.clientCopyIn = true;
         this.inCopy = true;
@@ -387,6 +505,12 @@ export class ClientSession implements ServerOwner {
     this.lastServerType = 0;
     const pending = this.pending;
     this.pending = [];
+    this.prepared.resetPending();
+    if (this.assembler) {
+      if (pending.length > 0) this.forward(pending);
+      this.socket.resume();
+      return;
+    }
     let ok = true;
     for (const chunk of pending) ok = conn.write(chunk);
     if (ok) this.socket.resume();
@@ -463,10 +587,13 @@ export class ClientSession implements ServerOwner {
     if (conn) {
       conn.owner = null;
       const clean = this.atTransactionBoundary && conn.ready;
-      if (clean && this.service!.poolMode === 'session') {
+      if (clean && (this.service!.poolMode === 'session' || this.pinned)) {
         // Session state (SET, prepared statements, temp tables…) must not leak to the next client.
         conn.query('DISCARD ALL').then(
-          () => this.ctx.pool.release(conn, true),
+          () => {
+            conn.statements.clear();
+            this.ctx.pool.release(conn, true);
+          },
           () => this.ctx.pool.release(conn, false),
         );
       } else {
@@ -495,3 +622,33 @@ export class ClientSession implements ServerOwner {
 }
 
 export type { RejectReason };
+
+/** Client messages forwarded without rewriting or counting (Syncs the server ignores). */
+const UNTOUCHED = new WeakSet<Buffer>();
+
+const SESSION_STATE_WHAT: Record<SessionStateReason, string> = {
+  set: 'SET',
+  listen: 'LISTEN',
+  advisory_lock: 'a session advisory lock',
+  temp_table: 'CREATE TEMP',
+  prepare: 'PREPARE',
+  cursor_with_hold: 'DECLARE … WITH HOLD',
+};
+
+/** A statement that fails with the given error when executed, in any protocol. */
+function raiseStatement(code: string, message: string, hint: string): string {
+  const lit = (s: string) => `'${s.replace(/'/g, "''")}'`;
+  return `DO $pgbudget$BEGIN RAISE EXCEPTION USING ERRCODE = ${lit(code)}, MESSAGE = ${lit(message)}, HINT = ${lit(hint)}; END$pgbudget$`;
+}
+
+/** data without the [start, end) ranges listed in order (flattened pairs). */
+function withoutRanges(data: Buffer, ranges: number[]): Buffer {
+  const parts: Buffer[] = [];
+  let from = 0;
+  for (let i = 0; i < ranges.length; i += 2) {
+    parts.push(data.subarray(from, ranges[i]));
+    from = ranges[i + 1];
+  }
+  parts.push(data.subarray(from));
+  return Buffer.concat(parts);
+}

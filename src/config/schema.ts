@@ -2,6 +2,7 @@
 // exact field that is wrong. Pure: parsing text and reading files is load.ts.
 
 export type PoolMode = 'session' | 'transaction';
+export type OnSessionState = 'pin' | 'error';
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
 export interface HostPort {
@@ -20,6 +21,7 @@ export interface ServiceConfig {
   match: ServiceMatch;
   budget: number;
   poolMode: PoolMode;
+  onSessionState: OnSessionState;
   queue: { maxWaiting: number; timeoutMs: number };
   password?: string;
   passwordEnv?: string;
@@ -41,6 +43,7 @@ export interface Config {
   serverIdleTimeoutMs: number;
   serverLifetimeMs: number;
   maxMessageBytes: number;
+  maxPreparedStatements: number;
   upstream: UpstreamConfig;
   defaultService?: string;
   services: ServiceConfig[];
@@ -55,12 +58,14 @@ export const DEFAULTS = {
   serverIdleTimeoutMs: 600_000,
   serverLifetimeMs: 3_600_000,
   maxMessageBytes: 256 * 1024 * 1024,
+  maxPreparedStatements: 100,
   upstream: { host: '127.0.0.1', port: 5432, maxConnections: 40, connectTimeoutMs: 5_000 },
-  service: { poolMode: 'session' as PoolMode, queue: { maxWaiting: 1000, timeoutMs: 30_000 } },
+  service: { poolMode: 'session' as PoolMode, onSessionState: 'pin' as OnSessionState, queue: { maxWaiting: 1000, timeoutMs: 30_000 } },
 } as const;
 
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 const POOL_MODES: readonly PoolMode[] = ['session', 'transaction'];
+const ON_SESSION_STATE: readonly OnSessionState[] = ['pin', 'error'];
 
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {
@@ -149,12 +154,13 @@ const TOP_FIELDS = [
   'serverIdleTimeoutMs',
   'serverLifetimeMs',
   'maxMessageBytes',
+  'maxPreparedStatements',
   'upstream',
   'defaultService',
   'services',
 ] as const;
 const UPSTREAM_FIELDS = ['host', 'port', 'maxConnections', 'connectTimeoutMs'] as const;
-const SERVICE_FIELDS = ['name', 'match', 'budget', 'poolMode', 'queue', 'password', 'passwordEnv'] as const;
+const SERVICE_FIELDS = ['name', 'match', 'budget', 'poolMode', 'onSessionState', 'queue', 'password', 'passwordEnv'] as const;
 const MATCH_FIELDS = ['user', 'database', 'applicationName'] as const;
 const QUEUE_FIELDS = ['maxWaiting', 'timeoutMs'] as const;
 
@@ -205,6 +211,7 @@ export function validateConfig(raw: unknown): Config {
         match,
         budget: c.int(`${path}.budget`, o.budget, undefined, 1, POSITIVE),
         poolMode: c.oneOf(`${path}.poolMode`, o.poolMode, POOL_MODES, DEFAULTS.service.poolMode),
+        onSessionState: c.oneOf(`${path}.onSessionState`, o.onSessionState, ON_SESSION_STATE, DEFAULTS.service.onSessionState),
         queue: {
           maxWaiting: c.int(`${path}.queue.maxWaiting`, queueRaw.maxWaiting, dq.maxWaiting, 0, NON_NEGATIVE),
           timeoutMs: c.int(`${path}.queue.timeoutMs`, queueRaw.timeoutMs, dq.timeoutMs, 1, POSITIVE),
@@ -240,6 +247,13 @@ export function validateConfig(raw: unknown): Config {
     ),
     serverLifetimeMs: c.int('serverLifetimeMs', top.serverLifetimeMs, DEFAULTS.serverLifetimeMs, 1, POSITIVE),
     maxMessageBytes: c.int('maxMessageBytes', top.maxMessageBytes, DEFAULTS.maxMessageBytes, 1024, 'an integer >= 1024'),
+    maxPreparedStatements: c.int(
+      'maxPreparedStatements',
+      top.maxPreparedStatements,
+      DEFAULTS.maxPreparedStatements,
+      0,
+      NON_NEGATIVE,
+    ),
     upstream,
     services,
   };

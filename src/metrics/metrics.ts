@@ -79,6 +79,18 @@ export class Metrics {
         }
       },
     });
+    new client.Counter({
+      name: 'pgbudget_pins_total',
+      help: 'Transaction-mode clients pinned to their server connection because of session state, by reason.',
+      labelNames: ['service', 'reason'],
+      registers: r,
+      collect() {
+        this.reset();
+        for (const s of self.snap.services) {
+          for (const [reason, n] of Object.entries(s.pins)) this.inc({ service: s.name, reason }, n);
+        }
+      },
+    });
     new client.Gauge({
       name: 'pgbudget_upstream_server_connections',
       help: 'Server connections of all services together (opening, active, idle, closing).',

@@ -12,6 +12,8 @@ export const enum Backend {
   CopyInResponse = 0x47, // 'G'
   CopyOutResponse = 0x48, // 'H'
   CopyBothResponse = 0x57, // 'W'
+  ParseComplete = 0x31, // '1'
+  CloseComplete = 0x33, // '3'
 }
 
 export const enum Frontend {

@@ -19,6 +19,7 @@ export interface ServiceSnapshot {
   serversOpened: number;
   serversClosed: number;
   rejections: Record<string, number>;
+  pins: Record<string, number>;
 }
 
 export interface ProxySnapshot {
@@ -124,6 +125,7 @@ export class Proxy {
         serversOpened: st.serversOpened,
         serversClosed: st.serversClosed,
         rejections: { ...st.rejections },
+        pins: { ...st.pins },
       });
     }
     const { host, port, maxConnections } = this.config.upstream;

@@ -11,6 +11,7 @@ import { errorResponse, type ErrorFields } from '../protocol/encode.js';
 import { FrameScanner } from '../protocol/framing.js';
 import { clientErrors } from '../errors.js';
 import { md5Password, ScramClient } from './scram.js';
+import { ServerStatements } from './statements.js';
 
 /** Who receives the server's bytes while linked. */
 export interface ServerOwner {
@@ -28,6 +29,7 @@ export interface ServerLogin {
   password: () => string | undefined;
   service: string;
   connectTimeoutMs: number;
+  maxPreparedStatements: number;
 }
 
 /**
@@ -66,6 +68,8 @@ export class ServerConnection {
   /** ParameterStatus values the server reported at login, in order. */
   readonly params: [string, string][] = [];
   owner: ServerOwner | null = null;
+  /** Prepared statements the proxy made on this connection (transaction mode). */
+  readonly statements: ServerStatements;
   /** Set when the server sent an error while idle: the connection is not reused. */
   broken = false;
   /** Called at once when the socket closes (the pool stops handing it out). */
@@ -85,6 +89,7 @@ export class ServerConnection {
     readonly id: number,
     readonly login: ServerLogin,
   ) {
+    this.statements = new ServerStatements(login.maxPreparedStatements);
     this.socket = net.connect({ host: login.host, port: login.port, noDelay: true });
     this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
     this.socket.on('drain', () => this.owner?.onServerDrain());

@@ -215,6 +215,7 @@ export class ServerPool {
       applicationName: `pgbudget:${service}`,
       service,
       connectTimeoutMs,
+      maxPreparedStatements: this.config.maxPreparedStatements,
       password: () => (svc?.passwordEnv ? process.env[svc.passwordEnv] : svc?.password),
     });
     this.conns.set(connId, conn);

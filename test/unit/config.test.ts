@@ -20,7 +20,7 @@ t.test('defaults are filled in', async (t) => {
   t.same(c.admin, { host: '127.0.0.1', port: 9187 });
   t.same(c.upstream, { host: '127.0.0.1', port: 5432, maxConnections: 40, connectTimeoutMs: 5000 });
   t.equal(c.startupTimeoutMs, 10000);
-  t.same(c.services[0], { name: 'web', match: {}, budget: 5, poolMode: 'session', queue: { maxWaiting: 1000, timeoutMs: 30000 } });
+  t.same(c.services[0], { name: 'web', match: {}, budget: 5, poolMode: 'session', onSessionState: 'pin', queue: { maxWaiting: 1000, timeoutMs: 30000 } });
 });
 
 t.test('the documented example is valid', async (t) => {

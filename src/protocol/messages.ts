@@ -1,0 +1,74 @@
+// Reading and writing the few frontend messages whose contents the proxy
+// must change: Parse, Bind, Describe and Close carry a statement name, and
+// Query carries SQL that may hold session state. Every function takes or
+// returns a whole message: type byte, int32 length (excluding the type
+// byte), body.
+
+/** A null-terminated string at `offset`; returns the string and the offset after its terminator. */
+export function readCString(buf: Buffer, offset: number): [string, number] {
+  const end = buf.indexOf(0, offset);
+  if (end < 0) throw new RangeError('unterminated string in message');
+  return [buf.toString('utf8', offset, end), end + 1];
+}
+
+function build(type: number, parts: Buffer[]): Buffer {
+  const bodyLength = parts.reduce((n, p) => n + p.length, 0);
+  const out = Buffer.allocUnsafe(5 + bodyLength);
+  out[0] = type;
+  out.writeInt32BE(4 + bodyLength, 1);
+  let o = 5;
+  for (const p of parts) o += p.copy(out, o);
+  return out;
+}
+
+const cstr = (s: string) => Buffer.from(s + '\0', 'utf8');
+
+export interface ParseMessage {
+  name: string;
+  query: string;
+  /** The parameter-type section (int16 count, int32 oids), kept as bytes. */
+  paramTypes: Buffer;
+}
+
+/** Parse ('P'): name\0 query\0 int16 n, n × int32 oid. */
+export function readParse(msg: Buffer): ParseMessage {
+  const [name, q] = readCString(msg, 5);
+  const [query, t] = readCString(msg, q);
+  return { name, query, paramTypes: Buffer.from(msg.subarray(t)) };
+}
+
+export function buildParse(name: string, query: string, paramTypes: Buffer): Buffer {
+  return build(0x50, [cstr(name), cstr(query), paramTypes]);
+}
+
+/** Bind ('B'): portal\0 statement\0 then formats and values, kept as bytes. */
+export function readBindStatement(msg: Buffer): { portal: string; statement: string; restOffset: number } {
+  const [portal, s] = readCString(msg, 5);
+  const [statement, rest] = readCString(msg, s);
+  return { portal, statement, restOffset: rest };
+}
+
+export function rewriteBindStatement(msg: Buffer, statement: string): Buffer {
+  const { portal, restOffset } = readBindStatement(msg);
+  return build(0x42, [cstr(portal), cstr(statement), msg.subarray(restOffset)]);
+}
+
+/** Describe ('D') and Close ('C'): 'S' or 'P', then a name. */
+export function readTarget(msg: Buffer): { kind: 'S' | 'P'; name: string } {
+  const kind = String.fromCharCode(msg[5]) as 'S' | 'P';
+  const [name] = readCString(msg, 6);
+  return { kind, name };
+}
+
+export function buildTarget(type: 'D' | 'C', kind: 'S' | 'P', name: string): Buffer {
+  return build(type.charCodeAt(0), [Buffer.from(kind, 'latin1'), cstr(name)]);
+}
+
+/** Query ('Q'): the SQL text. */
+export function readQuery(msg: Buffer): string {
+  return readCString(msg, 5)[0];
+}
+
+export function buildQuery(sql: string): Buffer {
+  return build(0x51, [cstr(sql)]);
+}

@@ -1,0 +1,55 @@
+// Prepared statements that exist on one server connection, under names the
+// proxy chose, keyed by their text and parameter types. Least recently used
+// first, so the oldest can be closed when the cache is full.
+
+/** Server-side names all start with this; a client's own names never reach the server. */
+export const SERVER_STATEMENT_PREFIX = '__pgbudget_';
+
+export class ServerStatements {
+  private readonly byKey = new Map<string, string>();
+  private counter = 0;
+
+  constructor(readonly max: number) {}
+
+  get size(): number {
+    return this.byKey.size;
+  }
+
+  /** The server name for this statement, marking it most recently used. */
+  use(key: string): string | undefined {
+    const name = this.byKey.get(key);
+    if (name !== undefined) {
+      this.byKey.delete(key);
+      this.byKey.set(key, name);
+    }
+    return name;
+  }
+
+  /** Records a new statement; returns its server name and the ones to close to stay within max. */
+  add(key: string): { name: string; evicted: string[] } {
+    const name = `${SERVER_STATEMENT_PREFIX}${++this.counter}`;
+    const evicted: string[] = [];
+    const old = this.byKey.get(key);
+    if (old !== undefined) {
+      this.byKey.delete(key);
+      evicted.push(old);
+    }
+    this.byKey.set(key, name);
+    while (this.byKey.size > this.max) {
+      const [k, n] = this.byKey.entries().next().value!;
+      this.byKey.delete(k);
+      evicted.push(n);
+    }
+    return { name, evicted };
+  }
+
+  /** Forgets a statement whose Parse failed, if it is still the one recorded. */
+  forget(key: string, name: string): void {
+    if (this.byKey.get(key) === name) this.byKey.delete(key);
+  }
+
+  /** DEALLOCATE ALL or DISCARD ALL ran on the server. */
+  clear(): void {
+    this.byKey.clear();
+  }
+}
