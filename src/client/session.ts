@@ -21,7 +21,7 @@ import {
 } from '../protocol/encode.js';
 import { MessageAssembler } from '../protocol/assembler.js';
 import { FrameError, FrameScanner } from '../protocol/framing.js';
-import { buildParse, buildQuery, readParse, readQuery } from '../protocol/messages.js';
+import { buildQuery, readParse, readQuery } from '../protocol/messages.js';
 import { parseStartupPacket, startupPacketLength, StartupPacketError } from '../protocol/startup.js';
 import type { ServerConnection, ServerOwner } from '../server/connection.js';
 import { poolKey, type ServerPool } from '../server/pool.js';
@@ -81,6 +81,8 @@ export class ClientSession implements ServerOwner {
   private readonly prepared = new PreparedStatements();
   /** Why this client is pinned to its server connection (session state), or null. */
   private pinned: SessionStateReason | null = null;
+  /** A refused Parse was replaced by a failing Query: the rest of its batch, up to Sync, is dropped. */
+  private refusingUntilSync = false;
   /** Server bytes of an unfinished header, held back so a dropped message is never half-sent. */
   private serverHeld: Buffer | null = null;
   /** Byte ranges of the chunk being forwarded that answer the proxy's own messages. */
@@ -293,6 +295,12 @@ export class ClientSession implements ServerOwner {
         }
         const ignoredSync = type === Frontend.Sync && this.clientCopyIn;
         this.onClientMessage(type, 0);
+        if (this.refusingUntilSync) {
+          // The failing Query answers with ErrorResponse and ReadyForQuery,
+          // which is what the server would have sent for the whole batch.
+          if (type === Frontend.Sync) this.refusingUntilSync = false;
+          return;
+        }
         if (ignoredSync) {
           // The server ignores it during COPY FROM STDIN: passes untouched, uncounted.
           UNTOUCHED.add(msg);
@@ -343,8 +351,9 @@ export class ClientSession implements ServerOwner {
     const service = this.service!;
     if (service.onSessionState === 'error') {
       const e = clientErrors.sessionStateRefused(service.name, SESSION_STATE_WHAT[reason]);
-      const raise = raiseStatement(e.code, e.message, e.hint ?? '');
-      return isQuery ? buildQuery(raise) : buildParse(parsed!.name, raise, parsed!.paramTypes);
+      const raise = buildQuery(raiseStatement(e.code, e.message, e.hint ?? ''));
+      if (!isQuery) this.refusingUntilSync = true;
+      return raise;
     }
     if (!this.pinned) {
       this.pinned = reason;
