@@ -59,6 +59,14 @@ export const clientErrors = {
     hint: 'Use SET LOCAL (or pg_advisory_xact_lock, ON COMMIT DROP) inside a transaction, or poolMode: session, or onSessionState: pin.',
   }),
 
+  /** 57014 query_canceled: cancelled while still waiting for a server connection (PostgreSQL's own words). */
+  queryCanceled: (): ErrorFields => ({
+    severity: 'ERROR',
+    code: '57014',
+    message: 'canceling statement due to user request',
+    detail: 'pgbudget: the statement was still waiting for a server connection and never ran',
+  }),
+
   /** 57P01 admin_shutdown: the proxy is shutting down. */
   shuttingDown: (): ErrorFields => ({
     severity: 'FATAL',

@@ -488,8 +488,10 @@ export class ClientSession implements ServerOwner {
   private requestServer(forLogin: boolean): void {
     this.state = 'waiting';
     this.socket.pause();
-    this.waiter = this.ctx.pool.acquire(this.service!.name, this.key, {
+    let settled = false;
+    const waiter = this.ctx.pool.acquire(this.service!.name, this.key, {
       onAssign: (conn) => {
+        settled = true;
         this.waiter = null;
         if (this.state !== 'waiting') return this.ctx.pool.release(conn, true);
         this.link(conn);
@@ -499,12 +501,14 @@ export class ClientSession implements ServerOwner {
         }
       },
       onReject: (error, reason) => {
+        settled = true;
         this.waiter = null;
         this.stats().rejections[reason]++;
         this.closeReason = reason;
         this.endWith(error);
       },
     });
+    if (!settled) this.waiter = waiter;
   }
 
   private link(conn: ServerConnection): void {
@@ -535,9 +539,31 @@ export class ClientSession implements ServerOwner {
 
   /** Called on the target session of a CancelRequest: only a query in flight is cancelled. */
   private cancelFrom(secretKey: number): void {
+    if (secretKey !== this.secretKey || this.expectedReady === 0) return;
+    if (this.state === 'waiting' && this.waiter && this.service) return this.cancelQueued();
     const conn = this.server;
-    if (secretKey !== this.secretKey || !conn || this.expectedReady === 0) return;
+    if (!conn) return;
     this.ctx.pool.cancelQuery(conn, () => this.server === conn && this.expectedReady > 0);
+  }
+
+  /**
+   * Cancel of a query still waiting for a server connection: it leaves the
+   * queue and is answered as PostgreSQL answers a cancelled statement, with
+   * one ReadyForQuery per Query or Sync it sent; it never runs.
+   */
+  private cancelQueued(): void {
+    const atBoundary = this.assembler ? this.assembler.atBoundary : this.clientScanner.atBoundary && !this.heldHeader;
+    if (!atBoundary || this.extendedOpen) return; // a batch still arriving: let it run and be cancelled there
+    this.ctx.pool.cancelWait(this.waiter!);
+    this.waiter = null;
+    const replies = [errorResponse(clientErrors.queryCanceled())];
+    for (let i = 0; i < this.expectedReady; i++) replies.push(readyForQuery(statusLetter(this.txStatus)));
+    this.pending = [];
+    this.expectedReady = 0;
+    this.prepared.resetPending();
+    this.state = 'idle';
+    this.socket.write(Buffer.concat(replies));
+    this.socket.resume();
   }
 
   // ---- ending ----
@@ -631,6 +657,10 @@ export class ClientSession implements ServerOwner {
 }
 
 export type { RejectReason };
+
+function statusLetter(status: number): 'I' | 'T' | 'E' {
+  return status === TxStatus.InTransaction ? 'T' : status === TxStatus.Failed ? 'E' : 'I';
+}
 
 /** Client messages forwarded without rewriting or counting (Syncs the server ignores). */
 const UNTOUCHED = new WeakSet<Buffer>();

@@ -63,6 +63,11 @@ t.test('postgres.js with its defaults (prepared statements, pipelining)', async 
     }),
   );
   t.same(results, Array(10).fill(true), 'every pipelined result belongs to its client and query');
+  // LISTEN on postgres.js's own listener connection: pinned, and the notification arrives.
+  const got = new Promise<string>((resolve) => {
+    void sqls[1].listen('pj_chan', (payload) => resolve(payload)).then(() => sqls[2].notify('pj_chan', 'from-postgres.js'));
+  });
+  t.equal(await got, 'from-postgres.js', 'postgres.js LISTEN/NOTIFY through transaction mode');
   const [{ n }] = await sqls[0]`select count(*)::int as n from pg_prepared_statements`;
   t.ok(n <= 4, `the server holds at most maxPreparedStatements (4) statements per connection (${n})`);
   await Promise.all(sqls.map((s) => s.end()));
