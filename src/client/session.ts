@@ -212,7 +212,7 @@ export class ClientSession implements ServerOwner {
       return this.fatal(clientErrors.shuttingDown(), 'shutting down');
     }
     this.service = service;
-    this.key = poolKey(this.user, this.database);
+    this.key = poolKey(this.user, this.database, params);
     if (service.poolMode === 'transaction') this.assembler = new MessageAssembler(this.ctx.config().maxMessageBytes);
     this.stats().clientsConnected++;
     this.ctx.byProcessId.set(this.processId, this);

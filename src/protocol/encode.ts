@@ -62,6 +62,13 @@ export function negotiateProtocolVersion(newestMinor: number, unsupportedOptions
   return message('v', Buffer.concat([int32s(newestMinor, unsupportedOptions.length), ...unsupportedOptions.map(cstring)]));
 }
 
+/** StartupMessage (protocol 3.0): no type byte; int32 length, int32 version, name\0value\0 pairs, \0. */
+export function startupMessage(params: Record<string, string>): Buffer {
+  const pairs = Object.entries(params).flatMap(([k, v]) => [cstring(k), cstring(v)]);
+  const body = Buffer.concat([...pairs, Buffer.from([0])]);
+  return Buffer.concat([int32s(8 + body.length, 196608), body]);
+}
+
 /** CancelRequest as sent to the server: length 16, code, pid, secret. */
 export function cancelRequest(processId: number, secretKey: number): Buffer {
   return int32s(16, 80877102, processId, secretKey);

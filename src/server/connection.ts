@@ -7,7 +7,7 @@ import { Parser } from 'pg-protocol/dist/parser';
 import { serialize } from 'pg-protocol/dist/serializer';
 import type { BackendMessage } from 'pg-protocol/dist/messages';
 import { Backend } from '../protocol/codes.js';
-import { errorResponse, type ErrorFields } from '../protocol/encode.js';
+import { errorResponse, startupMessage, type ErrorFields } from '../protocol/encode.js';
 import { FrameScanner } from '../protocol/framing.js';
 import { clientErrors } from '../errors.js';
 import { md5Password, ScramClient } from './scram.js';
@@ -25,6 +25,8 @@ export interface ServerLogin {
   port: number;
   user: string;
   database: string;
+  /** The client's other startup parameters (search_path, TimeZone, options…). */
+  params: Record<string, string>;
   applicationName: string;
   password: () => string | undefined;
   service: string;
@@ -217,7 +219,9 @@ export class ServerConnection {
       this.socket.once('connect', () => {
         this.phase = 'login';
         this.socket.write(
-          serialize.startup({
+          startupMessage({
+            client_encoding: 'UTF8',
+            ...login.params,
             user: login.user,
             database: login.database,
             application_name: login.applicationName,

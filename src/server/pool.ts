@@ -20,8 +20,31 @@ const SWEEP_MS = 50;
 const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 5000;
 
-export function poolKey(user: string, database: string): string {
-  return `${user}\u0000${database}`;
+/**
+ * Server connections are interchangeable only for the same user, database
+ * and startup parameters (search_path, TimeZone, DateStyle, client_encoding,
+ * options…): those are part of the key, so whichever connection a client
+ * gets already has its settings, and the ParameterStatus it saw at login.
+ */
+export function poolKey(user: string, database: string, params: Record<string, string> = {}): string {
+  const extra = Object.keys(params)
+    .filter((k) => !NOT_IN_KEY.has(k))
+    .sort()
+    .map((k) => `${k}\u0001${params[k]}`);
+  return [user, database, ...extra].join('\u0000');
+}
+
+/** Startup parameters that are not passed on: identity, and what the proxy sets itself. */
+const NOT_IN_KEY = new Set(['user', 'database', 'application_name', 'replication']);
+
+export function parsePoolKey(key: string): { user: string; database: string; params: Record<string, string> } {
+  const [user, database, ...extra] = key.split('\u0000');
+  const params: Record<string, string> = {};
+  for (const kv of extra) {
+    const i = kv.indexOf('\u0001');
+    params[kv.slice(0, i)] = kv.slice(i + 1);
+  }
+  return { user, database, params };
 }
 
 export class ServerPool {
@@ -204,7 +227,7 @@ export class ServerPool {
   }
 
   private open(connId: number, service: string, key: string): void {
-    const [user, database] = key.split('\u0000');
+    const { user, database, params } = parsePoolKey(key);
     const svc = this.services.get(service);
     const { host, port, connectTimeoutMs } = this.config.upstream;
     const conn = new ServerConnection(connId, {
@@ -212,6 +235,7 @@ export class ServerPool {
       port,
       user,
       database,
+      params,
       applicationName: `pgbudget:${service}`,
       service,
       connectTimeoutMs,

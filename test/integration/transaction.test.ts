@@ -232,3 +232,26 @@ t.test('randomized: many clients, same statement names, different texts: every r
   await Promise.all(clients.map((c) => c.end()));
   await assertNoLeaks(t, proxy);
 });
+
+t.test('startup parameters hold on whichever server connection a client gets', async (t) => {
+  await cluster.query('create schema if not exists tenant_a; create schema if not exists tenant_b');
+  const clients = [
+    ['UTC', 'tenant_a'],
+    ['America/New_York', 'tenant_b'],
+    ['Asia/Tokyo', 'tenant_a'],
+  ].map(([tz, schema]) => ({ tz, schema, c: new pg.Client({ connectionString: `${proxy.url('app')}?options=${encodeURIComponent(`-c search_path=${schema} -c timezone=${tz}`)}` }) }));
+  for (const { c } of clients) await c.connect();
+  for (let round = 0; round < 10; round++) {
+    await Promise.all(
+      clients.map(async ({ tz, schema, c }) => {
+        const r = await c.query('select current_setting($1) as tz, current_setting($2) as sp', ['TimeZone', 'search_path']);
+        if (r.rows[0].tz !== tz || r.rows[0].sp !== schema) throw new Error(`wanted ${tz} ${schema}, got ${JSON.stringify(r.rows[0])}`);
+      }),
+    );
+  }
+  t.pass('30 queries, each saw its own TimeZone and search_path');
+  for (const { c } of clients) await c.end();
+  const r = await psql(`${proxy.url('app')}?options=${encodeURIComponent('-c DateStyle=German')}`, "select '2024-03-05'::date");
+  t.equal(r.stdout.trim(), '05.03.2024', 'psql options are applied');
+  await assertNoLeaks(t, proxy);
+});
