@@ -328,14 +328,20 @@ export class ClientSession implements ServerOwner {
     }
   }
 
-  /** Writes whole client messages to the linked server, with statement names rewritten. */
-  private forward(messages: Buffer[]): void {
+  /**
+   * Writes whole client messages to the linked server, with statement names
+   * rewritten; pauses the client while the server socket is full. Returns
+   * false when it paused.
+   */
+  private forward(messages: Buffer[]): boolean {
     const conn = this.server;
-    if (!conn) return;
+    if (!conn) return true;
     const out: Buffer[] = [];
     if (conn.statements.max === 0) out.push(...messages);
     else for (const m of messages) out.push(...(UNTOUCHED.has(m) ? [m] : this.prepared.rewrite(m, conn.statements)));
-    if (!conn.write(out.length === 1 ? out[0] : Buffer.concat(out))) this.socket.pause();
+    if (conn.write(out.length === 1 ? out[0] : Buffer.concat(out))) return true;
+    this.socket.pause();
+    return false;
   }
 
   /**
@@ -520,8 +526,7 @@ export class ClientSession implements ServerOwner {
     this.pending = [];
     this.prepared.resetPending();
     if (this.assembler) {
-      if (pending.length > 0) this.forward(pending);
-      this.socket.resume();
+      if (pending.length === 0 || this.forward(pending)) this.socket.resume();
       return;
     }
     let ok = true;

@@ -138,6 +138,32 @@ export function run(cmd: string, args: string[], opts: { env?: Record<string, st
   });
 }
 
+/**
+ * psql runs pg_sleep(seconds) and is interrupted with SIGINT (libpq then sends
+ * a CancelRequest) once it has connected and sent the query; resolves with
+ * its stderr.
+ */
+export async function psqlCancelledSleep(url: string, seconds = 20): Promise<{ stderr: string; code: number | null; ms: number }> {
+  const { spawn } = await import('node:child_process');
+  const started = Date.now();
+  // \echo runs after the connection is up, right before the query is sent.
+  const child = spawn('psql', ['-X', '-d', url, '-c', '\\echo started', '-c', `select pg_sleep(${seconds})`], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  await new Promise<void>((resolve) => {
+    child.stdout.on('data', (d) => {
+      if (String(d).includes('started')) resolve();
+    });
+    child.on('exit', () => resolve());
+  });
+  await sleep(300);
+  child.kill('SIGINT');
+  const code = await new Promise<number | null>((r) => (child.exitCode !== null ? r(child.exitCode) : child.on('exit', r)));
+  return { stderr, code, ms: Date.now() - started };
+}
+
 export function psql(url: string, sql: string, opts: { env?: Record<string, string> } = {}): Promise<RunResult> {
   return run('psql', ['-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-d', url, '-c', sql], opts);
 }

@@ -3,7 +3,6 @@
 // inside a transaction followed by more work, COPY in and out, cancel,
 // LISTEN/NOTIFY and SET (session state: pinned in transaction mode).
 import t from 'tap';
-import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -11,7 +10,7 @@ import pg from 'pg';
 import postgres from 'postgres';
 import { withCluster } from '../helpers/cluster.js';
 import { jdbcAvailable, psycopg2Available, runJdbcScenario, runPsycopg2Scenario } from '../helpers/foreign-clients.js';
-import { assertNoLeaks, metric, psql, run, scrape, sleep, startProxy, watchProxyBackends } from '../helpers/proxy.js';
+import { assertNoLeaks, metric, psql, psqlCancelledSleep, run, scrape, sleep, startProxy, watchProxyBackends } from '../helpers/proxy.js';
 
 const cluster = await withCluster(t, { maxConnections: 20, users: ['app'] });
 await cluster.query('create table scen_items(client int, n int, note text)');
@@ -163,13 +162,8 @@ async function psqlScenario(url: string, id: number): Promise<void> {
   if (counts.join(',') !== '300,300,300') throw new Error(`psql ${id}: counts ${counts.join(',')} stderr ${r.stderr}`);
   if (!/division by zero/.test(r.stderr)) throw new Error(`psql ${id}: no division error: ${r.stderr}`);
   // Cancel through libpq: SIGINT to psql while it sleeps.
-  const child = spawn('psql', ['-X', '-d', url, '-c', 'select pg_sleep(20)'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  child.stderr.on('data', (d) => (stderr += d));
-  await sleep(400);
-  child.kill('SIGINT');
-  await new Promise((r2) => child.on('exit', r2));
-  if (!/canceling statement due to user request/.test(stderr)) throw new Error(`psql ${id}: cancel: ${stderr}`);
+  const c = await psqlCancelledSleep(url);
+  if (!/canceling statement due to user request/.test(c.stderr)) throw new Error(`psql ${id}: cancel: ${c.stderr}`);
 }
 
 async function writeScript(id: number, script: string): Promise<string> {
