@@ -37,6 +37,12 @@ const DEALLOCATE = /^\s*deallocate\s+(?:prepare\s+)?("(?:[^"]|"")+"|[^\s;]+)\s*;
 const DEALLOCATE_ALL = /^\s*deallocate\s+(?:prepare\s+)?all\s*;?\s*$/i;
 const DISCARD_ALL = /^\s*discard\s+all\s*;?\s*$/i;
 
+function firstNonSpace(buf: Buffer, from: number): number {
+  let i = from;
+  while (i < buf.length && (buf[i] === 0x20 || buf[i] === 0x0a || buf[i] === 0x0d || buf[i] === 0x09)) i++;
+  return i - from;
+}
+
 function keyOf(query: string, paramTypes: Buffer): string {
   return `${paramTypes.toString('hex')}:${query}`;
 }
@@ -190,6 +196,9 @@ export class PreparedStatements {
 
   /** SQL-level DEALLOCATE and DISCARD ALL refer to the client's names. */
   private query(msg: Buffer, server: ServerStatements): Buffer[] {
+    // Only DEALLOCATE and DISCARD concern us: look at the first letter before decoding.
+    const first = msg[5 + firstNonSpace(msg, 5)] | 0x20;
+    if (first !== 0x64 /* d */) return [msg];
     const sql = readQuery(msg);
     if (DEALLOCATE_ALL.test(sql) || DISCARD_ALL.test(sql)) {
       this.defs.clear();

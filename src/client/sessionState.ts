@@ -34,8 +34,12 @@ const RULES: [SessionStateReason, RegExp][] = [
   ['cursor_with_hold', /(^|;)\s*declare\s[\s\S]*\bwith\s+hold\b/i],
 ];
 
+/** Every rule needs one of these words; most statements have none and skip the full scan. */
+const ANY_KEYWORD = /set|listen|advisory|temp|prepare|hold/i;
+
 /** Why this SQL leaves session state behind, or null. */
 export function detectSessionState(sql: string): SessionStateReason | null {
+  if (!ANY_KEYWORD.test(sql)) return null;
   const text = stripSql(sql);
   for (const [reason, re] of RULES) if (re.test(text)) return reason;
   return null;
