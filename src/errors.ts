@@ -59,6 +59,13 @@ export const clientErrors = {
     hint: 'Use SET LOCAL (or pg_advisory_xact_lock, ON COMMIT DROP) inside a transaction, or poolMode: session, or onSessionState: pin.',
   }),
 
+  /** 42501 insufficient_privilege: SQL that names the proxy's own prepared statements. */
+  reservedStatementName: (prefix: string): ErrorFields => ({
+    severity: 'ERROR',
+    code: '42501',
+    message: `pgbudget: prepared statement names starting with ${prefix} belong to the proxy`,
+  }),
+
   /** 57014 query_canceled: cancelled while still waiting for a server connection (PostgreSQL's own words). */
   queryCanceled: (): ErrorFields => ({
     severity: 'ERROR',

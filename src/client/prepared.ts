@@ -6,6 +6,8 @@
 // dropped on the way back, so the client sees exactly the stream it expects.
 // Pure: messages in, messages out.
 import {
+  buildBind,
+  buildExecute,
   buildParse,
   buildQuery,
   buildTarget,
@@ -16,6 +18,7 @@ import {
   rewriteBindStatement,
 } from '../protocol/messages.js';
 import { SERVER_STATEMENT_PREFIX, type ServerStatements } from '../server/statements.js';
+import { stripSql } from './sessionState.js';
 
 interface StatementDef {
   query: string;
@@ -24,11 +27,14 @@ interface StatementDef {
   key: string;
 }
 
-/** A request still waiting for its ParseComplete/CloseComplete, or the end of a batch. */
+/** A request still waiting for its ParseComplete/BindComplete/CloseComplete, or the end of a batch. */
 type Pending =
   | { kind: 'parse'; ours: boolean; key?: string; serverName?: string; clientName?: string; def?: StatementDef }
+  | { kind: 'bind'; ours: boolean }
   | { kind: 'close'; ours: boolean }
   | { kind: 'ready' };
+
+export type CompletionKind = 'parse' | 'bind' | 'close';
 
 /** A name no server connection ever has: what unknown client names are sent as. */
 const ABSENT = `${SERVER_STATEMENT_PREFIX}absent`;
@@ -36,12 +42,8 @@ const ABSENT = `${SERVER_STATEMENT_PREFIX}absent`;
 const DEALLOCATE = /^\s*deallocate\s+(?:prepare\s+)?("(?:[^"]|"")+"|[^\s;]+)\s*;?\s*$/i;
 const DEALLOCATE_ALL = /^\s*deallocate\s+(?:prepare\s+)?all\s*;?\s*$/i;
 const DISCARD_ALL = /^\s*discard\s+all\s*;?\s*$/i;
-
-function firstNonSpace(buf: Buffer, from: number): number {
-  let i = from;
-  while (i < buf.length && (buf[i] === 0x20 || buf[i] === 0x0a || buf[i] === 0x0d || buf[i] === 0x09)) i++;
-  return i - from;
-}
+/** Any statement that may drop prepared statements on the server, anywhere in a multi-statement string. */
+const DROPS_STATEMENTS = /(^|;)\s*(deallocate|discard)\b/i;
 
 function keyOf(query: string, paramTypes: Buffer): string {
   return `${paramTypes.toString('hex')}:${query}`;
@@ -53,6 +55,8 @@ function unquote(identifier: string): string {
 
 export class PreparedStatements {
   private readonly defs = new Map<string, StatementDef>();
+  /** The client's unnamed statement, which the server keeps until the next Parse("") or Query. */
+  private unnamed: StatementDef | null = null;
   private pending: Pending[] = [];
 
   /** How many statements the client has prepared (for tests and status). */
@@ -71,18 +75,19 @@ export class PreparedStatements {
       case 0x42: {
         // 'B' Bind
         const { statement } = readBindStatement(msg);
-        if (statement === '') return [msg];
         const out: Buffer[] = [];
-        const name = this.ensure(statement, server, out);
-        out.push(rewriteBindStatement(msg, name));
+        const name = statement === '' ? this.ensureUnnamed(server, out) : this.ensure(statement, server, out);
+        this.pending.push({ kind: 'bind', ours: false });
+        out.push(name === statement ? msg : rewriteBindStatement(msg, name));
         return out;
       }
       case 0x44: {
         // 'D' Describe
         const { kind, name } = readTarget(msg);
-        if (kind !== 'S' || name === '') return [msg];
+        if (kind !== 'S') return [msg];
         const out: Buffer[] = [];
-        out.push(buildTarget('D', 'S', this.ensure(name, server, out)));
+        const target = name === '' ? this.ensureUnnamed(server, out) : this.ensure(name, server, out);
+        out.push(target === name ? msg : buildTarget('D', 'S', target));
         return out;
       }
       case 0x43: {
@@ -98,8 +103,10 @@ export class PreparedStatements {
       case 0x46: // 'F' FunctionCall
         this.pending.push({ kind: 'ready' });
         return [msg];
-      case 0x51: // 'Q' Query
+      case 0x51: // 'Q' Query: also destroys the unnamed statement
         this.pending.push({ kind: 'ready' });
+        this.unnamed = null;
+        server.unnamedOwner = null;
         return this.query(msg, server);
       default:
         return [msg];
@@ -110,13 +117,24 @@ export class PreparedStatements {
    * The server sent ParseComplete ('1') or CloseComplete ('3'): true when it
    * answers a message the proxy injected, so it must not reach the client.
    */
-  onComplete(type: 'parse' | 'close', server: ServerStatements): boolean {
+  onComplete(type: CompletionKind): boolean {
     const i = this.pending.findIndex((p) => p.kind !== 'ready');
     if (i < 0) return false;
     const [p] = this.pending.splice(i, 1);
     if (p.kind !== type) return false; // out of step: forward, never swallow what the client may need
-    void server;
     return p.ours;
+  }
+
+  /**
+   * A refused Parse (session state, onSessionState: error) becomes the
+   * proxy's own unnamed Parse, Bind and Execute of a statement that raises
+   * the error, with their completions dropped: the client gets the error,
+   * then the ReadyForQuery of its own Sync, as if the server had refused it.
+   */
+  refuse(raiseSql: string, server: ServerStatements): Buffer[] {
+    server.unnamedOwner = null;
+    this.pending.push({ kind: 'parse', ours: true }, { kind: 'bind', ours: true });
+    return [buildParse('', raiseSql, Buffer.from([0, 0])), buildBind('', ''), buildExecute('')];
   }
 
   /**
@@ -126,7 +144,10 @@ export class PreparedStatements {
    */
   onError(server: ServerStatements): void {
     const end = this.pending.findIndex((p) => p.kind === 'ready');
-    const skipped = this.pending.splice(0, end < 0 ? this.pending.length : end);
+    this.forgetSkipped(this.pending.splice(0, end < 0 ? this.pending.length : end), server);
+  }
+
+  private forgetSkipped(skipped: Pending[], server: ServerStatements): void {
     for (const p of skipped) {
       if (p.kind !== 'parse') continue;
       if (p.key && p.serverName) server.forget(p.key, p.serverName);
@@ -134,9 +155,10 @@ export class PreparedStatements {
     }
   }
 
-  onReadyForQuery(): void {
+  /** Requests before this ReadyForQuery that got no completion were skipped after an error. */
+  onReadyForQuery(server: ServerStatements): void {
     const end = this.pending.findIndex((p) => p.kind === 'ready');
-    this.pending.splice(0, end + 1);
+    this.forgetSkipped(this.pending.splice(0, end + 1), server);
   }
 
   /** Syncs that the server ignored (sent during COPY FROM STDIN) will get no ReadyForQuery. */
@@ -158,7 +180,10 @@ export class PreparedStatements {
 
   private parse(msg: Buffer, server: ServerStatements): Buffer[] {
     const parsed = readParse(msg);
+    if (DROPS_STATEMENTS.test(stripSql(parsed.query))) server.clear();
     if (parsed.name === '') {
+      this.unnamed = { query: parsed.query, paramTypes: parsed.paramTypes, key: '' };
+      server.unnamedOwner = this;
       this.pending.push({ kind: 'parse', ours: false });
       return [msg];
     }
@@ -187,6 +212,20 @@ export class PreparedStatements {
     return name;
   }
 
+  /**
+   * The unnamed statement on this connection is whoever parsed it last: a
+   * client's Bind("") runs its own, prepared again here if needed, and never
+   * another client's.
+   */
+  private ensureUnnamed(server: ServerStatements, out: Buffer[]): string {
+    if (!this.unnamed) return ABSENT;
+    if (server.unnamedOwner === this) return '';
+    server.unnamedOwner = this;
+    this.pending.push({ kind: 'parse', ours: true });
+    out.push(buildParse('', this.unnamed.query, this.unnamed.paramTypes));
+    return '';
+  }
+
   private closeEvicted(evicted: string[], out: Buffer[]): void {
     for (const name of evicted) {
       this.pending.push({ kind: 'close', ours: true });
@@ -194,25 +233,35 @@ export class PreparedStatements {
     }
   }
 
-  /** SQL-level DEALLOCATE and DISCARD ALL refer to the client's names. */
+  /** SQL-level DEALLOCATE and DISCARD refer to the client's names, and may drop the proxy's. */
   private query(msg: Buffer, server: ServerStatements): Buffer[] {
-    // Only DEALLOCATE and DISCARD concern us: look at the first letter before decoding.
-    const first = msg[5 + firstNonSpace(msg, 5)] | 0x20;
-    if (first !== 0x64 /* d */) return [msg];
     const sql = readQuery(msg);
+    if (!/deallocate|discard/i.test(sql) || !DROPS_STATEMENTS.test(stripSql(sql))) return [msg];
     if (DEALLOCATE_ALL.test(sql) || DISCARD_ALL.test(sql)) {
       this.defs.clear();
       server.clear();
       return [msg];
     }
     const m = DEALLOCATE.exec(sql);
-    if (m && this.defs.has(unquote(m[1]))) {
-      // The server knows the statement by another name; DEALLOCATE ALL gives
-      // the client its DEALLOCATE reply, and the cache starts afresh.
+    const def = m ? this.defs.get(unquote(m[1])) : undefined;
+    if (m && def) {
+      // The server knows the statement by the proxy's name: deallocate that
+      // one (preparing it first if this connection lacks it).
       this.defs.delete(unquote(m[1]));
-      server.clear();
-      return [buildQuery('DEALLOCATE ALL')];
+      const out: Buffer[] = [];
+      let name = server.use(def.key);
+      if (name === undefined) {
+        name = server.add(def.key).name;
+        this.pending.push({ kind: 'parse', ours: true, key: def.key, serverName: name });
+        out.push(buildParse(name, def.query, def.paramTypes));
+      }
+      server.forget(def.key, name);
+      out.push(buildQuery(`DEALLOCATE "${name}"`));
+      return out;
     }
+    // Anything else that may drop statements (in a multi-statement string,
+    // or a SQL-level PREPAREd name): the cache can no longer be trusted.
+    server.clear();
     return [msg];
   }
 }

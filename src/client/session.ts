@@ -25,7 +25,8 @@ import { buildQuery, readParse, readQuery } from '../protocol/messages.js';
 import { parseStartupPacket, startupPacketLength, StartupPacketError } from '../protocol/startup.js';
 import type { ServerConnection, ServerOwner } from '../server/connection.js';
 import { poolKey, type ServerPool } from '../server/pool.js';
-import { PreparedStatements } from './prepared.js';
+import { SERVER_STATEMENT_PREFIX } from '../server/statements.js';
+import { PreparedStatements, type CompletionKind } from './prepared.js';
 import { detectSessionState, type SessionStateReason } from './sessionState.js';
 
 export interface SessionContext {
@@ -81,8 +82,6 @@ export class ClientSession implements ServerOwner {
   private readonly prepared = new PreparedStatements();
   /** Why this client is pinned to its server connection (session state), or null. */
   private pinned: SessionStateReason | null = null;
-  /** A refused Parse was replaced by a failing Query: the rest of its batch, up to Sync, is dropped. */
-  private refusingUntilSync = false;
   /** Server bytes of an unfinished header, held back so a dropped message is never half-sent. */
   private serverHeld: Buffer | null = null;
   /** Byte ranges of the chunk being forwarded that answer the proxy's own messages. */
@@ -295,19 +294,13 @@ export class ClientSession implements ServerOwner {
         }
         const ignoredSync = type === Frontend.Sync && this.clientCopyIn;
         this.onClientMessage(type, 0);
-        if (this.refusingUntilSync) {
-          // The failing Query answers with ErrorResponse and ReadyForQuery,
-          // which is what the server would have sent for the whole batch.
-          if (type === Frontend.Sync) this.refusingUntilSync = false;
-          return;
-        }
         if (ignoredSync) {
           // The server ignores it during COPY FROM STDIN: passes untouched, uncounted.
           UNTOUCHED.add(msg);
           messages.push(msg);
           return;
         }
-        messages.push(type === Frontend.Query || type === Frontend.Parse ? this.checkSessionState(msg) : msg);
+        messages.push(type === Frontend.Query || type === Frontend.Parse ? this.checkStatement(msg) : msg);
       });
     } catch (err) {
       if (!(err instanceof FrameError)) throw err;
@@ -337,8 +330,12 @@ export class ClientSession implements ServerOwner {
     const conn = this.server;
     if (!conn) return true;
     const out: Buffer[] = [];
-    if (conn.statements.max === 0) out.push(...messages);
-    else for (const m of messages) out.push(...(UNTOUCHED.has(m) ? [m] : this.prepared.rewrite(m, conn.statements)));
+    for (const m of messages) {
+      const refusal = REFUSED.get(m);
+      if (refusal !== undefined) out.push(...this.prepared.refuse(refusal, conn.statements));
+      else if (UNTOUCHED.has(m)) out.push(m);
+      else out.push(...this.prepared.rewrite(m, conn.statements));
+    }
     if (conn.write(out.length === 1 ? out[0] : Buffer.concat(out))) return true;
     this.socket.pause();
     return false;
@@ -349,17 +346,17 @@ export class ClientSession implements ServerOwner {
    * connection, or (onSessionState: error) replace the statement with one
    * that fails with our error, which keeps the protocol in step.
    */
-  private checkSessionState(msg: Buffer): Buffer {
+  private checkStatement(msg: Buffer): Buffer {
     const isQuery = msg[0] === Frontend.Query;
     const parsed = isQuery ? null : readParse(msg);
-    const reason = detectSessionState(isQuery ? readQuery(msg) : parsed!.query);
-    if (!reason) return msg;
+    const sql = isQuery ? readQuery(msg) : parsed!.query;
     const service = this.service!;
+    // The server holds the proxy's statements for everyone on the connection: SQL must not name them.
+    if (sql.toLowerCase().includes(SERVER_STATEMENT_PREFIX)) return this.refused(msg, clientErrors.reservedStatementName(SERVER_STATEMENT_PREFIX));
+    const reason = detectSessionState(sql);
+    if (!reason) return msg;
     if (service.onSessionState === 'error') {
-      const e = clientErrors.sessionStateRefused(service.name, SESSION_STATE_WHAT[reason]);
-      const raise = buildQuery(raiseStatement(e.code, e.message, e.hint ?? ''));
-      if (!isQuery) this.refusingUntilSync = true;
-      return raise;
+      return this.refused(msg, clientErrors.sessionStateRefused(service.name, SESSION_STATE_WHAT[reason]));
     }
     if (!this.pinned) {
       this.pinned = reason;
@@ -367,6 +364,18 @@ export class ClientSession implements ServerOwner {
       pins[reason] = (pins[reason] ?? 0) + 1;
       this.ctx.log.info({ service: service.name, pid: this.processId, reason }, 'client pinned to its server connection');
     }
+    return msg;
+  }
+
+  /**
+   * A statement replaced by one the server itself fails with our error: a
+   * Query by a failing Query; a Parse by the proxy's own unnamed Parse, Bind
+   * and Execute (see PreparedStatements.refuse), so the protocol stays in step.
+   */
+  private refused(msg: Buffer, e: ErrorFields): Buffer {
+    const raise = raiseStatement(e.code, e.message, e.hint ?? '');
+    if (msg[0] === Frontend.Query) return buildQuery(raise);
+    REFUSED.set(msg, raise);
     return msg;
   }
 
@@ -441,8 +450,9 @@ export class ClientSession implements ServerOwner {
     this.lastServerType = type;
     switch (type) {
       case Backend.ParseComplete:
+      case Backend.BindComplete:
       case Backend.CloseComplete:
-        if (this.server && this.prepared.onComplete(type === Backend.ParseComplete ? 'parse' : 'close', this.server.statements)) {
+        if (this.assembler && this.prepared.onComplete(COMPLETION[type])) {
           (this.cuts ??= []).push(this.cutBase + end - 5, this.cutBase + end);
         }
         break;
@@ -450,7 +460,7 @@ export class ClientSession implements ServerOwner {
         if (this.server) this.prepared.onError(this.server.statements);
         break;
       case Backend.ReadyForQuery:
-        this.prepared.onReadyForQuery();
+        if (this.server) this.prepared.onReadyForQuery(this.server.statements);
         if (this.expectedReady > 0) this.expectedReady--;
         this.txStatus = first;
         this.inCopy = false;
@@ -670,6 +680,15 @@ function statusLetter(status: number): 'I' | 'T' | 'E' {
 /** Client messages forwarded without rewriting or counting (Syncs the server ignores). */
 const UNTOUCHED = new WeakSet<Buffer>();
 
+/** Client Parse messages refused, with the statement that raises the error in their place. */
+const REFUSED = new WeakMap<Buffer, string>();
+
+const COMPLETION: Record<number, CompletionKind> = {
+  [Backend.ParseComplete]: 'parse',
+  [Backend.BindComplete]: 'bind',
+  [Backend.CloseComplete]: 'close',
+};
+
 const SESSION_STATE_WHAT: Record<SessionStateReason, string> = {
   set: 'SET',
   listen: 'LISTEN',
@@ -677,6 +696,7 @@ const SESSION_STATE_WHAT: Record<SessionStateReason, string> = {
   temp_table: 'CREATE TEMP',
   prepare: 'PREPARE',
   cursor_with_hold: 'DECLARE … WITH HOLD',
+  load: 'LOAD',
 };
 
 /** A statement that fails with the given error when executed, in any protocol. */

@@ -13,6 +13,7 @@ export const enum Backend {
   CopyOutResponse = 0x48, // 'H'
   CopyBothResponse = 0x57, // 'W'
   ParseComplete = 0x31, // '1'
+  BindComplete = 0x32, // '2'
   CloseComplete = 0x33, // '3'
 }
 

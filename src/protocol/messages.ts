@@ -53,6 +53,16 @@ export function rewriteBindStatement(msg: Buffer, statement: string): Buffer {
   return build(0x42, [cstr(portal), cstr(statement), msg.subarray(restOffset)]);
 }
 
+/** Bind ('B') with no parameters and text results. */
+export function buildBind(portal: string, statement: string): Buffer {
+  return build(0x42, [cstr(portal), cstr(statement), Buffer.from([0, 0, 0, 0, 0, 0])]);
+}
+
+/** Execute ('E') of a portal, all rows. */
+export function buildExecute(portal: string): Buffer {
+  return build(0x45, [cstr(portal), Buffer.from([0, 0, 0, 0])]);
+}
+
 /** Describe ('D') and Close ('C'): 'S' or 'P', then a name. */
 export function readTarget(msg: Buffer): { kind: 'S' | 'P'; name: string } {
   const kind = String.fromCharCode(msg[5]) as 'S' | 'P';

@@ -2,12 +2,20 @@
 // proxy chose, keyed by their text and parameter types. Least recently used
 // first, so the oldest can be closed when the cache is full.
 
-/** Server-side names all start with this; a client's own names never reach the server. */
-export const SERVER_STATEMENT_PREFIX = '__pgbudget_';
+import { randomBytes } from 'node:crypto';
+
+/**
+ * Server-side names all start with this (random per process, so it cannot be
+ * guessed from the outside); a client's own names never reach the server,
+ * and SQL that names a statement with this prefix is refused.
+ */
+export const SERVER_STATEMENT_PREFIX = `__pgbudget_${randomBytes(4).toString('hex')}_`;
 
 export class ServerStatements {
   private readonly byKey = new Map<string, string>();
   private counter = 0;
+  /** Which client's Parse("") the server's unnamed statement holds, if any. */
+  unnamedOwner: object | null = null;
 
   constructor(readonly max: number) {}
 
@@ -51,5 +59,6 @@ export class ServerStatements {
   /** DEALLOCATE ALL or DISCARD ALL ran on the server. */
   clear(): void {
     this.byKey.clear();
+    this.unnamedOwner = null;
   }
 }

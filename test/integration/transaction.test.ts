@@ -255,3 +255,86 @@ t.test('startup parameters hold on whichever server connection a client gets', a
   t.equal(r.stdout.trim(), '05.03.2024', 'psql options are applied');
   await assertNoLeaks(t, proxy);
 });
+
+t.test('review findings: unnamed statements, skipped Parses, refusals, DEALLOCATE, reserved names', async (t) => {
+  const { SERVER_STATEMENT_PREFIX } = await import('../../src/server/statements.js');
+  const one = await startProxy(t, cluster, {
+    maxPreparedStatements: 2,
+    services: [
+      { name: 'app', match: { user: 'app' }, budget: 1, poolMode: 'transaction', queue: { timeoutMs: 5000 } },
+      { name: 'strict', match: { user: 'strict' }, budget: 1, poolMode: 'transaction', onSessionState: 'error' },
+    ],
+  });
+  const parse = (name: string, sql: string) => frontend('P', Buffer.from(`${name}\0${sql}\0\0\0`, 'utf8'));
+  const bind = (name: string) => frontend('B', Buffer.from(`\0${name}\0\0\0\0\0\0\0`, 'latin1'));
+  const execute = frontend('E', Buffer.from('\0\0\0\0\0', 'latin1'));
+  const sync = frontend('S');
+  const flush = frontend('H');
+  const rowsOf = (c: ReturnType<typeof rawClient>) => c.messages.filter((m) => m.type === 'D').map((m) => m.body.toString('utf8', 6));
+  const lastError = (c: ReturnType<typeof rawClient>) => c.messages.filter((m) => m.type === 'E').at(-1)?.body.toString('utf8') ?? '';
+
+  // 1. Budget 1: both clients share one server connection. B never runs A's unnamed statement.
+  const a = rawClient(one.port);
+  const b = rawClient(one.port);
+  await a.login('app');
+  await b.login('app');
+  a.socket.write(Buffer.concat([parse('', "select 'A-secret'"), sync]));
+  await a.until(() => a.count('Z') === 2);
+  b.socket.write(Buffer.concat([bind(''), execute, sync]));
+  await b.until(() => b.count('Z') === 2);
+  t.same(rowsOf(b), [], 'B got no row of A');
+  t.match(lastError(b), /C26000/, 'B: no unnamed statement of its own');
+  b.socket.write(Buffer.concat([parse('', "select 'B-own'"), sync]));
+  await b.until(() => b.count('Z') === 3);
+  a.socket.write(Buffer.concat([bind(''), execute, sync]));
+  await a.until(() => a.count('Z') === 3);
+  t.same(rowsOf(a), ['A-secret'], 'A still runs its own unnamed statement after B replaced the server\'s');
+
+  // 2. A Parse skipped after an error must not poison the cache for anyone.
+  a.socket.write(Buffer.concat([parse('s2', 'select 2'), sync]));
+  await a.until(() => a.count('Z') === 4);
+  a.socket.write(Buffer.concat([parse('s3', 'select 3'), parse('s4', 'select 4'), sync])); // evicts s2 (max 2)
+  await a.until(() => a.count('Z') === 5);
+  a.socket.write(Buffer.concat([parse('', 'selec'), flush]));
+  await a.until(() => a.count('E') === 1);
+  a.socket.write(Buffer.concat([bind('s2'), execute, sync]));
+  await a.until(() => a.count('Z') === 6);
+  a.socket.write(Buffer.concat([bind('s2'), execute, sync]));
+  await a.until(() => a.count('Z') === 7);
+  t.same(rowsOf(a).slice(-1), ['2'], 's2 runs after a batch in which its injected Parse was skipped');
+
+  // 5. DEALLOCATE hidden in a multi-statement query: the cache starts afresh.
+  a.socket.write(simpleQuery('select 1; deallocate all'));
+  await a.until(() => a.count('Z') === 8);
+  b.socket.write(Buffer.concat([parse('bs', "select 'b-stmt'"), sync]));
+  await b.until(() => b.count('Z') === 4);
+  a.socket.write(Buffer.concat([bind('s3'), execute, sync]));
+  await a.until(() => a.count('Z') === 9);
+  t.same(rowsOf(a).slice(-1), ['3'], 'statements are prepared again after DEALLOCATE ALL in a multi-statement query');
+  a.socket.write(simpleQuery('deallocate s4'));
+  await a.until(() => a.count('Z') === 10);
+  t.match(a.messages.filter((m) => m.type === 'C').at(-1)?.body.toString('latin1'), /^DEALLOCATE\0/, 'DEALLOCATE name answers DEALLOCATE');
+
+  // 6. SQL cannot name the proxy's statements.
+  b.socket.write(simpleQuery(`execute ${SERVER_STATEMENT_PREFIX}1`));
+  await b.until(() => b.count('Z') === 5);
+  t.match(lastError(b), /C42501.*belong to the proxy/s, 'EXECUTE of a proxy statement is refused');
+  a.socket.end(frontend('X'));
+  b.socket.end(frontend('X'));
+
+  // 3. A refused Parse after an earlier error in the same batch: the client still gets its ReadyForQuery.
+  const s = rawClient(one.port);
+  await s.login('strict');
+  s.socket.write(Buffer.concat([parse('', 'selec'), parse('', 'set search_path = x'), sync]));
+  await s.until(() => s.count('Z') === 2, 3000);
+  t.equal(s.count('E'), 1, 'one error: the first; the refusal was skipped like the rest of the batch');
+  // 4. A refused Parse followed by Flush, then Sync: error, then ReadyForQuery, and the slot is free again.
+  s.socket.write(Buffer.concat([parse('x', 'set search_path = x'), flush]));
+  await s.until(() => s.count('E') === 2, 3000);
+  t.match(lastError(s), /C0A000/);
+  s.socket.write(sync);
+  await s.until(() => s.count('Z') === 3, 3000);
+  t.notOk(s.messages.some((m) => m.type === '1' || m.type === '2'), 'the proxy\'s own completions never reach the client');
+  s.socket.end(frontend('X'));
+  await assertNoLeaks(t, one);
+});

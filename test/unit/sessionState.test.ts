@@ -14,6 +14,16 @@ t.test('statements that keep session state', async (t) => {
     ['prepare p as select 1', 'prepare'],
     ['declare c cursor with hold for select 1', 'cursor_with_hold'],
     ['select 1; set work_mem = 1', 'set'],
+    ['SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY', 'set'],
+    ['PREPARE "q" AS select 1', 'prepare'],
+    ["select '--'; set search_path = evil", 'set'],
+    ['select $$--$$; set search_path = evil', 'set'],
+    ["select E'\\''; set search_path = evil", 'set'],
+    ["select set_config('a', 'b', 'f')", 'set'],
+    ['create or replace temp view v as select 1', 'temp_table'],
+    ['select 1 into temp t', 'temp_table'],
+    ['create table pg_temp.t(a int)', 'temp_table'],
+    ["LOAD 'auto_explain'", 'load'],
   ];
   for (const [sql, reason] of cases) t.equal(detectSessionState(sql), reason, sql);
 });
@@ -34,6 +44,8 @@ t.test('statements that do not', async (t) => {
     'select $tag$ LISTEN x $tag$',
     'declare c cursor for select 1',
     'select "set" from t',
+    'create temp table t(a int) on commit drop',
+    "select set_config('a', format('%s', 1), true)",
   ];
   for (const sql of none) t.equal(detectSessionState(sql), null, sql);
 });
