@@ -155,12 +155,17 @@ async function psqlScenario(url: string, id: number): Promise<void> {
     `prepare p_${id} as select count(*) from scen_items where client = $1;`,
     `execute p_${id}(${id});`,
     `deallocate p_${id};`,
+    `listen psql_ch_${id};`,
+    `notify psql_ch_${id}, 'hello-${id}';`,
     `delete from scen_items where client = ${id};`,
   ].join('\n');
   const r = await run('psql', ['-X', '-A', '-t', '-d', url, '-f', await writeScript(id, script)]);
   const counts = r.stdout.split('\n').filter((l) => /^\d+$/.test(l.trim()));
   if (counts.join(',') !== '300,300,300') throw new Error(`psql ${id}: counts ${counts.join(',')} stderr ${r.stderr}`);
   if (!/division by zero/.test(r.stderr)) throw new Error(`psql ${id}: no division error: ${r.stderr}`);
+  if (!new RegExp(`notification "psql_ch_${id}" with payload "hello-${id}" received`).test(r.stdout + r.stderr)) {
+    throw new Error(`psql ${id}: no notification: ${r.stdout}`);
+  }
   // Cancel through libpq: SIGINT to psql while it sleeps.
   const c = await psqlCancelledSleep(url);
   if (!/canceling statement due to user request/.test(c.stderr)) throw new Error(`psql ${id}: cancel: ${c.stderr}`);
