@@ -352,7 +352,7 @@ export class ClientSession implements ServerOwner {
     const sql = isQuery ? readQuery(msg) : parsed!.query;
     const service = this.service!;
     // The server holds the proxy's statements for everyone on the connection: SQL must not name them.
-    if (sql.toLowerCase().includes(SERVER_STATEMENT_PREFIX)) return this.refused(msg, clientErrors.reservedStatementName(SERVER_STATEMENT_PREFIX));
+    if (sql.includes('__') && sql.toLowerCase().includes(SERVER_STATEMENT_PREFIX)) return this.refused(msg, clientErrors.reservedStatementName(SERVER_STATEMENT_PREFIX));
     const reason = detectSessionState(sql);
     if (!reason) return msg;
     if (service.onSessionState === 'error') {
@@ -503,7 +503,6 @@ export class ClientSession implements ServerOwner {
 
   private requestServer(forLogin: boolean): void {
     this.state = 'waiting';
-    this.socket.pause();
     let settled = false;
     const waiter = this.ctx.pool.acquire(this.service!.name, this.key, {
       onAssign: (conn) => {
@@ -524,7 +523,11 @@ export class ClientSession implements ServerOwner {
         this.endWith(error);
       },
     });
-    if (!settled) this.waiter = waiter;
+    if (settled) return;
+    // Queued: stop reading until a server connection comes. (An immediate
+    // hand-out skips the pause, which costs two epoll_ctl calls per transaction.)
+    this.waiter = waiter;
+    this.socket.pause();
   }
 
   private link(conn: ServerConnection): void {
@@ -536,12 +539,12 @@ export class ClientSession implements ServerOwner {
     this.pending = [];
     this.prepared.resetPending();
     if (this.assembler) {
-      if (pending.length === 0 || this.forward(pending)) this.socket.resume();
+      if ((pending.length === 0 || this.forward(pending)) && this.socket.isPaused()) this.socket.resume();
       return;
     }
     let ok = true;
     for (const chunk of pending) ok = conn.write(chunk);
-    if (ok) this.socket.resume();
+    if (ok && this.socket.isPaused()) this.socket.resume();
   }
 
   private releaseServer(reusable: boolean): void {
@@ -549,7 +552,7 @@ export class ClientSession implements ServerOwner {
     this.server = null;
     this.state = 'idle';
     this.ctx.pool.release(conn, reusable);
-    this.socket.resume();
+    if (this.socket.isPaused()) this.socket.resume();
   }
 
   /** Called on the target session of a CancelRequest: only a query in flight is cancelled. */
