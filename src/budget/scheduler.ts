@@ -486,7 +486,10 @@ export class Scheduler {
     // 1. Idle connections go to waiters of their own service and key, in queue order.
     for (const s of this.services.values()) {
       if (s.waiters.size === 0 || s.idle.length === 0) continue;
-      for (const w of [...s.waiters.values()]) {
+      // No scan of a long queue when no idle connection fits any waiter.
+      if (!s.idle.some((c) => s.waitingByKey.has(c.key))) continue;
+      // Deleting the visited entry while iterating a Map is safe.
+      for (const w of s.waiters.values()) {
         const conn = this.takeIdle(s, w.key);
         if (!conn) continue;
         this.dequeue(s, w);

@@ -45,6 +45,12 @@ const DISCARD_ALL = /^\s*discard\s+all\s*;?\s*$/i;
 /** Any statement that may drop prepared statements on the server, anywhere in a multi-statement string. */
 const DROPS_STATEMENTS = /(^|;)\s*(deallocate|discard)\b/i;
 
+/** A Parse whose SQL may drop prepared statements (DEALLOCATE, DISCARD); cheap test first. */
+function mayDropStatements(parse: Buffer): boolean {
+  const text = parse.toString('latin1', 5);
+  return /deallocate|discard/i.test(text) && DROPS_STATEMENTS.test(stripSql(readParse(parse).query));
+}
+
 function keyOf(query: string, paramTypes: Buffer): string {
   return `${paramTypes.toString('hex')}:${query}`;
 }
@@ -55,8 +61,8 @@ function unquote(identifier: string): string {
 
 export class PreparedStatements {
   private readonly defs = new Map<string, StatementDef>();
-  /** The client's unnamed statement, which the server keeps until the next Parse("") or Query. */
-  private unnamed: StatementDef | null = null;
+  /** The client's last Parse("") message (a copy), which the server keeps until the next Parse("") or Query. */
+  private unnamed: Buffer | null = null;
   private pending: Pending[] = [];
 
   /** How many statements the client has prepared (for tests and status). */
@@ -179,14 +185,16 @@ export class PreparedStatements {
   }
 
   private parse(msg: Buffer, server: ServerStatements): Buffer[] {
-    const parsed = readParse(msg);
-    if (DROPS_STATEMENTS.test(stripSql(parsed.query))) server.clear();
-    if (parsed.name === '') {
-      this.unnamed = { query: parsed.query, paramTypes: parsed.paramTypes, key: '' };
+    if (msg[5] === 0) {
+      // Unnamed (the name is the empty string): kept as bytes, re-sent as is when needed.
+      if (mayDropStatements(msg)) server.clear();
+      this.unnamed = Buffer.from(msg);
       server.unnamedOwner = this;
       this.pending.push({ kind: 'parse', ours: false });
       return [msg];
     }
+    const parsed = readParse(msg);
+    if (mayDropStatements(msg)) server.clear();
     // A name reused with other text is simply redefined: prepared afresh.
     const def: StatementDef = { query: parsed.query, paramTypes: parsed.paramTypes, key: keyOf(parsed.query, parsed.paramTypes) };
     this.defs.set(parsed.name, def);
@@ -222,7 +230,7 @@ export class PreparedStatements {
     if (server.unnamedOwner === this) return '';
     server.unnamedOwner = this;
     this.pending.push({ kind: 'parse', ours: true });
-    out.push(buildParse('', this.unnamed.query, this.unnamed.paramTypes));
+    out.push(this.unnamed);
     return '';
   }
 

@@ -122,7 +122,13 @@ export class Metrics {
       buckets: QUEUE_WAIT_BUCKETS,
       registers: r,
     });
-    source.stats.waitObserver = (service, seconds) => wait.observe({ service }, seconds);
+    // One child per service: observe() then skips hashing the label set on every hand-out.
+    const children = new Map<string, client.Histogram.Internal<'service'>>();
+    source.stats.waitObserver = (service, seconds) => {
+      let child = children.get(service);
+      if (!child) children.set(service, (child = wait.labels({ service })));
+      child.observe(seconds);
+    };
     client.collectDefaultMetrics({ register: this.registry, prefix: 'pgbudget_' });
   }
 
