@@ -108,10 +108,6 @@ export class Scheduler {
     this.limits = limits;
   }
 
-  get poolLimits(): PoolLimits {
-    return this.limits;
-  }
-
   /** Adds a service or changes its limits; takes effect for the next decision. */
   setService(name: string, limits: ServiceLimits): void {
     const s = this.services.get(name);
@@ -143,10 +139,6 @@ export class Scheduler {
   /** Upstream backoff: opening stays paused until `until`. */
   pauseOpening(until: number): void {
     this.noOpenBefore = Math.max(this.noOpenBefore, until);
-  }
-
-  get openingPausedUntil(): number {
-    return this.noOpenBefore;
   }
 
   // ---- events ----

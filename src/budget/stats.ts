@@ -61,10 +61,6 @@ export class Stats {
     return this.byService.entries();
   }
 
-  reject(service: string, reason: RejectReason): void {
-    this.service(service).rejections[reason]++;
-  }
-
   waited(service: string, ms: number): void {
     this.waitObserver?.(service, ms / 1000);
   }

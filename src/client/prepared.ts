@@ -65,11 +65,6 @@ export class PreparedStatements {
   private unnamed: Buffer | null = null;
   private pending: Pending[] = [];
 
-  /** How many statements the client has prepared (for tests and status). */
-  get count(): number {
-    return this.defs.size;
-  }
-
   /**
    * Rewrites one whole client message for the server connection whose
    * statements are `server`; returns the messages to send in its place.

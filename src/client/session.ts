@@ -6,7 +6,7 @@ import type net from 'node:net';
 import { randomInt } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Waiter } from '../budget/scheduler.js';
-import { UNMATCHED, type RejectReason, type Stats } from '../budget/stats.js';
+import { UNMATCHED, type Stats } from '../budget/stats.js';
 import { matchService, type Config, type ServiceConfig } from '../config/schema.js';
 import { clientErrors } from '../errors.js';
 import { Backend, Frontend, TxStatus } from '../protocol/codes.js';
@@ -674,7 +674,6 @@ export class ClientSession implements ServerOwner {
   }
 }
 
-export type { RejectReason };
 
 function statusLetter(status: number): 'I' | 'T' | 'E' {
   return status === TxStatus.InTransaction ? 'T' : status === TxStatus.Failed ? 'E' : 'I';

@@ -39,7 +39,7 @@ export class Proxy {
 
   constructor(
     private config: Config,
-    private readonly log: Logger,
+    log: Logger,
   ) {
     this.pool = new ServerPool(config, this.stats, log);
     const self = this;
