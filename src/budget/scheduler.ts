@@ -475,6 +475,18 @@ export class Scheduler {
   }
 
   private dispatch(now: number, actions: Action[]): void {
+    // Nobody waits (the common case, once per transaction): nothing to hand out or open.
+    let anyWaiting = false;
+    for (const s of this.services.values()) {
+      if (s.waiters.size > 0) {
+        anyWaiting = true;
+        break;
+      }
+    }
+    if (!anyWaiting) {
+      for (const s of this.services.values()) s.reserved = 0;
+      return;
+    }
     // 1. Idle connections go to waiters of their own service and key, in queue order.
     for (const s of this.services.values()) {
       if (s.waiters.size === 0 || s.idle.length === 0) continue;

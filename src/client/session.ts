@@ -26,7 +26,7 @@ import { parseStartupPacket, startupPacketLength, StartupPacketError } from '../
 import type { ServerConnection, ServerOwner } from '../server/connection.js';
 import { poolKey, type ServerPool } from '../server/pool.js';
 import { SERVER_STATEMENT_PREFIX } from '../server/statements.js';
-import { PreparedStatements, type CompletionKind } from './prepared.js';
+import { decodedQueries, PreparedStatements, type CompletionKind } from './prepared.js';
 import { detectSessionState, type SessionStateReason } from './sessionState.js';
 
 export interface SessionContext {
@@ -350,6 +350,7 @@ export class ClientSession implements ServerOwner {
     const isQuery = msg[0] === Frontend.Query;
     const parsed = isQuery ? null : readParse(msg);
     const sql = isQuery ? readQuery(msg) : parsed!.query;
+    if (isQuery) decodedQueries.set(msg, sql);
     const service = this.service!;
     // The server holds the proxy's statements for everyone on the connection: SQL must not name them.
     if (sql.includes('__') && sql.toLowerCase().includes(SERVER_STATEMENT_PREFIX)) return this.refused(msg, clientErrors.reservedStatementName(SERVER_STATEMENT_PREFIX));
