@@ -59,9 +59,6 @@ function unquote(identifier: string): string {
   return identifier.startsWith('"') ? identifier.slice(1, -1).replace(/""/g, '"') : identifier.toLowerCase();
 }
 
-/** Query texts the session already decoded (set by the session, read here). */
-export const decodedQueries = new WeakMap<Buffer, string>();
-
 export class PreparedStatements {
   private readonly defs = new Map<string, StatementDef>();
   /** The client's last Parse("") message (a copy), which the server keeps until the next Parse("") or Query. */
@@ -241,7 +238,7 @@ export class PreparedStatements {
 
   /** SQL-level DEALLOCATE and DISCARD refer to the client's names, and may drop the proxy's. */
   private query(msg: Buffer, server: ServerStatements): Buffer[] {
-    const sql = decodedQueries.get(msg) ?? readQuery(msg);
+    const sql = readQuery(msg);
     if (!/deallocate|discard/i.test(sql) || !DROPS_STATEMENTS.test(stripSql(sql))) return [msg];
     if (DEALLOCATE_ALL.test(sql) || DISCARD_ALL.test(sql)) {
       this.defs.clear();

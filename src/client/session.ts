@@ -26,7 +26,7 @@ import { parseStartupPacket, startupPacketLength, StartupPacketError } from '../
 import type { ServerConnection, ServerOwner } from '../server/connection.js';
 import { poolKey, type ServerPool } from '../server/pool.js';
 import { SERVER_STATEMENT_PREFIX } from '../server/statements.js';
-import { decodedQueries, PreparedStatements, type CompletionKind } from './prepared.js';
+import { PreparedStatements, type CompletionKind } from './prepared.js';
 import { detectSessionState, type SessionStateReason } from './sessionState.js';
 
 export interface SessionContext {
@@ -145,7 +145,7 @@ export class ClientSession implements ServerOwner {
       try {
         length = startupPacketLength(buf);
       } catch (err) {
-        return this.startupViolation((err as Error).message);
+        return this.protocolViolation((err as Error).message);
       }
       if (length < 0 || buf.length < length) {
         this.startupBuf = buf;
@@ -157,7 +157,7 @@ export class ClientSession implements ServerOwner {
       try {
         parsed = parseStartupPacket(packet);
       } catch (err) {
-        if (err instanceof StartupPacketError) return this.startupViolation(err.message);
+        if (err instanceof StartupPacketError) return this.protocolViolation(err.message);
         throw err;
       }
       switch (parsed.kind) {
@@ -184,9 +184,17 @@ export class ClientSession implements ServerOwner {
     }
   }
 
-  private startupViolation(what: string): void {
+  /** A malformed packet from the client: 08P01, and the server connection (if any) is not reused. */
+  private protocolViolation(what: string): void {
+    this.poisoned = true;
     this.stats().rejections.protocol_violation++;
     this.fatal(clientErrors.protocolViolation(what), `protocol violation: ${what}`);
+  }
+
+  /** 57P01 to a client the shutdown does not wait for. */
+  private endForShutdown(): void {
+    this.stats().rejections.shutdown++;
+    this.fatal(clientErrors.shuttingDown(), 'shutting down');
   }
 
   private onStartupMessage(params: Record<string, string>): void {
@@ -207,8 +215,7 @@ export class ClientSession implements ServerOwner {
       );
     }
     if (this.ctx.shuttingDown) {
-      this.stats().rejections.shutdown++;
-      return this.fatal(clientErrors.shuttingDown(), 'shutting down');
+      return this.endForShutdown();
     }
     this.service = service;
     this.key = poolKey(this.user, this.database, params);
@@ -250,9 +257,7 @@ export class ClientSession implements ServerOwner {
       this.clientScanner.scan(chunk);
     } catch (err) {
       if (!(err instanceof FrameError)) throw err;
-      this.poisoned = true;
-      this.stats().rejections.protocol_violation++;
-      return this.fatal(clientErrors.protocolViolation(err.message), 'protocol violation');
+      return this.protocolViolation(err.message);
     }
     // Forward whole headers only, so a Terminate is never half-sent to a
     // server connection that another client will use next.
@@ -304,9 +309,7 @@ export class ClientSession implements ServerOwner {
       });
     } catch (err) {
       if (!(err instanceof FrameError)) throw err;
-      this.poisoned = true;
-      this.stats().rejections.protocol_violation++;
-      return this.fatal(clientErrors.protocolViolation(err.message), 'protocol violation');
+      return this.protocolViolation(err.message);
     }
     if (messages.length > 0) {
       if (this.state === 'linked') this.forward(messages);
@@ -350,7 +353,6 @@ export class ClientSession implements ServerOwner {
     const isQuery = msg[0] === Frontend.Query;
     const parsed = isQuery ? null : readParse(msg);
     const sql = isQuery ? readQuery(msg) : parsed!.query;
-    if (isQuery) decodedQueries.set(msg, sql);
     const service = this.service!;
     // The server holds the proxy's statements for everyone on the connection: SQL must not name them.
     if (sql.includes('__') && sql.toLowerCase().includes(SERVER_STATEMENT_PREFIX)) return this.refused(msg, clientErrors.reservedStatementName(SERVER_STATEMENT_PREFIX));
@@ -441,8 +443,7 @@ export class ClientSession implements ServerOwner {
     if (data.length > 0 && !this.socket.write(data) && this.socket.writable) this.server?.socket.pause();
     if (!this.server || !this.atTransactionBoundary) return;
     if (this.ctx.shuttingDown) {
-      this.stats().rejections.shutdown++;
-      return this.fatal(clientErrors.shuttingDown(), 'shutting down');
+      return this.endForShutdown();
     }
     if (this.service!.poolMode === 'transaction' && !this.pinned) this.releaseServer(true);
   }
@@ -589,17 +590,9 @@ export class ClientSession implements ServerOwner {
 
   /** Shutdown: leave now if between transactions, else when the transaction ends. */
   shutdown(): void {
-    if (this.state === 'startup' || this.state === 'idle') {
-      this.stats().rejections.shutdown++;
-      this.fatal(clientErrors.shuttingDown(), 'shutting down');
-    } else if (this.state === 'waiting') {
-      this.stats().rejections.shutdown++;
-      this.fatal(clientErrors.shuttingDown(), 'shutting down');
-    } else if (this.state === 'linked' && this.atTransactionBoundary) {
-      this.stats().rejections.shutdown++;
-      this.fatal(clientErrors.shuttingDown(), 'shutting down');
-    }
     // Linked inside a transaction: onServerData ends it at the boundary.
+    if (this.state === 'linked' && !this.atTransactionBoundary) return;
+    if (this.state !== 'closed') this.endForShutdown();
   }
 
   /** Last resort at the end of the shutdown grace period. */

@@ -30,11 +30,21 @@ export interface ParseMessage {
   paramTypes: Buffer;
 }
 
+// One message is read by several layers (session-state checks, statement
+// rewriting): decode each Parse and Query once.
+const parsed = new WeakMap<Buffer, ParseMessage>();
+const queries = new WeakMap<Buffer, string>();
+
 /** Parse ('P'): name\0 query\0 int16 n, n × int32 oid. */
 export function readParse(msg: Buffer): ParseMessage {
-  const [name, q] = readCString(msg, 5);
-  const [query, t] = readCString(msg, q);
-  return { name, query, paramTypes: Buffer.from(msg.subarray(t)) };
+  let p = parsed.get(msg);
+  if (!p) {
+    const [name, q] = readCString(msg, 5);
+    const [query, t] = readCString(msg, q);
+    p = { name, query, paramTypes: Buffer.from(msg.subarray(t)) };
+    parsed.set(msg, p);
+  }
+  return p;
 }
 
 export function buildParse(name: string, query: string, paramTypes: Buffer): Buffer {
@@ -76,7 +86,9 @@ export function buildTarget(type: 'D' | 'C', kind: 'S' | 'P', name: string): Buf
 
 /** Query ('Q'): the SQL text. */
 export function readQuery(msg: Buffer): string {
-  return readCString(msg, 5)[0];
+  let sql = queries.get(msg);
+  if (sql === undefined) queries.set(msg, (sql = readCString(msg, 5)[0]));
+  return sql;
 }
 
 export function buildQuery(sql: string): Buffer {
