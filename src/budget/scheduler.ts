@@ -168,6 +168,17 @@ export class Scheduler {
   }
 
   /**
+   * The hot path of acquire(): when nobody of the service waits and an idle
+   * connection for the key exists, it becomes active and its id is returned;
+   * otherwise 0 and nothing changes (call acquire()).
+   */
+  takeIdleNow(service: string, key: string): number {
+    const s = this.service(service);
+    if (s.waiters.size > 0) return 0;
+    return this.takeIdle(s, key)?.id ?? 0;
+  }
+
+  /**
    * Puts a waiter back at the head of its queue, keeping its original wait
    * time (the connection it was given turned out to be unusable).
    */
@@ -390,7 +401,8 @@ export class Scheduler {
     for (let i = s.idle.length - 1; i >= 0; i--) {
       const c = s.idle[i];
       if (c.key === key) {
-        s.idle.splice(i, 1);
+        if (i === s.idle.length - 1) s.idle.pop();
+        else s.idle.splice(i, 1);
         c.state = 'active';
         s.active++;
         return c;

@@ -20,6 +20,18 @@ export const REJECT_REASONS: readonly RejectReason[] = [
   'shutdown',
 ];
 
+/** Upper bounds, in seconds, of the queue-wait histogram's buckets (+Inf is implied). */
+export const QUEUE_WAIT_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+const QUEUE_WAIT_BUCKETS_MS = QUEUE_WAIT_BUCKETS.map((s) => s * 1000);
+
+/** Queue waits of one service as plain counts, turned into a Prometheus histogram at scrape time. */
+export interface WaitHistogram {
+  /** Hand-outs per bucket, not cumulative; the last entry is +Inf. */
+  readonly buckets: number[];
+  sumSeconds: number;
+  count: number;
+}
+
 export interface ServiceStats {
   clientsConnected: number;
   /** Completed transactions (ReadyForQuery with status idle seen after a statement). */
@@ -30,6 +42,8 @@ export interface ServiceStats {
   rejections: Record<RejectReason, number>;
   /** Clients pinned to their server connection in transaction mode, by what kept session state. */
   pins: Record<string, number>;
+  /** How long each server connection hand-out waited (0 when immediate). */
+  wait: WaitHistogram;
 }
 
 /** The pseudo-service under which clients that match no service are counted. */
@@ -37,8 +51,6 @@ export const UNMATCHED = '(unmatched)';
 
 export class Stats {
   private readonly byService = new Map<string, ServiceStats>();
-  /** Set by the metrics layer; the core never imports it. */
-  waitObserver: ((service: string, seconds: number) => void) | null = null;
 
   service(name: string): ServiceStats {
     let s = this.byService.get(name);
@@ -51,6 +63,7 @@ export class Stats {
         serversClosed: 0,
         rejections: Object.fromEntries(REJECT_REASONS.map((r) => [r, 0])) as Record<RejectReason, number>,
         pins: {},
+        wait: { buckets: new Array<number>(QUEUE_WAIT_BUCKETS.length + 1).fill(0), sumSeconds: 0, count: 0 },
       };
       this.byService.set(name, s);
     }
@@ -61,7 +74,13 @@ export class Stats {
     return this.byService.entries();
   }
 
+  /** One hand-out of a server connection after `ms` in the queue: a few additions, no allocation. */
   waited(service: string, ms: number): void {
-    this.waitObserver?.(service, ms / 1000);
+    const w = this.service(service).wait;
+    let i = 0;
+    while (i < QUEUE_WAIT_BUCKETS_MS.length && ms > QUEUE_WAIT_BUCKETS_MS[i]) i++;
+    w.buckets[i]++;
+    w.sumSeconds += ms / 1000;
+    w.count++;
   }
 }

@@ -36,6 +36,12 @@ type Pending =
 
 export type CompletionKind = 'parse' | 'bind' | 'close';
 
+// The requests with nothing of their own to remember are shared: no object per message.
+const PARSE: Pending = Object.freeze({ kind: 'parse', ours: false });
+const BIND: Pending = Object.freeze({ kind: 'bind', ours: false });
+const CLOSE: Pending = Object.freeze({ kind: 'close', ours: false });
+const READY: Pending = Object.freeze({ kind: 'ready' });
+
 /** A name no server connection ever has: what unknown client names are sent as. */
 const ABSENT = `${SERVER_STATEMENT_PREFIX}absent`;
 
@@ -69,49 +75,47 @@ export class PreparedStatements {
    * Rewrites one whole client message for the server connection whose
    * statements are `server`; returns the messages to send in its place.
    */
-  rewrite(msg: Buffer, server: ServerStatements): Buffer[] {
+  rewrite(msg: Buffer, server: ServerStatements, out: Buffer[]): void {
     switch (msg[0]) {
       case 0x50: // 'P' Parse
-        return this.parse(msg, server);
+        return this.parse(msg, server, out);
       case 0x42: {
         // 'B' Bind
         const { statement } = readBindStatement(msg);
-        const out: Buffer[] = [];
         const name = statement === '' ? this.ensureUnnamed(server, out) : this.ensure(statement, server, out);
-        this.pending.push({ kind: 'bind', ours: false });
+        this.pending.push(BIND);
         out.push(name === statement ? msg : rewriteBindStatement(msg, name));
-        return out;
+        return;
       }
       case 0x44: {
         // 'D' Describe
-        const { kind, name } = readTarget(msg);
-        if (kind !== 'S') return [msg];
-        const out: Buffer[] = [];
+        if (msg[5] !== 0x53) break; // a portal: names nothing of ours
+        const { name } = readTarget(msg);
         const target = name === '' ? this.ensureUnnamed(server, out) : this.ensure(name, server, out);
         out.push(target === name ? msg : buildTarget('D', 'S', target));
-        return out;
+        return;
       }
       case 0x43: {
         // 'C' Close: the client's name goes away; the server keeps its copy
         // cached for others. Closing an absent name still yields CloseComplete.
         const { kind, name } = readTarget(msg);
-        this.pending.push({ kind: 'close', ours: false });
-        if (kind !== 'S' || name === '') return [msg];
+        this.pending.push(CLOSE);
+        if (kind !== 'S' || name === '') break;
         this.defs.delete(name);
-        return [buildTarget('C', 'S', ABSENT)];
+        out.push(buildTarget('C', 'S', ABSENT));
+        return;
       }
       case 0x53: // 'S' Sync
       case 0x46: // 'F' FunctionCall
-        this.pending.push({ kind: 'ready' });
-        return [msg];
+        this.pending.push(READY);
+        break;
       case 0x51: // 'Q' Query: also destroys the unnamed statement
-        this.pending.push({ kind: 'ready' });
+        this.pending.push(READY);
         this.unnamed = null;
         server.unnamedOwner = null;
-        return this.query(msg, server);
-      default:
-        return [msg];
+        return this.query(msg, server, out);
     }
+    out.push(msg);
   }
 
   /**
@@ -132,10 +136,10 @@ export class PreparedStatements {
    * the error, with their completions dropped: the client gets the error,
    * then the ReadyForQuery of its own Sync, as if the server had refused it.
    */
-  refuse(raiseSql: string, server: ServerStatements): Buffer[] {
+  refuse(raiseSql: string, server: ServerStatements, out: Buffer[]): void {
     server.unnamedOwner = null;
     this.pending.push({ kind: 'parse', ours: true }, { kind: 'bind', ours: true });
-    return [buildParse('', raiseSql, Buffer.from([0, 0])), buildBind('', ''), buildExecute('')];
+    out.push(buildParse('', raiseSql, Buffer.from([0, 0])), buildBind('', ''), buildExecute(''));
   }
 
   /**
@@ -179,26 +183,25 @@ export class PreparedStatements {
     this.pending = [];
   }
 
-  private parse(msg: Buffer, server: ServerStatements): Buffer[] {
+  private parse(msg: Buffer, server: ServerStatements, out: Buffer[]): void {
     if (msg[5] === 0) {
       // Unnamed (the name is the empty string): kept as bytes, re-sent as is when needed.
       if (mayDropStatements(msg)) server.clear();
       this.unnamed = Buffer.from(msg);
       server.unnamedOwner = this;
-      this.pending.push({ kind: 'parse', ours: false });
-      return [msg];
+      this.pending.push(PARSE);
+      out.push(msg);
+      return;
     }
     const parsed = readParse(msg);
     if (mayDropStatements(msg)) server.clear();
     // A name reused with other text is simply redefined: prepared afresh.
     const def: StatementDef = { query: parsed.query, paramTypes: parsed.paramTypes, key: keyOf(parsed.query, parsed.paramTypes) };
     this.defs.set(parsed.name, def);
-    const out: Buffer[] = [];
     const { name, evicted } = server.add(def.key);
     this.closeEvicted(evicted, out);
     this.pending.push({ kind: 'parse', ours: false, key: def.key, serverName: name, clientName: parsed.name, def });
     out.push(buildParse(name, def.query, def.paramTypes));
-    return out;
   }
 
   /** The server name of the client's statement on this connection, preparing it there if needed. */
@@ -237,13 +240,17 @@ export class PreparedStatements {
   }
 
   /** SQL-level DEALLOCATE and DISCARD refer to the client's names, and may drop the proxy's. */
-  private query(msg: Buffer, server: ServerStatements): Buffer[] {
+  private query(msg: Buffer, server: ServerStatements, out: Buffer[]): void {
     const sql = readQuery(msg);
-    if (!/deallocate|discard/i.test(sql) || !DROPS_STATEMENTS.test(stripSql(sql))) return [msg];
+    if (!/deallocate|discard/i.test(sql) || !DROPS_STATEMENTS.test(stripSql(sql))) {
+      out.push(msg);
+      return;
+    }
     if (DEALLOCATE_ALL.test(sql) || DISCARD_ALL.test(sql)) {
       this.defs.clear();
       server.clear();
-      return [msg];
+      out.push(msg);
+      return;
     }
     const m = DEALLOCATE.exec(sql);
     const def = m ? this.defs.get(unquote(m[1])) : undefined;
@@ -251,7 +258,6 @@ export class PreparedStatements {
       // The server knows the statement by the proxy's name: deallocate that
       // one (preparing it first if this connection lacks it).
       this.defs.delete(unquote(m[1]));
-      const out: Buffer[] = [];
       let name = server.use(def.key);
       if (name === undefined) {
         name = server.add(def.key).name;
@@ -260,11 +266,11 @@ export class PreparedStatements {
       }
       server.forget(def.key, name);
       out.push(buildQuery(`DEALLOCATE "${name}"`));
-      return out;
+      return;
     }
     // Anything else that may drop statements (in a multi-statement string,
     // or a SQL-level PREPAREd name): the cache can no longer be trusted.
     server.clear();
-    return [msg];
+    out.push(msg);
   }
 }

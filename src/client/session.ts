@@ -19,12 +19,13 @@ import {
   readyForQuery,
   type ErrorFields,
 } from '../protocol/encode.js';
+import { adoptAccepted } from '../io/reads.js';
 import { MessageAssembler } from '../protocol/assembler.js';
 import { FrameError, FrameScanner } from '../protocol/framing.js';
 import { buildQuery, readParse, readQuery } from '../protocol/messages.js';
 import { parseStartupPacket, startupPacketLength, StartupPacketError } from '../protocol/startup.js';
 import type { ServerConnection, ServerOwner } from '../server/connection.js';
-import { poolKey, type ServerPool } from '../server/pool.js';
+import { poolKey, type ServerPool, type WaitHandlers } from '../server/pool.js';
 import { SERVER_STATEMENT_PREFIX } from '../server/statements.js';
 import { PreparedStatements, type CompletionKind } from './prepared.js';
 import { detectSessionState, type SessionStateReason } from './sessionState.js';
@@ -42,7 +43,7 @@ export interface SessionContext {
 
 type State = 'startup' | 'idle' | 'waiting' | 'linked' | 'closed';
 
-export class ClientSession implements ServerOwner {
+export class ClientSession implements ServerOwner, WaitHandlers {
   state: State = 'startup';
   service: ServiceConfig | null = null;
   user = '';
@@ -53,10 +54,13 @@ export class ClientSession implements ServerOwner {
   private key = '';
   private server: ServerConnection | null = null;
   private waiter: Waiter | null = null;
+  /** The server connection being waited for is the first login for this pool key: the client gets its welcome from it. */
+  private loginPending = false;
   private startupBuf: Buffer | null = Buffer.alloc(0);
   private startupTimer: NodeJS.Timeout | null;
   /** Client bytes that arrived while no server connection was linked. */
   private pending: Buffer[] = [];
+  private pendingBytes = 0;
   /** An unfinished message header at the end of the last client chunk, held back. */
   private heldHeader: Buffer | null = null;
   private readonly connectedAt = Date.now();
@@ -80,6 +84,12 @@ export class ClientSession implements ServerOwner {
   /** Set at login for transaction mode: client messages are read whole, not just framed. */
   private assembler: MessageAssembler | null = null;
   private readonly prepared = new PreparedStatements();
+  /**
+   * Held client messages that forward() must not rewrite: a Sync the server
+   * will ignore (UNTOUCHED), or a refused Parse with the SQL that raises its
+   * error. Null, and never looked at, in the usual case.
+   */
+  private special: Map<Buffer, string> | null = null;
   /** Why this client is pinned to its server connection (session state), or null. */
   private pinned: SessionStateReason | null = null;
   /** Server bytes of an unfinished header, held back so a dropped message is never half-sent. */
@@ -93,18 +103,21 @@ export class ClientSession implements ServerOwner {
   private readonly clientScanner: FrameScanner;
   private readonly serverScanner: FrameScanner;
 
+  private readonly socket: net.Socket;
+
   constructor(
-    private readonly socket: net.Socket,
+    accepted: net.Socket,
     private readonly ctx: SessionContext,
   ) {
+    this.socket = adoptAccepted(accepted, (chunk) => this.onClientData(chunk));
     do this.processId = randomInt(1, 0x7fffffff);
     while (ctx.byProcessId.has(this.processId));
     this.secretKey = randomInt(0, 0x7fffffff);
     const cfg = ctx.config();
     this.clientScanner = new FrameScanner((type, _first, end) => this.onClientMessage(type, end), cfg.maxMessageBytes);
     this.serverScanner = new FrameScanner((type, first, end) => this.onServerMessage(type, first, end));
+    const socket = this.socket;
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onClientData(chunk));
     socket.on('drain', () => this.server?.socket.resume());
     socket.on('error', (err) => {
       this.closeReason = `client socket error: ${err.message}`;
@@ -275,7 +288,7 @@ export class ClientSession implements ServerOwner {
       if (this.state === 'linked') {
         if (this.server && !this.server.write(data)) this.socket.pause();
       } else {
-        this.pending.push(data);
+        this.hold(data);
         if (this.state === 'idle') this.requestServer(false);
       }
     }
@@ -283,6 +296,17 @@ export class ClientSession implements ServerOwner {
       this.closeReason = 'client terminated';
       this.socket.end();
     }
+  }
+
+  /**
+   * Keeps client bytes until a server connection is linked. Reading goes on
+   * while they are few, so a client that hangs up in the queue is seen at
+   * once and leaves it; past PENDING_LIMIT the client is paused.
+   */
+  private hold(data: Buffer): void {
+    this.pending.push(data);
+    this.pendingBytes += data.length;
+    if (this.pendingBytes > PENDING_LIMIT) this.socket.pause();
   }
 
   /** Transaction mode: whole messages, so statement names and session state can be seen and changed. */
@@ -301,7 +325,7 @@ export class ClientSession implements ServerOwner {
         this.onClientMessage(type, 0);
         if (ignoredSync) {
           // The server ignores it during COPY FROM STDIN: passes untouched, uncounted.
-          UNTOUCHED.add(msg);
+          (this.special ??= new Map()).set(msg, UNTOUCHED);
           messages.push(msg);
           return;
         }
@@ -314,7 +338,7 @@ export class ClientSession implements ServerOwner {
     if (messages.length > 0) {
       if (this.state === 'linked') this.forward(messages);
       else {
-        this.pending.push(...messages);
+        for (const m of messages) this.hold(m);
         if (this.state === 'idle') this.requestServer(false);
       }
     }
@@ -333,13 +357,19 @@ export class ClientSession implements ServerOwner {
     const conn = this.server;
     if (!conn) return true;
     const out: Buffer[] = [];
+    const special = this.special;
     for (const m of messages) {
-      const refusal = REFUSED.get(m);
-      if (refusal !== undefined) out.push(...this.prepared.refuse(refusal, conn.statements));
-      else if (UNTOUCHED.has(m)) out.push(m);
-      else out.push(...this.prepared.rewrite(m, conn.statements));
+      if (special !== null && special.has(m)) {
+        const refusal = special.get(m)!;
+        special.delete(m);
+        if (refusal === UNTOUCHED) out.push(m);
+        else this.prepared.refuse(refusal, conn.statements, out);
+      } else {
+        this.prepared.rewrite(m, conn.statements, out);
+      }
     }
-    if (conn.write(out.length === 1 ? out[0] : Buffer.concat(out))) return true;
+    if (special?.size === 0) this.special = null;
+    if (conn.write(joined(out))) return true;
     this.socket.pause();
     return false;
   }
@@ -378,7 +408,7 @@ export class ClientSession implements ServerOwner {
   private refused(msg: Buffer, e: ErrorFields): Buffer {
     const raise = raiseStatement(e.code, e.message, e.hint ?? '');
     if (msg[0] === Frontend.Query) return buildQuery(raise);
-    REFUSED.set(msg, raise);
+    (this.special ??= new Map()).set(msg, raise);
     return msg;
   }
 
@@ -505,31 +535,30 @@ export class ClientSession implements ServerOwner {
 
   private requestServer(forLogin: boolean): void {
     this.state = 'waiting';
-    let settled = false;
-    const waiter = this.ctx.pool.acquire(this.service!.name, this.key, {
-      onAssign: (conn) => {
-        settled = true;
-        this.waiter = null;
-        if (this.state !== 'waiting') return this.ctx.pool.release(conn, true);
-        this.link(conn);
-        if (forLogin) {
-          this.sendWelcome(conn.params);
-          if (this.service!.poolMode === 'transaction' && this.atTransactionBoundary) this.releaseServer(true);
-        }
-      },
-      onReject: (error, reason) => {
-        settled = true;
-        this.waiter = null;
-        this.stats().rejections[reason]++;
-        this.closeReason = reason;
-        this.endWith(error);
-      },
-    });
-    if (settled) return;
-    // Queued: stop reading until a server connection comes. (An immediate
-    // hand-out skips the pause, which costs two epoll_ctl calls per transaction.)
-    this.waiter = waiter;
-    this.socket.pause();
+    this.loginPending = forLogin;
+    // The session is its own WaitHandlers: no closures per transaction.
+    const waiter = this.ctx.pool.acquire(this.service!.name, this.key, this);
+    if (this.state === 'waiting') this.waiter = waiter;
+  }
+
+  /** WaitHandlers: a server connection for this client, at once or after waiting. */
+  onAssign(conn: ServerConnection): void {
+    this.waiter = null;
+    if (this.state !== 'waiting') return this.ctx.pool.release(conn, true);
+    this.link(conn);
+    if (this.loginPending) {
+      this.loginPending = false;
+      this.sendWelcome(conn.params);
+      if (this.service!.poolMode === 'transaction' && this.atTransactionBoundary) this.releaseServer(true);
+    }
+  }
+
+  /** WaitHandlers: no server connection for this client (queue full or timed out, login refused). */
+  onReject(error: Buffer, reason: 'queue_full' | 'queue_timeout' | 'server_login'): void {
+    this.waiter = null;
+    this.stats().rejections[reason]++;
+    this.closeReason = reason;
+    this.endWith(error);
   }
 
   private link(conn: ServerConnection): void {
@@ -539,6 +568,7 @@ export class ClientSession implements ServerOwner {
     this.lastServerType = 0;
     const pending = this.pending;
     this.pending = [];
+    this.pendingBytes = 0;
     this.prepared.resetPending();
     if (this.assembler) {
       if ((pending.length === 0 || this.forward(pending)) && this.socket.isPaused()) this.socket.resume();
@@ -579,6 +609,8 @@ export class ClientSession implements ServerOwner {
     const replies = [errorResponse(clientErrors.queryCanceled())];
     for (let i = 0; i < this.expectedReady; i++) replies.push(readyForQuery(statusLetter(this.txStatus)));
     this.pending = [];
+    this.pendingBytes = 0;
+    this.special = null;
     this.expectedReady = 0;
     this.prepared.resetPending();
     this.state = 'idle';
@@ -673,11 +705,28 @@ function statusLetter(status: number): 'I' | 'T' | 'E' {
   return status === TxStatus.InTransaction ? 'T' : status === TxStatus.Failed ? 'E' : 'I';
 }
 
-/** Client messages forwarded without rewriting or counting (Syncs the server ignores). */
-const UNTOUCHED = new WeakSet<Buffer>();
+/** Client bytes held while waiting for a server connection before the client is paused. */
+const PENDING_LIMIT = 64 * 1024;
 
-/** Client Parse messages refused, with the statement that raises the error in their place. */
-const REFUSED = new WeakMap<Buffer, string>();
+/** In ClientSession.special: forwarded without rewriting or counting (a Sync the server ignores). */
+const UNTOUCHED = '';
+
+/**
+ * Messages as one Buffer for one write. Messages that lie back to back in
+ * the chunk they came in (most batches, when nothing was rewritten) are
+ * joined as a view of it, without copying.
+ */
+function joined(out: Buffer[]): Buffer {
+  if (out.length === 1) return out[0];
+  const first = out[0];
+  let end = first.byteOffset + first.length;
+  for (let i = 1; i < out.length; i++) {
+    const b = out[i];
+    if (b.buffer !== first.buffer || b.byteOffset !== end) return Buffer.concat(out);
+    end += b.length;
+  }
+  return Buffer.from(first.buffer, first.byteOffset, end - first.byteOffset);
+}
 
 const COMPLETION: Record<number, CompletionKind> = {
   [Backend.ParseComplete]: 'parse',

@@ -1,16 +1,14 @@
-// Prometheus metrics. Gauges and counters are filled at scrape time from one
-// snapshot of the proxy's plain counters; only the queue-wait histogram is
-// observed as it happens (once per server connection handed out).
+// Prometheus metrics, all filled at scrape time: gauges and counters from one
+// snapshot of the proxy's plain counters, the queue-wait histogram from the
+// bucket counts the core keeps (see Stats.waited).
 import client from 'prom-client';
-import { REJECT_REASONS, type Stats } from '../budget/stats.js';
+import { QUEUE_WAIT_BUCKETS, REJECT_REASONS, UNMATCHED, type Stats } from '../budget/stats.js';
 import type { ProxySnapshot } from '../proxy/proxy.js';
 
 export interface MetricsSource {
   snapshot(): ProxySnapshot;
   readonly stats: Stats;
 }
-
-export const QUEUE_WAIT_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
 export class Metrics {
   readonly registry = new client.Registry();
@@ -115,20 +113,7 @@ export class Metrics {
         this.set(self.snap.upstream.lastError === null ? 1 : 0);
       },
     });
-    const wait = new client.Histogram({
-      name: 'pgbudget_queue_wait_seconds',
-      help: 'Time from asking for a server connection to getting one.',
-      labelNames: ['service'],
-      buckets: QUEUE_WAIT_BUCKETS,
-      registers: r,
-    });
-    // One child per service: observe() then skips hashing the label set on every hand-out.
-    const children = new Map<string, client.Histogram.Internal<'service'>>();
-    source.stats.waitObserver = (service, seconds) => {
-      let child = children.get(service);
-      if (!child) children.set(service, (child = wait.labels({ service })));
-      child.observe(seconds);
-    };
+    this.registry.registerMetric(waitHistogram(source.stats) as unknown as client.Metric);
     client.collectDefaultMetrics({ register: this.registry, prefix: 'pgbudget_' });
   }
 
@@ -141,4 +126,31 @@ export class Metrics {
   get contentType(): string {
     return this.registry.contentType;
   }
+}
+
+/**
+ * pgbudget_queue_wait_seconds as a registry metric whose values come from
+ * the per-service bucket counts at scrape time, so a hand-out costs a few
+ * additions instead of a prom-client observe() (label hashing, lookups).
+ */
+function waitHistogram(stats: Stats) {
+  const name = 'pgbudget_queue_wait_seconds';
+  const help = 'Time from asking for a server connection to getting one.';
+  const get = () => {
+    const values: { metricName: string; labels: Record<string, string | number>; value: number }[] = [];
+    for (const [service, st] of stats.entries()) {
+      if (service === UNMATCHED) continue;
+      const { buckets, sumSeconds, count } = st.wait;
+      let cumulative = 0;
+      buckets.forEach((n, i) => {
+        cumulative += n;
+        const le = i < QUEUE_WAIT_BUCKETS.length ? QUEUE_WAIT_BUCKETS[i] : '+Inf';
+        values.push({ metricName: `${name}_bucket`, labels: { le, service }, value: cumulative });
+      });
+      values.push({ metricName: `${name}_sum`, labels: { service }, value: sumSeconds });
+      values.push({ metricName: `${name}_count`, labels: { service }, value: count });
+    }
+    return { name, help, type: 'histogram', aggregator: 'sum', values };
+  };
+  return { name, help, type: 'histogram', aggregator: 'sum', get };
 }

@@ -30,21 +30,20 @@ export interface ParseMessage {
   paramTypes: Buffer;
 }
 
-// One message is read by several layers (session-state checks, statement
-// rewriting): decode each Parse and Query once.
-const parsed = new WeakMap<Buffer, ParseMessage>();
-const queries = new WeakMap<Buffer, string>();
+// One message is read by two layers (session-state checks, then statement
+// rewriting), usually back to back: the last decoding of each kind is kept.
+// Messages are never changed in place, so the same Buffer means the same text.
+let lastParse: { msg: Buffer; parsed: ParseMessage } | null = null;
+let lastQuery: { msg: Buffer; sql: string } | null = null;
 
 /** Parse ('P'): name\0 query\0 int16 n, n × int32 oid. */
 export function readParse(msg: Buffer): ParseMessage {
-  let p = parsed.get(msg);
-  if (!p) {
-    const [name, q] = readCString(msg, 5);
-    const [query, t] = readCString(msg, q);
-    p = { name, query, paramTypes: Buffer.from(msg.subarray(t)) };
-    parsed.set(msg, p);
-  }
-  return p;
+  if (lastParse?.msg === msg) return lastParse.parsed;
+  const [name, q] = readCString(msg, 5);
+  const [query, t] = readCString(msg, q);
+  const parsed = { name, query, paramTypes: Buffer.from(msg.subarray(t)) };
+  lastParse = { msg, parsed };
+  return parsed;
 }
 
 export function buildParse(name: string, query: string, paramTypes: Buffer): Buffer {
@@ -86,8 +85,9 @@ export function buildTarget(type: 'D' | 'C', kind: 'S' | 'P', name: string): Buf
 
 /** Query ('Q'): the SQL text. */
 export function readQuery(msg: Buffer): string {
-  let sql = queries.get(msg);
-  if (sql === undefined) queries.set(msg, (sql = readCString(msg, 5)[0]));
+  if (lastQuery?.msg === msg) return lastQuery.sql;
+  const sql = readCString(msg, 5)[0];
+  lastQuery = { msg, sql };
   return sql;
 }
 

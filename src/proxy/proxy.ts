@@ -55,7 +55,8 @@ export class Proxy {
       onSessionEnd: (s) => self.sessions.delete(s),
     };
     for (const s of config.services) this.stats.service(s.name);
-    this.server = net.createServer({ noDelay: true }, (socket) => {
+    // Paused: the session re-wraps the socket to read it without the stream machinery (io/reads.ts).
+    this.server = net.createServer({ noDelay: true, pauseOnConnect: true }, (socket) => {
       this.sessions.add(new ClientSession(socket, this.ctx));
     });
     const warning = overcommitWarning(config);

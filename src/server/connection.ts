@@ -10,6 +10,7 @@ import { Backend } from '../protocol/codes.js';
 import { errorResponse, startupMessage, type ErrorFields } from '../protocol/encode.js';
 import { FrameScanner } from '../protocol/framing.js';
 import { clientErrors } from '../errors.js';
+import { readsTo } from '../io/reads.js';
 import { md5Password, ScramClient } from './scram.js';
 import { ServerStatements } from './statements.js';
 
@@ -92,8 +93,7 @@ export class ServerConnection {
     readonly login: ServerLogin,
   ) {
     this.statements = new ServerStatements(login.maxPreparedStatements);
-    this.socket = net.connect({ host: login.host, port: login.port, noDelay: true });
-    this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    this.socket = net.connect({ host: login.host, port: login.port, noDelay: true, onread: readsTo((chunk) => this.onData(chunk)) });
     this.socket.on('drain', () => this.owner?.onServerDrain());
     this.socket.on('error', (err) => {
       this.closeCause = err.message;

@@ -104,7 +104,23 @@ export class ServerPool {
     return this.welcomes.get(key);
   }
 
-  acquire(service: string, key: string, handlers: WaitHandlers): Waiter {
+  /**
+   * Asks for a server connection; `handlers.onAssign` may run before this
+   * returns. The waiter identifies a queued request (to cancel it).
+   */
+  acquire(service: string, key: string, handlers: WaitHandlers): Waiter | null {
+    // Fast path, the common case under load: an idle connection and nobody
+    // ahead in the queue. No waiter, no action list.
+    const idleId = this.scheduler.takeIdleNow(service, key);
+    if (idleId !== 0) {
+      const conn = this.conns.get(idleId)!;
+      if (conn.usable) {
+        this.stats.waited(service, 0);
+        handlers.onAssign(conn, 0);
+        return null;
+      }
+      this.release(conn, false); // went bad while idle: close it, then the usual path
+    }
     const { waiter, actions } = this.scheduler.acquire(service, key, Date.now());
     this.handlers.set(waiter.id, handlers);
     this.run(actions);

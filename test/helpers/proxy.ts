@@ -152,6 +152,8 @@ export async function psqlCancelledSleep(url: string, seconds = 20): Promise<{ s
   });
   let stderr = '';
   child.stderr.on('data', (d) => (stderr += d));
+  // 'close', not 'exit': only then has all of psql's stderr been read.
+  const closed = new Promise<number | null>((r) => child.on('close', (c) => r(c)));
   await new Promise<void>((resolve) => {
     child.stdout.on('data', (d) => {
       if (String(d).includes('started')) resolve();
@@ -160,7 +162,7 @@ export async function psqlCancelledSleep(url: string, seconds = 20): Promise<{ s
   });
   await sleep(300);
   child.kill('SIGINT');
-  const code = await new Promise<number | null>((r) => (child.exitCode !== null ? r(child.exitCode) : child.on('exit', r)));
+  const code = await closed;
   return { stderr, code, ms: Date.now() - started };
 }
 

@@ -239,3 +239,24 @@ t.test('a cap lowered by reload closes idle connections and released ones above 
   t.same(kinds(s.release(conns[2], 3, true)), ['close'], 'a released one above the cap closes');
   t.same(kinds(s.release(conns[3], 3, true)), [], 'the last one fits under the cap');
 });
+
+t.test('takeIdleNow: an idle connection of the key when nobody waits, else 0 and no change', async (t) => {
+  const s = make(10, { a: 1 });
+  t.equal(s.takeIdleNow('a', K), 0, 'nothing idle yet');
+  const r1 = s.acquire('a', K, 0);
+  const connId = assigns(openAll(s, r1.actions))[0].connId;
+  s.release(connId, 1, true);
+  t.equal(s.takeIdleNow('a', 'other\0db'), 0, 'another key does not match');
+  t.equal(s.takeIdleNow('a', K), connId);
+  t.same(s.counts('a'), { service: 'a', budget: 1, held: 1, active: 1, idle: 0, opening: 0, closing: 0, waiting: 0 });
+  // Someone queues while it is held; once it is idle again, the queue comes first.
+  const queued = s.acquire('a', K, 2);
+  t.equal(s.counts('a').waiting, 1);
+  const handoff = s.release(connId, 3, true);
+  t.same(assigns(handoff).map((a) => a.waiter.id), [queued.waiter.id]);
+  s.acquire('a', K, 4);
+  s.release(connId, 5, true); // hands it to the new waiter
+  s.acquire('a', K, 6);
+  t.equal(s.takeIdleNow('a', K), 0, 'a waiter ahead: the fast path declines');
+  t.equal(s.counts('a').active, 1);
+});
