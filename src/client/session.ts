@@ -56,7 +56,7 @@ export class ClientSession implements ServerOwner, WaitHandlers {
   private waiter: Waiter | null = null;
   /** The server connection being waited for is the first login for this pool key: the client gets its welcome from it. */
   private loginPending = false;
-  private startupBuf: Buffer | null = Buffer.alloc(0);
+  private startupBuf: Buffer | null = EMPTY;
   private startupTimer: NodeJS.Timeout | null;
   /** Client bytes that arrived while no server connection was linked. */
   private pending: Buffer[] = [];
@@ -177,7 +177,7 @@ export class ClientSession implements ServerOwner, WaitHandlers {
         case 'ssl':
         case 'gssenc':
           // Encryption comes in a later version: answer "not supported", the client goes on in plain text.
-          this.socket.write('N');
+          this.socket.write(ENCRYPTION_REFUSED);
           continue;
         case 'cancel':
           this.ctx.byProcessId.get(parsed.processId)?.cancelFrom(parsed.secretKey);
@@ -235,10 +235,13 @@ export class ClientSession implements ServerOwner, WaitHandlers {
     if (service.poolMode === 'transaction') this.assembler = new MessageAssembler(this.ctx.config().maxMessageBytes);
     this.stats().clientsConnected++;
     this.ctx.byProcessId.set(this.processId, this);
-    this.ctx.log.info(
-      { service: service.name, user: this.user, database: this.database, applicationName: this.applicationName, pid: this.processId },
-      'client connected',
-    );
+    // Guarded: the argument object would be built even when info is off.
+    if (this.ctx.log.isLevelEnabled('info')) {
+      this.ctx.log.info(
+        { service: service.name, user: this.user, database: this.database, applicationName: this.applicationName, pid: this.processId },
+        'client connected',
+      );
+    }
     const welcome = this.ctx.pool.welcome(this.key);
     if (welcome) {
       this.sendWelcome(welcome);
@@ -251,12 +254,12 @@ export class ClientSession implements ServerOwner, WaitHandlers {
   }
 
   private sendWelcome(params: [string, string][]): void {
-    const parts = [authenticationOk()];
-    for (const [name, value] of params) {
-      parts.push(parameterStatus(name, name === 'application_name' ? this.applicationName : value));
-    }
-    parts.push(backendKeyData(this.processId, this.secretKey), readyForQuery('I'));
-    this.socket.write(Buffer.concat(parts));
+    const cached = welcomeBlocks.get(params);
+    const block = cached ?? welcomeBlock(params);
+    if (!cached) welcomeBlocks.set(params, block);
+    this.socket.write(
+      Buffer.concat([block, parameterStatus('application_name', this.applicationName), backendKeyData(this.processId, this.secretKey), READY_IDLE]),
+    );
   }
 
   // ---- client → server ----
@@ -682,10 +685,12 @@ export class ClientSession implements ServerOwner, WaitHandlers {
     if (this.service) {
       this.stats().clientsConnected--;
       this.ctx.byProcessId.delete(this.processId);
-      this.ctx.log.info(
-        { service: this.service.name, pid: this.processId, durationMs: Date.now() - this.connectedAt, reason: this.closeReason, state: wasState },
-        'client disconnected',
-      );
+      if (this.ctx.log.isLevelEnabled('info')) {
+        this.ctx.log.info(
+          { service: this.service.name, pid: this.processId, durationMs: Date.now() - this.connectedAt, reason: this.closeReason, state: wasState },
+          'client disconnected',
+        );
+      }
     }
     this.ctx.onSessionEnd(this);
   }
@@ -703,6 +708,26 @@ export class ClientSession implements ServerOwner, WaitHandlers {
 
 function statusLetter(status: number): 'I' | 'T' | 'E' {
   return status === TxStatus.InTransaction ? 'T' : status === TxStatus.Failed ? 'E' : 'I';
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/** The answer to SSLRequest and GSSENCRequest: 'N', not supported. */
+const ENCRYPTION_REFUSED = Buffer.from('N');
+
+const READY_IDLE = readyForQuery('I');
+
+/**
+ * AuthenticationOk and the server's ParameterStatus messages, the part of a
+ * welcome every client of a pool key shares (application_name is each
+ * client's own): encoded once per key, not per login.
+ */
+const welcomeBlocks = new WeakMap<[string, string][], Buffer>();
+
+function welcomeBlock(params: [string, string][]): Buffer {
+  const parts = [authenticationOk()];
+  for (const [name, value] of params) if (name !== 'application_name') parts.push(parameterStatus(name, value));
+  return Buffer.concat(parts);
 }
 
 /** Client bytes held while waiting for a server connection before the client is paused. */

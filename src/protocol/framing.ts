@@ -18,9 +18,10 @@ export class FrameError extends Error {
 }
 
 export class FrameScanner {
-  private readonly header = Buffer.alloc(HEADER_BYTES);
   /** Header bytes collected so far of the message being read (0..4 between chunks). */
   private headerFill = 0;
+  /** The length of a split header, accumulated byte by byte (no buffer per scanner). */
+  private partialLength = 0;
   /** Body bytes of the current message not yet seen. */
   private remaining = 0;
   private type = 0;
@@ -64,14 +65,20 @@ export class FrameScanner {
         length = chunk.readInt32BE(i + 1);
         i += HEADER_BYTES;
       } else {
-        const take = Math.min(HEADER_BYTES - this.headerFill, n - i);
-        chunk.copy(this.header, this.headerFill, i, i + take);
-        this.headerFill += take;
-        i += take;
+        // A header split across chunks: type byte first, then the length big-endian.
+        while (i < n && this.headerFill < HEADER_BYTES) {
+          const byte = chunk[i++];
+          if (this.headerFill === 0) {
+            this.type = byte;
+            this.partialLength = 0;
+          } else {
+            this.partialLength = this.partialLength * 256 + byte;
+          }
+          this.headerFill++;
+        }
         if (this.headerFill < HEADER_BYTES) return;
         this.headerFill = 0;
-        this.type = this.header[0];
-        length = this.header.readInt32BE(1);
+        length = this.partialLength | 0; // as int32, like readInt32BE
       }
       if (length < 4 || length > this.maxMessageBytes) throw new FrameError(this.type, length);
       this.remaining = length - 4;

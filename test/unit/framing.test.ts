@@ -104,3 +104,17 @@ t.test('nonsense lengths are rejected', async (t) => {
   t.throws(() => new FrameScanner(() => {}, 50).scan(big), /invalid message length 104/);
   t.doesNotThrow(() => new FrameScanner(() => {}, 200).scan(big));
 });
+
+t.test('a nonsense length split across chunks is read as the same int32', async (t) => {
+  for (const [bytes, length] of [
+    [[0x51, 0xff, 0xff, 0xff, 0xff], -1],
+    [[0x51, 0x80, 0, 0, 0], -0x80000000],
+    [[0x51, 0, 0, 0, 3], 3],
+  ] as const) {
+    for (let cut = 1; cut < 5; cut++) {
+      const s = new FrameScanner(() => {});
+      s.scan(Buffer.from(bytes.slice(0, cut)));
+      t.throws(() => s.scan(Buffer.from(bytes.slice(cut))), { name: 'FrameError', length }, `split at ${cut}`);
+    }
+  }
+});
