@@ -162,6 +162,11 @@ export class PreparedStatements {
 
   /** Requests before this ReadyForQuery that got no completion were skipped after an error. */
   onReadyForQuery(server: ServerStatements): void {
+    // Usual case: every request before it was answered; nothing to search or forget.
+    if (this.pending.length > 0 && this.pending[0].kind === 'ready') {
+      this.pending.shift();
+      return;
+    }
     const end = this.pending.findIndex((p) => p.kind === 'ready');
     this.forgetSkipped(this.pending.splice(0, end + 1), server);
   }
@@ -180,7 +185,7 @@ export class PreparedStatements {
 
   /** Linked to another server connection: nothing is outstanding at a boundary. */
   resetPending(): void {
-    this.pending = [];
+    if (this.pending.length > 0) this.pending = [];
   }
 
   private parse(msg: Buffer, server: ServerStatements, out: Buffer[]): void {

@@ -6,7 +6,7 @@ import type net from 'node:net';
 import { randomInt } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Waiter } from '../budget/scheduler.js';
-import { UNMATCHED, type Stats } from '../budget/stats.js';
+import { UNMATCHED, type ServiceStats, type Stats } from '../budget/stats.js';
 import { matchService, type Config, type ServiceConfig } from '../config/schema.js';
 import { clientErrors } from '../errors.js';
 import { Backend, Frontend, TxStatus } from '../protocol/codes.js';
@@ -56,6 +56,7 @@ export class ClientSession implements ServerOwner, WaitHandlers {
   private waiter: Waiter | null = null;
   /** The server connection being waited for is the first login for this pool key: the client gets its welcome from it. */
   private loginPending = false;
+  private serviceStats: ServiceStats | null = null;
   private startupBuf: Buffer | null = EMPTY;
   private startupTimer: NodeJS.Timeout | null;
   /** Client bytes that arrived while no server connection was linked. */
@@ -315,28 +316,29 @@ export class ClientSession implements ServerOwner, WaitHandlers {
   /** Transaction mode: whole messages, so statement names and session state can be seen and changed. */
   private onClientMessages(chunk: Buffer): void {
     const messages: Buffer[] = [];
-    let terminated = false;
     try {
-      this.assembler!.push(chunk, (msg) => {
-        if (terminated) return;
-        const type = msg[0];
-        if (type === Frontend.Terminate) {
-          terminated = true;
-          return;
-        }
-        const ignoredSync = type === Frontend.Sync && this.clientCopyIn;
-        this.onClientMessage(type, 0);
-        if (ignoredSync) {
-          // The server ignores it during COPY FROM STDIN: passes untouched, uncounted.
-          (this.special ??= new Map()).set(msg, UNTOUCHED);
-          messages.push(msg);
-          return;
-        }
-        messages.push(type === Frontend.Query || type === Frontend.Parse ? this.checkStatement(msg) : msg);
-      });
+      this.assembler!.push(chunk, messages);
     } catch (err) {
       if (!(err instanceof FrameError)) throw err;
       return this.protocolViolation(err.message);
+    }
+    let terminated = false;
+    for (let i = 0; i < messages.length; i++) {
+      const msg = messages[i];
+      const type = msg[0];
+      if (type === Frontend.Terminate) {
+        terminated = true;
+        messages.length = i; // nothing after a Terminate is sent
+        break;
+      }
+      const ignoredSync = type === Frontend.Sync && this.clientCopyIn;
+      this.onClientMessage(type, 0);
+      if (ignoredSync) {
+        // The server ignores it during COPY FROM STDIN: passes untouched, uncounted.
+        (this.special ??= new Map()).set(msg, UNTOUCHED);
+      } else if (type === Frontend.Query || type === Frontend.Parse) {
+        messages[i] = this.checkStatement(msg);
+      }
     }
     if (messages.length > 0) {
       if (this.state === 'linked') this.forward(messages);
@@ -700,8 +702,12 @@ export class ClientSession implements ServerOwner, WaitHandlers {
     this.startupTimer = null;
   }
 
-  private stats() {
-    return this.ctx.stats.service(this.serviceName);
+  /** This session's service counters; looked up once the service is known. */
+  private stats(): ServiceStats {
+    if (this.serviceStats) return this.serviceStats;
+    const st = this.ctx.stats.service(this.serviceName);
+    if (this.service) this.serviceStats = st;
+    return st;
   }
 }
 

@@ -16,8 +16,11 @@ export class MessageAssembler {
     return this.have === 0;
   }
 
-  /** Splits a chunk into whole messages; throws FrameError on a nonsense length. */
-  push(chunk: Buffer, onMessage: (msg: Buffer) => void): void {
+  /**
+   * Appends the whole messages that `chunk` completes to `out`; throws
+   * FrameError on a nonsense length.
+   */
+  push(chunk: Buffer, out: Buffer[]): void {
     let i = 0;
     const n = chunk.length;
     if (this.have > 0) {
@@ -40,7 +43,7 @@ export class MessageAssembler {
       this.parts = [];
       this.have = 0;
       this.need = -1;
-      onMessage(msg);
+      out.push(msg);
     }
     while (i < n) {
       if (n - i < 5) {
@@ -56,7 +59,7 @@ export class MessageAssembler {
         this.need = total;
         return;
       }
-      onMessage(chunk.subarray(i, i + total));
+      out.push(chunk.subarray(i, i + total));
       i += total;
     }
   }

@@ -1,14 +1,6 @@
 import t from 'tap';
 import { FrameError, FrameScanner } from '../../src/protocol/framing.js';
-
-function msg(type: string, body: Buffer | string = Buffer.alloc(0)): Buffer {
-  const b = typeof body === 'string' ? Buffer.from(body) : body;
-  const out = Buffer.alloc(5 + b.length);
-  out[0] = type.charCodeAt(0);
-  out.writeInt32BE(4 + b.length, 1);
-  b.copy(out, 5);
-  return out;
-}
+import { msg } from '../helpers/wire.js';
 
 const stream = Buffer.concat([
   msg('T', Buffer.alloc(30, 1)),
