@@ -19,7 +19,7 @@ import {
   readyForQuery,
   type ErrorFields,
 } from '../protocol/encode.js';
-import { adoptAccepted } from '../io/reads.js';
+import { acceptedSocket, type Accepted } from '../io/reads.js';
 import { MessageAssembler } from '../protocol/assembler.js';
 import { FrameError, FrameScanner } from '../protocol/framing.js';
 import { buildQuery, readParse, readQuery } from '../protocol/messages.js';
@@ -107,10 +107,10 @@ export class ClientSession implements ServerOwner, WaitHandlers {
   private readonly socket: net.Socket;
 
   constructor(
-    accepted: net.Socket,
+    accepted: Accepted,
     private readonly ctx: SessionContext,
   ) {
-    this.socket = adoptAccepted(accepted, (chunk) => this.onClientData(chunk));
+    this.socket = acceptedSocket(accepted, (chunk) => this.onClientData(chunk));
     do this.processId = randomInt(1, 0x7fffffff);
     while (ctx.byProcessId.has(this.processId));
     this.secretKey = randomInt(0, 0x7fffffff);
@@ -118,7 +118,6 @@ export class ClientSession implements ServerOwner, WaitHandlers {
     this.clientScanner = new FrameScanner((type, _first, end) => this.onClientMessage(type, end), cfg.maxMessageBytes);
     this.serverScanner = new FrameScanner((type, first, end) => this.onServerMessage(type, first, end));
     const socket = this.socket;
-    socket.setNoDelay(true);
     socket.on('drain', () => this.server?.socket.resume());
     socket.on('error', (err) => {
       this.closeReason = `client socket error: ${err.message}`;

@@ -6,6 +6,7 @@ import { Stats, UNMATCHED } from '../budget/stats.js';
 import { ClientSession, type SessionContext } from '../client/session.js';
 import { overcommitWarning, type Config } from '../config/schema.js';
 import { ServerPool } from '../server/pool.js';
+import { acceptRaw } from '../io/reads.js';
 
 export interface ServiceSnapshot {
   name: string;
@@ -39,7 +40,7 @@ export class Proxy {
 
   constructor(
     private config: Config,
-    log: Logger,
+    private readonly log: Logger,
   ) {
     this.pool = new ServerPool(config, this.stats, log);
     const self = this;
@@ -55,10 +56,7 @@ export class Proxy {
       onSessionEnd: (s) => self.sessions.delete(s),
     };
     for (const s of config.services) this.stats.service(s.name);
-    // Paused: the session re-wraps the socket to read it without the stream machinery (io/reads.ts).
-    this.server = net.createServer({ noDelay: true, pauseOnConnect: true }, (socket) => {
-      this.sessions.add(new ClientSession(socket, this.ctx));
-    });
+    this.server = net.createServer();
     const warning = overcommitWarning(config);
     if (warning) log.warn(warning);
   }
@@ -69,6 +67,12 @@ export class Proxy {
       this.server.once('error', reject);
       this.server.listen(this.config.listen.port, this.config.listen.host, () => {
         this.server.off('error', reject);
+        // One socket per client, read without the stream machinery (io/reads.ts).
+        acceptRaw(
+          this.server,
+          (accepted) => this.sessions.add(new ClientSession(accepted, this.ctx)),
+          (err) => this.log.warn({ err: err.message }, 'could not accept a client connection'),
+        );
         resolve(this.server.address() as net.AddressInfo);
       });
     });

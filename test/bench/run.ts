@@ -66,6 +66,16 @@ async function waitForPort(port: number, timeoutMs = 15_000): Promise<void> {
   }
 }
 
+const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK']).toString()) || 100;
+
+/** CPU seconds a process (all its threads) has used: user and system, from /proc/<pid>/stat. */
+function cpuSeconds(pid: number): { user: number; system: number } {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after "pid (comm) ": state is field 3, utime 14, stime 15.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { user: Number(fields[11]) / CLOCK_TICKS, system: Number(fields[12]) / CLOCK_TICKS };
+}
+
 function rssKiB(pid: number): number {
   return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
 }
@@ -141,9 +151,13 @@ interface Result {
   tps: number;
   latencyMs: number;
   failed: number;
+  /** The proxy's own CPU per transaction, user and system, in µs (NaN for direct runs). */
+  cpuUserUs: number;
+  cpuSystemUs: number;
 }
 
 async function pgbench(target: Target, c: Case, seconds = SECONDS): Promise<Result> {
+  const cpuBefore = target.pid ? cpuSeconds(target.pid) : null;
   const r = await run('pgbench', [...c.args, '-T', String(seconds), '-h', '127.0.0.1', '-p', String(target.port), '-U', 'postgres', 'postgres'], {
     timeoutMs: (SECONDS + 120) * 1000,
   });
@@ -152,7 +166,15 @@ async function pgbench(target: Target, c: Case, seconds = SECONDS): Promise<Resu
   const failedMatch = /number of failed transactions: (\d+)/.exec(r.stdout);
   const failed = failedMatch ? Number(failedMatch[1]) : -1;
   if (r.code !== 0) process.stderr.write(`${target.name} ${c.label}: exit ${r.code}: ${r.stderr.slice(-300)}\n`);
-  return { tps, latencyMs, failed };
+  const transactions = Number(/number of transactions actually processed: (\d+)/.exec(r.stdout)?.[1] ?? 0);
+  let cpuUserUs = NaN;
+  let cpuSystemUs = NaN;
+  if (cpuBefore && transactions > 0) {
+    const after = cpuSeconds(target.pid!);
+    cpuUserUs = ((after.user - cpuBefore.user) * 1e6) / transactions;
+    cpuSystemUs = ((after.system - cpuBefore.system) * 1e6) / transactions;
+  }
+  return { tps, latencyMs, failed, cpuUserUs, cpuSystemUs };
 }
 
 /** Opens n logged-in idle clients; returns RSS growth per client in KiB. */
@@ -231,7 +253,8 @@ async function main(): Promise<void> {
           const r = await pgbench(t, c);
           runs[t.name].push(r);
           process.stdout.write(
-            `  ${c.label.padEnd(46)} round ${round + 1} ${t.name.padEnd(9)} ${r.tps.toFixed(0).padStart(7)} tps  ${r.latencyMs.toFixed(2).padStart(8)} ms  failed ${r.failed}\n`,
+            `  ${c.label.padEnd(46)} round ${round + 1} ${t.name.padEnd(9)} ${r.tps.toFixed(0).padStart(7)} tps  ${r.latencyMs.toFixed(2).padStart(8)} ms  failed ${r.failed}` +
+              `  proxy CPU ${r.cpuUserUs.toFixed(0)} user + ${r.cpuSystemUs.toFixed(0)} sys µs/tx\n`,
           );
         }
       }
@@ -243,20 +266,24 @@ async function main(): Promise<void> {
       const ratios = runs.pgbudget.map((r, i) => r.tps / runs.pgbouncer[i].tps);
       const s = stats(ratios);
       const failed = [...runs.pgbudget, ...runs.pgbouncer].map((r) => r.failed);
+      const cpu = (rs: Result[]) =>
+        `${stats(rs.map((r) => r.cpuUserUs)).median.toFixed(0)} + ${stats(rs.map((r) => r.cpuSystemUs)).median.toFixed(0)}`;
       rows.push(
         `| ${c.label} | ${stats(runs.pgbudget.map((r) => r.tps)).median.toFixed(0)} | ${stats(runs.pgbouncer.map((r) => r.tps)).median.toFixed(0)} | ` +
-          `${direct1000 ? direct1000.tps.toFixed(0) : 'n/a (over max_connections)'} | ${s.min.toFixed(2)} / ${s.median.toFixed(2)} / ${s.max.toFixed(2)} | ${failed.join(',')} |`,
+          `${direct1000 ? direct1000.tps.toFixed(0) : 'n/a (over max_connections)'} | ${s.min.toFixed(2)} / ${s.median.toFixed(2)} / ${s.max.toFixed(2)} | ` +
+          `${cpu(runs.pgbudget)} | ${cpu(runs.pgbouncer)} | ${failed.join(',')} |`,
       );
     }
     if (!ONLY || ONLY.includes('idle')) {
       for (const t of [budget.target, bouncer.target]) {
         const kib = await idleRss(t, IDLE_CLIENTS);
-        rows.push(`| RSS per idle logged-in client, ${IDLE_CLIENTS} clients: ${t.name} | ${kib.toFixed(2)} KiB | | | | |`);
+        rows.push(`| RSS per idle logged-in client, ${IDLE_CLIENTS} clients: ${t.name} | ${kib.toFixed(2)} KiB | | | | | | |`);
         process.stdout.write(`  idle clients: ${t.name} ${kib.toFixed(2)} KiB per client\n`);
       }
     }
     process.stdout.write(
-      `\n| case | pgbudget tps (median) | PgBouncer tps (median) | direct tps | pgbudget/PgBouncer min / median / max | failed (each run) |\n|---|---|---|---|---|---|\n${rows.join('\n')}\n`,
+      `\n| case | pgbudget tps (median) | PgBouncer tps (median) | direct tps | pgbudget/PgBouncer min / median / max | ` +
+        `pgbudget CPU µs/tx user + sys | PgBouncer CPU µs/tx user + sys | failed (each run) |\n|---|---|---|---|---|---|---|---|\n${rows.join('\n')}\n`,
     );
   } finally {
     for (const p of procs) p.kill('SIGKILL');
