@@ -53,8 +53,8 @@ const DROPS_STATEMENTS = /(^|;)\s*(deallocate|discard)\b/i;
 
 /** A Parse whose SQL may drop prepared statements (DEALLOCATE, DISCARD); cheap test first. */
 function mayDropStatements(parse: Buffer): boolean {
-  const text = parse.toString('latin1', 5);
-  return /deallocate|discard/i.test(text) && DROPS_STATEMENTS.test(stripSql(readParse(parse).query));
+  const { query } = readParse(parse);
+  return /deallocate|discard/i.test(query) && DROPS_STATEMENTS.test(stripSql(query));
 }
 
 function keyOf(query: string, paramTypes: Buffer): string {
@@ -81,7 +81,8 @@ export class PreparedStatements {
         return this.parse(msg, server, out);
       case 0x42: {
         // 'B' Bind
-        const { statement } = readBindStatement(msg);
+        // Unnamed portal and statement (most drivers' default): nothing to decode.
+        const statement = msg[5] === 0 && msg[6] === 0 ? '' : readBindStatement(msg).statement;
         const name = statement === '' ? this.ensureUnnamed(server, out) : this.ensure(statement, server, out);
         this.pending.push(BIND);
         out.push(name === statement ? msg : rewriteBindStatement(msg, name));
@@ -123,9 +124,9 @@ export class PreparedStatements {
    * answers a message the proxy injected, so it must not reach the client.
    */
   onComplete(type: CompletionKind): boolean {
-    const i = this.pending.findIndex((p) => p.kind !== 'ready');
+    const i = this.pending.length > 0 && this.pending[0].kind !== 'ready' ? 0 : this.pending.findIndex((p) => p.kind !== 'ready');
     if (i < 0) return false;
-    const [p] = this.pending.splice(i, 1);
+    const p = i === 0 ? this.pending.shift()! : this.pending.splice(i, 1)[0];
     if (p.kind !== type) return false; // out of step: forward, never swallow what the client may need
     return p.ours;
   }
@@ -192,6 +193,8 @@ export class PreparedStatements {
     if (msg[5] === 0) {
       // Unnamed (the name is the empty string): kept as bytes, re-sent as is when needed.
       if (mayDropStatements(msg)) server.clear();
+      // A copy: a view would keep the whole chunk it came in (or a shared
+      // pool slab) alive for as long as the client stays idle.
       this.unnamed = Buffer.from(msg);
       server.unnamedOwner = this;
       this.pending.push(PARSE);
@@ -201,7 +204,9 @@ export class PreparedStatements {
     const parsed = readParse(msg);
     if (mayDropStatements(msg)) server.clear();
     // A name reused with other text is simply redefined: prepared afresh.
-    const def: StatementDef = { query: parsed.query, paramTypes: parsed.paramTypes, key: keyOf(parsed.query, parsed.paramTypes) };
+    // paramTypes copied: a view would keep the whole chunk it came in alive as long as the statement.
+    const paramTypes = Buffer.from(parsed.paramTypes);
+    const def: StatementDef = { query: parsed.query, paramTypes, key: keyOf(parsed.query, paramTypes) };
     this.defs.set(parsed.name, def);
     const { name, evicted } = server.add(def.key);
     this.closeEvicted(evicted, out);

@@ -26,7 +26,7 @@ const cstr = (s: string) => Buffer.from(s + '\0', 'utf8');
 export interface ParseMessage {
   name: string;
   query: string;
-  /** The parameter-type section (int16 count, int32 oids), kept as bytes. */
+  /** The parameter-type section (int16 count, int32 oids): a view of the message; copy it to keep it. */
   paramTypes: Buffer;
 }
 
@@ -41,7 +41,7 @@ export function readParse(msg: Buffer): ParseMessage {
   if (lastParse?.msg === msg) return lastParse.parsed;
   const [name, q] = readCString(msg, 5);
   const [query, t] = readCString(msg, q);
-  const parsed = { name, query, paramTypes: Buffer.from(msg.subarray(t)) };
+  const parsed = { name, query, paramTypes: msg.subarray(t) };
   lastParse = { msg, parsed };
   return parsed;
 }
@@ -57,9 +57,20 @@ export function readBindStatement(msg: Buffer): { portal: string; statement: str
   return { portal, statement, restOffset: rest };
 }
 
+/** The Bind with another statement name: one allocation, the rest copied as bytes. */
 export function rewriteBindStatement(msg: Buffer, statement: string): Buffer {
-  const { portal, restOffset } = readBindStatement(msg);
-  return build(0x42, [cstr(portal), cstr(statement), msg.subarray(restOffset)]);
+  const portalEnd = msg.indexOf(0, 5) + 1;
+  const restOffset = msg.indexOf(0, portalEnd) + 1;
+  if (portalEnd === 0 || restOffset === 0) throw new RangeError('unterminated string in message');
+  const nameBytes = Buffer.byteLength(statement);
+  const out = Buffer.allocUnsafe(msg.length - (restOffset - portalEnd) + nameBytes + 1);
+  out[0] = 0x42;
+  out.writeInt32BE(out.length - 1, 1);
+  let o = 5 + msg.copy(out, 5, 5, portalEnd);
+  o += out.write(statement, o);
+  out[o++] = 0;
+  msg.copy(out, o, restOffset);
+  return out;
 }
 
 /** Bind ('B') with no parameters and text results. */
