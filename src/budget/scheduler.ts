@@ -474,6 +474,13 @@ export class Scheduler {
     return true;
   }
 
+  private anyCanGrow(): boolean {
+    for (const s of this.services.values()) {
+      if (s.waiters.size > 0 && (s.held < s.limits.budget || s.idle.length > 0)) return true;
+    }
+    return false;
+  }
+
   private rotation(): ServiceState[] {
     const all = [...this.services.values()];
     if (all.length === 0) return all;
@@ -514,8 +521,12 @@ export class Scheduler {
       }
     }
     // 2. Open new connections within budget and cap: services holding a
-    // reservation first, then round-robin among the rest.
-    let progress = true;
+    // reservation first, then round-robin among the rest. Skipped when no
+    // service with waiters is under budget or has an idle connection to
+    // evict (every queued hand-off at saturation): only reservations of
+    // services with nothing unmet are dropped, as the loop would.
+    let progress = this.anyCanGrow();
+    if (!progress) for (const s of this.services.values()) if (!this.unmet(s)) s.reserved = 0;
     while (progress) {
       progress = false;
       const order = this.rotation().sort((a, b) => Number(b.reserved > 0) - Number(a.reserved > 0));
