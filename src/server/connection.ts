@@ -75,6 +75,13 @@ export class ServerConnection {
   readonly statements: ServerStatements;
   /** Set when the server sent an error while idle: the connection is not reused. */
   broken = false;
+  /**
+   * Cancel requests sent to the postmaster for this connection whose
+   * connection the postmaster has not yet closed (see ServerPool.cancelQuery).
+   */
+  cancelsInFlight = 0;
+  /** A release that waits for those cancels: whether the client left it reusable. */
+  releaseAfterCancel: boolean | null = null;
   /** Called at once when the socket closes (the pool stops handing it out). */
   onSocketClose: () => void = () => {};
   /** Called when an idle connection turns out to be unusable. */

@@ -136,6 +136,11 @@ export class ServerPool {
   release(conn: ServerConnection, reusable: boolean): void {
     conn.owner = null;
     if (this.scheduler.connState(conn.id) !== 'active') return;
+    if (conn.cancelsInFlight > 0) {
+      // Not handed to anyone until the postmaster has signalled the backend (cancelQuery).
+      conn.releaseAfterCancel = (conn.releaseAfterCancel ?? true) && reusable;
+      return;
+    }
     const ok = reusable && conn.usable && conn.socket.writable;
     if (conn.socket.isPaused()) conn.socket.resume();
     this.run(this.scheduler.release(conn.id, Date.now(), ok));
@@ -149,12 +154,36 @@ export class ServerPool {
    */
   cancelQuery(conn: ServerConnection, stillWanted: () => boolean): void {
     const { host, port } = this.config.upstream;
+    let sent = false;
+    let settled = false;
     const s = net.connect({ host, port }, () => {
-      if (stillWanted()) s.end(cancelRequest(conn.processId, conn.secretKey));
-      else s.destroy();
+      if (!stillWanted()) return s.destroy();
+      // From here until the postmaster closes this socket, the server
+      // connection goes to nobody else. PostgreSQL signals the backend
+      // before it closes the cancel connection, and a backend that gets the
+      // signal between commands drops it before it reads the next one; so
+      // once the socket has closed, a late signal can only hit the
+      // statement it was meant for, never the next client's.
+      sent = true;
+      conn.cancelsInFlight++;
+      s.end(cancelRequest(conn.processId, conn.secretKey));
     });
+    const settle = (clean: boolean) => {
+      if (!sent || settled) return;
+      settled = true;
+      conn.cancelsInFlight--;
+      if (conn.cancelsInFlight > 0 || conn.releaseAfterCancel === null) return;
+      const reusable = conn.releaseAfterCancel && clean;
+      conn.releaseAfterCancel = null;
+      // Whether the signal came is unknown after a failed cancel: never reused.
+      this.release(conn, reusable);
+    };
     s.on('error', (err) => this.log.warn({ err: err.message }, 'cancel request to upstream failed'));
-    s.setTimeout(5000, () => s.destroy());
+    s.on('close', (hadError) => settle(!hadError));
+    s.setTimeout(5000, () => {
+      settle(false);
+      s.destroy();
+    });
   }
 
   /** Upstream reachable: a login succeeded recently, or a probe that takes no backend slot answers. */

@@ -1,6 +1,7 @@
 // Failure paths found in review: clients that vanish mid-reply, servers that
 // vanish mid-conversation, protocol errors mid-message, COPY over the
 // extended protocol. Each must leave no slot leaked and no other client hurt.
+import net from 'node:net';
 import t from 'tap';
 import pg from 'pg';
 import postgres from 'postgres';
@@ -142,4 +143,84 @@ t.test('COPY in and out with postgres.js in transaction mode', async (t) => {
   t.equal(out, '0\n1\n2\n3\n4\n', 'COPY TO STDOUT through the proxy');
   await sql.end();
   await assertNoLeaks(t, proxy);
+});
+
+t.test('a client that pipelines megabytes while queued is paused, then served in full and in order (both modes)', async (t) => {
+  for (const user of ['app', 'sess']) {
+    // Both server connections of the service are held in a transaction.
+    const holders = await Promise.all(
+      [0, 1].map(async () => {
+        const h = new pg.Client({ connectionString: proxy.url(user) });
+        await h.connect();
+        await h.query('begin');
+        return h;
+      }),
+    );
+    const c = rawClient(proxy.port);
+    await c.login(user);
+    // 200 queries of about 10 kB each: far past the 64 KiB held before the client is paused.
+    const n = 200;
+    const pad = 'x'.repeat(10_000);
+    for (let i = 0; i < n; i++) c.socket.write(simpleQuery(`select ${i} as i, length('${pad}') as l`));
+    await sleep(300);
+    t.equal(c.count('D'), 0, `${user}: nothing ran while queued`);
+    const err = c.messages.find((m) => m.type === 'E');
+    t.notOk(err, `${user}: no error ${err?.body.toString('latin1')}`);
+    // Session mode holds a connection until the client leaves: the holders commit and leave.
+    await Promise.all(holders.map(async (h) => (await h.query('commit'), await h.end())));
+    await c.until(() => c.count('Z') === n + 1, 20_000);
+    const rows = c.messages.filter((m) => m.type === 'D').map((m) => Number(m.body.toString('latin1', 6, 6 + m.body.readInt32BE(2))));
+    t.same(rows, Array.from({ length: n }, (_, i) => i), `${user}: every query answered once, in order`);
+    c.socket.destroy();
+  }
+  await assertNoLeaks(t, proxy);
+});
+
+t.test("a cancel that arrives as its statement ends never cancels the next client's statement (transaction mode)", async (t) => {
+  // Budget 2, nobody queued: idle connections are reused most recent first,
+  // so the canceller's server connection is the bystander's next one.
+  const solo = await startProxy(t, cluster, {
+    services: [{ name: 'app', match: { user: 'app' }, budget: 2, poolMode: 'transaction', queue: { timeoutMs: 10_000 } }],
+  });
+  const canceller = rawClient(solo.port);
+  await canceller.login('app');
+  const keys = canceller.messages.find((m) => m.type === 'K')!.body;
+  const bystander = new pg.Client({ connectionString: solo.url('app') });
+  await bystander.connect();
+  let bystanderErrors = 0;
+  let stop = false;
+  const busy = (async () => {
+    while (!stop) {
+      try {
+        await bystander.query('select pg_sleep(0.002)');
+      } catch {
+        bystanderErrors++;
+      }
+    }
+  })();
+  let cancelled = 0;
+  const rounds = 150;
+  for (let i = 0; i < rounds; i++) {
+    const readyBefore = canceller.count('Z');
+    canceller.socket.write(simpleQuery('select pg_sleep(0.002)'));
+    // Aim the cancel at the end of the statement, where the race lives.
+    await sleep(i % 5);
+    const s = net.connect({ host: '127.0.0.1', port: solo.port }, () => {
+      const req = Buffer.alloc(16);
+      req.writeInt32BE(16, 0);
+      req.writeInt32BE(80877102, 4);
+      keys.copy(req, 8, 0, 8);
+      s.end(req);
+    });
+    s.on('error', () => {});
+    await canceller.until(() => canceller.count('Z') > readyBefore, 10_000);
+    cancelled = canceller.count('E');
+  }
+  stop = true;
+  await busy;
+  t.comment(`${cancelled} of ${rounds} statements of the canceller were cancelled`);
+  t.equal(bystanderErrors, 0, "the bystander's statements are never cancelled");
+  canceller.socket.destroy();
+  await bystander.end();
+  await assertNoLeaks(t, solo);
 });
