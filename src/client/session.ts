@@ -2,7 +2,6 @@
 // for a server connection, forwarding in both directions with backpressure,
 // and giving the server connection back at the right moment (end of
 // transaction in transaction mode, end of session in session mode).
-import type net from 'node:net';
 import { randomInt } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Waiter } from '../budget/scheduler.js';
@@ -19,7 +18,8 @@ import {
   readyForQuery,
   type ErrorFields,
 } from '../protocol/encode.js';
-import { acceptedSocket, type Accepted } from '../io/reads.js';
+import { clientConn, type ClientConn, type ClientConnHandler } from '../io/clientConn.js';
+import type { Accepted } from '../io/reads.js';
 import { MessageAssembler } from '../protocol/assembler.js';
 import { FrameError, FrameScanner } from '../protocol/framing.js';
 import { buildQuery, readParse, readQuery } from '../protocol/messages.js';
@@ -28,6 +28,7 @@ import type { ServerConnection, ServerOwner } from '../server/connection.js';
 import { poolKey, type ServerPool, type WaitHandlers } from '../server/pool.js';
 import { SERVER_STATEMENT_PREFIX } from '../server/statements.js';
 import { PreparedStatements, type CompletionKind } from './prepared.js';
+import type { SessionRegistry } from './registry.js';
 import { detectSessionState, type SessionStateReason } from './sessionState.js';
 
 export interface SessionContext {
@@ -35,15 +36,14 @@ export interface SessionContext {
   readonly pool: ServerPool;
   readonly stats: Stats;
   readonly log: Logger;
-  /** Sessions by the BackendKeyData process id we gave them, for cancel requests. */
-  readonly byProcessId: Map<number, ClientSession>;
+  /** The live sessions, by the BackendKeyData process id we gave them (cancel requests, shutdown). */
+  readonly sessions: SessionRegistry<ClientSession>;
   readonly shuttingDown: boolean;
-  onSessionEnd(session: ClientSession): void;
 }
 
 type State = 'startup' | 'idle' | 'waiting' | 'linked' | 'closed';
 
-export class ClientSession implements ServerOwner, WaitHandlers {
+export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandler {
   state: State = 'startup';
   service: ServiceConfig | null = null;
   user = '';
@@ -104,25 +104,19 @@ export class ClientSession implements ServerOwner, WaitHandlers {
   private readonly clientScanner: FrameScanner;
   private readonly serverScanner: FrameScanner;
 
-  private readonly socket: net.Socket;
+  private readonly socket: ClientConn;
 
   constructor(
     accepted: Accepted,
     private readonly ctx: SessionContext,
   ) {
-    this.socket = acceptedSocket(accepted, (chunk) => this.onClientData(chunk));
-    do this.processId = randomInt(1, 0x7fffffff);
-    while (ctx.byProcessId.has(this.processId));
+    this.processId = ctx.sessions.nextProcessId(randomInt(0, 1024));
     this.secretKey = randomInt(0, 0x7fffffff);
+    ctx.sessions.add(this);
     const cfg = ctx.config();
     this.clientScanner = new FrameScanner((type, _first, end) => this.onClientMessage(type, end), cfg.maxMessageBytes);
     this.serverScanner = new FrameScanner((type, first, end) => this.onServerMessage(type, first, end));
-    const socket = this.socket;
-    socket.on('drain', () => this.server?.socket.resume());
-    socket.on('error', (err) => {
-      this.closeReason = `client socket error: ${err.message}`;
-    });
-    socket.on('close', () => this.onClientClose());
+    this.socket = clientConn(accepted, this);
     this.startupTimer = setTimeout(() => {
       this.stats().rejections.startup_timeout++;
       this.fatal(clientErrors.startupTimeout(cfg.startupTimeoutMs), 'startup timeout');
@@ -180,7 +174,7 @@ export class ClientSession implements ServerOwner, WaitHandlers {
           this.socket.write(ENCRYPTION_REFUSED);
           continue;
         case 'cancel':
-          this.ctx.byProcessId.get(parsed.processId)?.cancelFrom(parsed.secretKey);
+          this.ctx.sessions.get(parsed.processId)?.cancelFrom(parsed.secretKey);
           this.closeReason = 'cancel request';
           this.socket.destroy();
           return;
@@ -234,7 +228,6 @@ export class ClientSession implements ServerOwner, WaitHandlers {
     this.key = poolKey(this.user, this.database, params);
     if (service.poolMode === 'transaction') this.assembler = new MessageAssembler(this.ctx.config().maxMessageBytes);
     this.stats().clientsConnected++;
-    this.ctx.byProcessId.set(this.processId, this);
     // Guarded: the argument object would be built even when info is off.
     if (this.ctx.log.isLevelEnabled('info')) {
       this.ctx.log.info(
@@ -264,7 +257,7 @@ export class ClientSession implements ServerOwner, WaitHandlers {
 
   // ---- client → server ----
 
-  private onClientData(chunk: Buffer): void {
+  onClientData(chunk: Buffer): void {
     if (this.state === 'startup') return this.onStartupData(chunk);
     if (this.state === 'closed') return;
     if (this.assembler) return this.onClientMessages(chunk);
@@ -297,7 +290,7 @@ export class ClientSession implements ServerOwner, WaitHandlers {
     }
     if (this.terminateEnd >= 0) {
       this.closeReason = 'client terminated';
-      this.socket.end();
+      this.socket.close();
     }
   }
 
@@ -348,7 +341,7 @@ export class ClientSession implements ServerOwner, WaitHandlers {
     }
     if (terminated) {
       this.closeReason = 'client terminated';
-      this.socket.end();
+      this.socket.close();
     }
   }
 
@@ -651,7 +644,15 @@ export class ClientSession implements ServerOwner, WaitHandlers {
     setTimeout(() => this.socket.destroy(), 1000).unref();
   }
 
-  private onClientClose(): void {
+  onClientDrain(): void {
+    this.server?.socket.resume();
+  }
+
+  onClientError(message: string): void {
+    this.closeReason = `client socket error: ${message}`;
+  }
+
+  onClientClose(): void {
     this.detach();
   }
 
@@ -685,7 +686,6 @@ export class ClientSession implements ServerOwner, WaitHandlers {
     }
     if (this.service) {
       this.stats().clientsConnected--;
-      this.ctx.byProcessId.delete(this.processId);
       if (this.ctx.log.isLevelEnabled('info')) {
         this.ctx.log.info(
           { service: this.service.name, pid: this.processId, durationMs: Date.now() - this.connectedAt, reason: this.closeReason, state: wasState },
@@ -693,7 +693,7 @@ export class ClientSession implements ServerOwner, WaitHandlers {
         );
       }
     }
-    this.ctx.onSessionEnd(this);
+    this.ctx.sessions.delete(this);
   }
 
   private clearStartupTimer(): void {

@@ -8,7 +8,7 @@ import net from 'node:net';
 // One read buffer for every socket: reads complete one at a time on the
 // event-loop thread and each is copied out before the callback returns, so
 // sharing it is safe, and idle sockets hold no read buffer at all.
-const READ_BUFFER = Buffer.allocUnsafe(64 * 1024);
+export const READ_BUFFER = Buffer.allocUnsafe(64 * 1024);
 
 export type ChunkHandler = (chunk: Buffer) => void;
 
@@ -32,7 +32,6 @@ export type Accepted = { handle: unknown; server: net.Server } | { socket: net.S
 
 interface ServerInternals {
   _handle?: { onconnection?: (err: number, clientHandle: unknown) => void } | null;
-  _connections: number;
 }
 
 /**
@@ -56,24 +55,4 @@ export function acceptRaw(server: net.Server, accept: (a: Accepted) => void, onE
     if (err) return onError(new Error(`accept failed (errno ${err})`));
     accept({ handle: clientHandle, server });
   };
-}
-
-/** The socket for an accepted connection, its reads going to `onChunk`; TCP_NODELAY set. */
-export function acceptedSocket(accepted: Accepted, onChunk: ChunkHandler): net.Socket {
-  if ('socket' in accepted) {
-    accepted.socket.on('data', onChunk);
-    accepted.socket.setNoDelay(true);
-    accepted.socket.resume();
-    return accepted.socket;
-  }
-  const options = { handle: accepted.handle, readable: true, writable: true, onread: readsTo(onChunk) } as net.SocketConstructorOpts;
-  const socket = new net.Socket(options);
-  socket.setNoDelay(true);
-  // Counted like the sockets net.Server makes itself: server.close() waits
-  // for it, and Socket's destroy takes it off the count.
-  const internals = socket as unknown as { _server: net.Server; server: net.Server };
-  internals._server = accepted.server;
-  internals.server = accepted.server;
-  (accepted.server as unknown as ServerInternals)._connections++;
-  return socket;
 }

@@ -6,6 +6,7 @@ import { Stats, UNMATCHED } from '../budget/stats.js';
 import { ClientSession, type SessionContext } from '../client/session.js';
 import { overcommitWarning, type Config } from '../config/schema.js';
 import { ServerPool } from '../server/pool.js';
+import { SessionRegistry } from '../client/registry.js';
 import { acceptRaw } from '../io/reads.js';
 
 export interface ServiceSnapshot {
@@ -34,7 +35,7 @@ export class Proxy {
   readonly stats = new Stats();
   readonly pool: ServerPool;
   private readonly server: net.Server;
-  private readonly sessions = new Set<ClientSession>();
+  private readonly sessions = new SessionRegistry<ClientSession>();
   private readonly ctx: SessionContext;
   private shuttingDown = false;
 
@@ -49,11 +50,10 @@ export class Proxy {
       pool: this.pool,
       stats: this.stats,
       log,
-      byProcessId: new Map(),
+      sessions: this.sessions,
       get shuttingDown() {
         return self.shuttingDown;
       },
-      onSessionEnd: (s) => self.sessions.delete(s),
     };
     for (const s of config.services) this.stats.service(s.name);
     this.server = net.createServer();
@@ -70,7 +70,7 @@ export class Proxy {
         // One socket per client, read without the stream machinery (io/reads.ts).
         acceptRaw(
           this.server,
-          (accepted) => this.sessions.add(new ClientSession(accepted, this.ctx)),
+          (accepted) => new ClientSession(accepted, this.ctx),
           (err) => this.log.warn({ err: err.message }, 'could not accept a client connection'),
         );
         resolve(this.server.address() as net.AddressInfo);
@@ -150,10 +150,10 @@ export class Proxy {
     if (this.shuttingDown) return;
     this.shuttingDown = true;
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
-    for (const s of [...this.sessions]) s.shutdown();
+    for (const s of this.sessions.values()) s.shutdown();
     const deadline = Date.now() + this.config.shutdownTimeoutMs;
     while (this.sessions.size > 0 && Date.now() < deadline) await sleep(20);
-    for (const s of [...this.sessions]) s.forceClose();
+    for (const s of this.sessions.values()) s.forceClose();
     while (this.sessions.size > 0) await sleep(10);
     // Session-mode clients leave via DISCARD ALL; let those resets finish.
     const resetDeadline = Date.now() + 2000;

@@ -1,0 +1,384 @@
+// A client connection as the session sees it: write, end, destroy, pause and
+// resume, with its events delivered to one handler object.
+//
+// Where Node's stream_wrap binding is there, a connection is its raw TCP
+// handle and nothing more: no net.Socket, no Duplex state, no EventEmitter.
+// Making and tearing down a net.Socket was most of the proxy's own CPU per
+// connection under pgbench -C (in a bare accept/answer/close loop: about
+// 110 µs of user CPU per connection with net.Socket, 45 µs with the handle).
+// Where the binding is not there, the same interface is served by a
+// net.Socket (read through onread, or through 'data' events).
+import net from 'node:net';
+import { getSystemErrorName } from 'node:util';
+import { READ_BUFFER, readsTo, type Accepted } from './reads.js';
+
+/** Receives a client connection's events. Each is called at most once after close, never. */
+export interface ClientConnHandler {
+  onClientData(chunk: Buffer): void;
+  /** Writes queued past the high-water mark have gone out. */
+  onClientDrain(): void;
+  /** A read or write failed; onClientClose follows. */
+  onClientError(message: string): void;
+  /** The connection is closed; called once. */
+  onClientClose(): void;
+}
+
+export interface ClientConn {
+  /** Queues bytes; false when the caller should wait for onClientDrain. */
+  write(data: Buffer): boolean;
+  /** Sends `data` (if any), then closes the sending side; the connection closes when the peer does. */
+  end(data?: Buffer): void;
+  /**
+   * The client said goodbye (Terminate): closes once queued bytes are out,
+   * without shutting down and waiting for the client's end of the stream.
+   */
+  close(): void;
+  /** Closes at once; bytes not yet sent are dropped. */
+  destroy(): void;
+  pause(): void;
+  resume(): void;
+  isPaused(): boolean;
+  /** Neither ended nor closed. */
+  readonly writable: boolean;
+}
+
+/** Bytes queued in user space (the kernel's buffer is full) before write() asks the caller to wait. */
+const HIGH_WATER_MARK = 16 * 1024;
+/** libuv's UV_EOF. */
+const UV_EOF = -4095;
+
+// ---- the raw handle ----
+
+interface StreamBinding {
+  WriteWrap: new () => WriteReq;
+  ShutdownWrap: new () => ShutdownReq;
+  streamBaseState: Int32Array;
+  kReadBytesOrError: number;
+  kLastWriteWasAsync: number;
+}
+
+interface TcpHandle {
+  onread: (this: TcpHandle, arrayBuffer: ArrayBuffer | undefined) => void;
+  readStart(): number;
+  readStop(): number;
+  useUserBuffer(buf: Uint8Array): void;
+  setNoDelay(on: boolean): number;
+  writeBuffer(req: WriteReq, data: Buffer): number;
+  shutdown(req: ShutdownReq): number;
+  close(cb: (this: TcpHandle) => void): void;
+  /** Set only while closing, for onHandleClose. */
+  conn?: RawConn | null;
+}
+
+interface WriteReq {
+  handle: TcpHandle;
+  oncomplete: (this: WriteReq, status: number) => void;
+  async: boolean;
+  conn: RawConn | null;
+  bytes: number;
+  /** Kept alive until an asynchronous write completes. */
+  buffer: Buffer | null;
+}
+
+interface ShutdownReq {
+  handle: TcpHandle;
+  oncomplete: (this: ShutdownReq, status: number) => void;
+  conn: RawConn | null;
+}
+
+interface ServerCounts {
+  _connections: number;
+  _emitCloseIfDrained?: () => void;
+}
+
+function loadBinding(): StreamBinding | null {
+  try {
+    const binding = (process as unknown as { binding(name: string): Partial<StreamBinding> }).binding('stream_wrap');
+    const { WriteWrap, ShutdownWrap, streamBaseState, kReadBytesOrError, kLastWriteWasAsync } = binding;
+    if (
+      typeof WriteWrap !== 'function' ||
+      typeof ShutdownWrap !== 'function' ||
+      !(streamBaseState instanceof Int32Array) ||
+      typeof kReadBytesOrError !== 'number' ||
+      typeof kLastWriteWasAsync !== 'number'
+    ) {
+      return null;
+    }
+    return binding as StreamBinding;
+  } catch {
+    return null;
+  }
+}
+
+const binding = loadBinding();
+
+function isTcpHandle(handle: unknown): handle is TcpHandle {
+  const h = handle as Partial<TcpHandle> | null;
+  return (
+    typeof h?.readStart === 'function' &&
+    typeof h.readStop === 'function' &&
+    typeof h.useUserBuffer === 'function' &&
+    typeof h.writeBuffer === 'function' &&
+    typeof h.shutdown === 'function' &&
+    typeof h.close === 'function' &&
+    typeof h.setNoDelay === 'function'
+  );
+}
+
+function ignoreRead(): void {}
+
+// libuv's callbacks are shared functions that find their connection through
+// `this` and then drop the reference (see destroy()).
+function onWriteComplete(this: WriteReq, status: number): void {
+  const conn = this.conn!;
+  this.conn = null;
+  conn.afterWrite(this, status);
+}
+
+function onShutdownComplete(this: ShutdownReq, status: number): void {
+  const conn = this.conn!;
+  this.conn = null;
+  conn.afterShutdown(status);
+}
+
+function onHandleClose(this: TcpHandle): void {
+  const conn = this.conn!;
+  this.conn = null;
+  conn.afterClose();
+}
+
+class RawConn implements ClientConn {
+  private paused = false;
+  private ended = false;
+  private closed = false;
+  private eof = false;
+  private shutdownDone = false;
+  /** Bytes of asynchronous writes not yet completed. */
+  private queued = 0;
+  private needDrain = false;
+
+  constructor(
+    private readonly handle: TcpHandle,
+    private readonly server: net.Server,
+    private readonly handler: ClientConnHandler,
+    private readonly b: StreamBinding,
+  ) {
+    // Counted like the sockets net.Server makes itself: server.close() waits for it.
+    (server as unknown as ServerCounts)._connections++;
+    handle.setNoDelay(true);
+    handle.useUserBuffer(READ_BUFFER);
+    handle.onread = () => this.onRead();
+    const err = handle.readStart();
+    if (err !== 0) this.fail('read', err);
+  }
+
+  get writable(): boolean {
+    return !this.ended && !this.closed;
+  }
+
+  private onRead(): void {
+    const n = this.b.streamBaseState[this.b.kReadBytesOrError];
+    if (n > 0) {
+      // The read buffer is shared by every connection: copy out before it is reused.
+      const chunk = Buffer.allocUnsafe(n);
+      chunk.set(READ_BUFFER.subarray(0, n));
+      this.handler.onClientData(chunk);
+      return;
+    }
+    if (n === 0 || this.closed) return;
+    if (n !== UV_EOF) return this.fail('read', n);
+    // The client closed its side. As net.Socket without allowHalfOpen: flush, shut down, close.
+    this.eof = true;
+    if (!this.ended) this.end();
+    else if (this.shutdownDone) this.destroy();
+  }
+
+  write(data: Buffer): boolean {
+    if (this.ended || this.closed) return false;
+    const req = new this.b.WriteWrap();
+    req.handle = this.handle;
+    req.oncomplete = onWriteComplete;
+    req.async = false;
+    req.conn = this;
+    req.bytes = data.length;
+    req.buffer = null;
+    const err = this.handle.writeBuffer(req, data);
+    if (err !== 0) {
+      this.fail('write', err);
+      return false;
+    }
+    if (this.b.streamBaseState[this.b.kLastWriteWasAsync] === 0) return !this.needDrain;
+    req.async = true;
+    req.buffer = data;
+    this.queued += data.length;
+    if (this.queued >= HIGH_WATER_MARK) this.needDrain = true;
+    return !this.needDrain;
+  }
+
+  /** Called by libuv (through onWriteComplete) when an asynchronous write has gone out or failed. */
+  afterWrite(req: WriteReq, status: number): void {
+    req.buffer = null;
+    this.queued -= req.bytes;
+    if (this.closed) return;
+    if (status < 0) return this.fail('write', status);
+    if (this.needDrain && this.queued === 0) {
+      this.needDrain = false;
+      this.handler.onClientDrain();
+    }
+  }
+
+  end(data?: Buffer): void {
+    if (this.ended || this.closed) return;
+    if (data) this.write(data);
+    if (this.closed) return; // the write failed
+    this.ended = true;
+    const req = new this.b.ShutdownWrap();
+    req.handle = this.handle;
+    req.oncomplete = onShutdownComplete;
+    req.conn = this;
+    // libuv shuts the socket down once the writes queued before it are out.
+    const err = this.handle.shutdown(req);
+    if (err !== 0) this.destroy();
+  }
+
+  close(): void {
+    // Nothing queued (the usual case): close now. PostgreSQL does the same
+    // on Terminate, and it saves a shutdown and a read of the end of stream.
+    if (this.queued === 0) this.destroy();
+    else this.end();
+  }
+
+  afterShutdown(status: number): void {
+    this.shutdownDone = true;
+    // A failed shutdown (the peer reset) leaves nothing to wait for.
+    if (this.eof || status < 0) this.destroy();
+  }
+
+  destroy(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.ended = true;
+    // The handle's JS object outlives the connection until a full GC: the
+    // scavenger keeps weak handles of modified objects alive, so whatever the
+    // handle still points to is promoted with it. Under pgbench -C that was
+    // the whole session graph, promoted on every scavenge. So the handle
+    // keeps no reference to this connection once it is closed.
+    this.handle.onread = ignoreRead;
+    this.handle.conn = this;
+    this.handle.close(onHandleClose);
+  }
+
+  /** Called by libuv (through onHandleClose) once the handle is closed. */
+  afterClose(): void {
+    const server = this.server as unknown as ServerCounts;
+    server._connections--;
+    server._emitCloseIfDrained?.();
+    this.handler.onClientClose();
+  }
+
+  private fail(syscall: string, errno: number): void {
+    if (this.closed) return;
+    this.handler.onClientError(`${syscall} ${getSystemErrorName(errno)}`);
+    this.destroy();
+  }
+
+  pause(): void {
+    if (this.paused) return;
+    this.paused = true;
+    if (!this.closed && !this.eof) this.handle.readStop();
+  }
+
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    if (!this.closed && !this.eof) this.handle.readStart();
+  }
+
+  isPaused(): boolean {
+    return this.paused;
+  }
+}
+
+// ---- net.Socket ----
+
+class SocketConn implements ClientConn {
+  constructor(
+    private readonly socket: net.Socket,
+    handler: ClientConnHandler,
+  ) {
+    socket.setNoDelay(true);
+    socket.on('drain', () => handler.onClientDrain());
+    socket.on('error', (err) => handler.onClientError(err.message));
+    socket.on('close', () => handler.onClientClose());
+  }
+
+  get writable(): boolean {
+    return this.socket.writable;
+  }
+
+  write(data: Buffer): boolean {
+    // As the raw handle: a write after end is dropped, not an 'error' that destroys the socket.
+    if (!this.socket.writable) return false;
+    return this.socket.write(data);
+  }
+
+  end(data?: Buffer): void {
+    if (data) this.socket.end(data);
+    else this.socket.end();
+  }
+
+  close(): void {
+    this.socket.destroySoon();
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+
+  pause(): void {
+    this.socket.pause();
+  }
+
+  resume(): void {
+    this.socket.resume();
+  }
+
+  isPaused(): boolean {
+    return this.socket.isPaused();
+  }
+}
+
+export interface ClientConnOptions {
+  /** Use the raw handle where possible (the default); false forces a net.Socket. */
+  raw?: boolean;
+}
+
+/** The connection for an accepted client, its events going to `handler`. */
+export function clientConn(accepted: Accepted, handler: ClientConnHandler, options: ClientConnOptions = {}): ClientConn {
+  if ('socket' in accepted) {
+    const conn = new SocketConn(accepted.socket, handler);
+    accepted.socket.on('data', (chunk: Buffer) => handler.onClientData(chunk));
+    accepted.socket.resume();
+    return conn;
+  }
+  if (binding && options.raw !== false && isTcpHandle(accepted.handle)) {
+    return new RawConn(accepted.handle, accepted.server, handler, binding);
+  }
+  const socketOptions = {
+    handle: accepted.handle,
+    readable: true,
+    writable: true,
+    onread: readsTo((chunk) => handler.onClientData(chunk)),
+  } as net.SocketConstructorOpts;
+  const socket = new net.Socket(socketOptions);
+  // Counted like the sockets net.Server makes itself: server.close() waits
+  // for it, and Socket's destroy takes it off the count.
+  const internals = socket as unknown as { _server: net.Server; server: net.Server };
+  internals._server = accepted.server;
+  internals.server = accepted.server;
+  (accepted.server as unknown as ServerCounts)._connections++;
+  return new SocketConn(socket, handler);
+}
+
+/** Whether accepted connections are served as raw handles on this Node.js. */
+export const rawConnectionsAvailable = binding !== null;
