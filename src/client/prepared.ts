@@ -19,6 +19,7 @@ import {
 } from '../protocol/messages.js';
 import { SERVER_STATEMENT_PREFIX, type ServerStatements } from '../server/statements.js';
 import { stripSql } from './sessionState.js';
+import { DROP_WORD, messageSqlWords } from './sqlWords.js';
 
 interface StatementDef {
   query: string;
@@ -53,8 +54,8 @@ const DROPS_STATEMENTS = /(^|;)\s*(deallocate|discard)\b/i;
 
 /** A Parse whose SQL may drop prepared statements (DEALLOCATE, DISCARD); cheap test first. */
 function mayDropStatements(parse: Buffer): boolean {
-  const { query } = readParse(parse);
-  return /deallocate|discard/i.test(query) && DROPS_STATEMENTS.test(stripSql(query));
+  if ((messageSqlWords(parse) & DROP_WORD) === 0) return false;
+  return DROPS_STATEMENTS.test(stripSql(readParse(parse).query));
 }
 
 function keyOf(query: string, paramTypes: Buffer): string {
@@ -251,8 +252,12 @@ export class PreparedStatements {
 
   /** SQL-level DEALLOCATE and DISCARD refer to the client's names, and may drop the proxy's. */
   private query(msg: Buffer, server: ServerStatements, out: Buffer[]): void {
+    if ((messageSqlWords(msg) & DROP_WORD) === 0) {
+      out.push(msg);
+      return;
+    }
     const sql = readQuery(msg);
-    if (!/deallocate|discard/i.test(sql) || !DROPS_STATEMENTS.test(stripSql(sql))) {
+    if (!DROPS_STATEMENTS.test(stripSql(sql))) {
       out.push(msg);
       return;
     }

@@ -29,6 +29,7 @@ import { poolKey, type ServerPool, type WaitHandlers } from '../server/pool.js';
 import { SERVER_STATEMENT_PREFIX } from '../server/statements.js';
 import { PreparedStatements, type CompletionKind } from './prepared.js';
 import type { SessionRegistry } from './registry.js';
+import { messageSqlWords, RESERVED_MARK, SESSION_WORD } from './sqlWords.js';
 import { detectSessionState, type SessionStateReason } from './sessionState.js';
 
 export interface SessionContext {
@@ -377,6 +378,8 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
    * that fails with our error, which keeps the protocol in step.
    */
   private checkStatement(msg: Buffer): Buffer {
+    // Most statements name none of the words the checks below need: not even decoded.
+    if ((messageSqlWords(msg) & (SESSION_WORD | RESERVED_MARK)) === 0) return msg;
     const isQuery = msg[0] === Frontend.Query;
     const parsed = isQuery ? null : readParse(msg);
     const sql = isQuery ? readQuery(msg) : parsed!.query;

@@ -10,6 +10,7 @@
 // net.Socket (read through onread, or through 'data' events).
 import net from 'node:net';
 import { getSystemErrorName } from 'node:util';
+import { binding, isTcpHandle, readBytes, writeTo, type AsyncWriter, type ShutdownReq, type StreamBinding, type TcpHandle } from './handles.js';
 import { READ_BUFFER, readsTo, type Accepted } from './reads.js';
 
 /** Receives a client connection's events. Each is called at most once after close, never. */
@@ -49,105 +50,39 @@ const UV_EOF = -4095;
 
 // ---- the raw handle ----
 
-interface StreamBinding {
-  WriteWrap: new () => WriteReq;
-  ShutdownWrap: new () => ShutdownReq;
-  streamBaseState: Int32Array;
-  kReadBytesOrError: number;
-  kLastWriteWasAsync: number;
-}
-
-interface TcpHandle {
-  onread: (this: TcpHandle, arrayBuffer: ArrayBuffer | undefined) => void;
-  readStart(): number;
-  readStop(): number;
-  useUserBuffer(buf: Uint8Array): void;
-  setNoDelay(on: boolean): number;
-  writeBuffer(req: WriteReq, data: Buffer): number;
-  shutdown(req: ShutdownReq): number;
-  close(cb: (this: TcpHandle) => void): void;
-  /** Set only while closing, for onHandleClose. */
-  conn?: RawConn | null;
-}
-
-interface WriteReq {
-  handle: TcpHandle;
-  oncomplete: (this: WriteReq, status: number) => void;
-  async: boolean;
-  conn: RawConn | null;
-  bytes: number;
-  /** Kept alive until an asynchronous write completes. */
-  buffer: Buffer | null;
-}
-
-interface ShutdownReq {
-  handle: TcpHandle;
-  oncomplete: (this: ShutdownReq, status: number) => void;
-  conn: RawConn | null;
-}
-
 interface ServerCounts {
   _connections: number;
   _emitCloseIfDrained?: () => void;
 }
 
-function loadBinding(): StreamBinding | null {
-  try {
-    const binding = (process as unknown as { binding(name: string): Partial<StreamBinding> }).binding('stream_wrap');
-    const { WriteWrap, ShutdownWrap, streamBaseState, kReadBytesOrError, kLastWriteWasAsync } = binding;
-    if (
-      typeof WriteWrap !== 'function' ||
-      typeof ShutdownWrap !== 'function' ||
-      !(streamBaseState instanceof Int32Array) ||
-      typeof kReadBytesOrError !== 'number' ||
-      typeof kLastWriteWasAsync !== 'number'
-    ) {
-      return null;
-    }
-    return binding as StreamBinding;
-  } catch {
-    return null;
-  }
+interface ClosingHandle extends TcpHandle {
+  /** Set only while closing, for onHandleClose. */
+  conn?: RawConn | null;
 }
 
-const binding = loadBinding();
-
-function isTcpHandle(handle: unknown): handle is TcpHandle {
-  const h = handle as Partial<TcpHandle> | null;
-  return (
-    typeof h?.readStart === 'function' &&
-    typeof h.readStop === 'function' &&
-    typeof h.useUserBuffer === 'function' &&
-    typeof h.writeBuffer === 'function' &&
-    typeof h.shutdown === 'function' &&
-    typeof h.close === 'function' &&
-    typeof h.setNoDelay === 'function'
-  );
+interface ClosingShutdown extends ShutdownReq {
+  conn: RawConn | null;
 }
 
 function ignoreRead(): void {}
 
 // libuv's callbacks are shared functions that find their connection through
 // `this` and then drop the reference (see destroy()).
-function onWriteComplete(this: WriteReq, status: number): void {
-  const conn = this.conn!;
-  this.conn = null;
-  conn.afterWrite(this, status);
-}
-
 function onShutdownComplete(this: ShutdownReq, status: number): void {
-  const conn = this.conn!;
-  this.conn = null;
+  const req = this as ClosingShutdown;
+  const conn = req.conn!;
+  req.conn = null;
   conn.afterShutdown(status);
 }
 
 function onHandleClose(this: TcpHandle): void {
-  const conn = this.conn!;
-  this.conn = null;
+  const handle = this as ClosingHandle;
+  const conn = handle.conn!;
+  handle.conn = null;
   conn.afterClose();
 }
 
-class RawConn implements ClientConn {
+class RawConn implements ClientConn, AsyncWriter {
   private paused = false;
   private ended = false;
   private closed = false;
@@ -158,7 +93,7 @@ class RawConn implements ClientConn {
   private needDrain = false;
 
   constructor(
-    private readonly handle: TcpHandle,
+    private readonly handle: ClosingHandle,
     private readonly server: net.Server,
     private readonly handler: ClientConnHandler,
     private readonly b: StreamBinding,
@@ -177,7 +112,7 @@ class RawConn implements ClientConn {
   }
 
   private onRead(): void {
-    const n = this.b.streamBaseState[this.b.kReadBytesOrError];
+    const n = readBytes(this.b);
     if (n > 0) {
       // The read buffer is shared by every connection: copy out before it is reused.
       const chunk = Buffer.allocUnsafe(n);
@@ -195,30 +130,20 @@ class RawConn implements ClientConn {
 
   write(data: Buffer): boolean {
     if (this.ended || this.closed) return false;
-    const req = new this.b.WriteWrap();
-    req.handle = this.handle;
-    req.oncomplete = onWriteComplete;
-    req.async = false;
-    req.conn = this;
-    req.bytes = data.length;
-    req.buffer = null;
-    const err = this.handle.writeBuffer(req, data);
-    if (err !== 0) {
-      this.fail('write', err);
+    const r = writeTo(this.b, this.handle, data, this);
+    if (r < 0) {
+      this.fail('write', r);
       return false;
     }
-    if (this.b.streamBaseState[this.b.kLastWriteWasAsync] === 0) return !this.needDrain;
-    req.async = true;
-    req.buffer = data;
+    if (r === 0) return !this.needDrain;
     this.queued += data.length;
     if (this.queued >= HIGH_WATER_MARK) this.needDrain = true;
     return !this.needDrain;
   }
 
-  /** Called by libuv (through onWriteComplete) when an asynchronous write has gone out or failed. */
-  afterWrite(req: WriteReq, status: number): void {
-    req.buffer = null;
-    this.queued -= req.bytes;
+  /** An asynchronous write has gone out or failed (io/handles.ts). */
+  afterWrite(bytes: number, status: number): void {
+    this.queued -= bytes;
     if (this.closed) return;
     if (status < 0) return this.fail('write', status);
     if (this.needDrain && this.queued === 0) {
@@ -232,7 +157,7 @@ class RawConn implements ClientConn {
     if (data) this.write(data);
     if (this.closed) return; // the write failed
     this.ended = true;
-    const req = new this.b.ShutdownWrap();
+    const req = new this.b.ShutdownWrap() as ClosingShutdown;
     req.handle = this.handle;
     req.oncomplete = onShutdownComplete;
     req.conn = this;

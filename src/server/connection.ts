@@ -2,6 +2,7 @@
 // SCRAM-SHA-256), then either forwarding raw chunks to the client that owns
 // it, or running the proxy's own queries (reset) when nobody does.
 import net from 'node:net';
+import { getSystemErrorName } from 'node:util';
 // Without the .js: older ESM resolvers (tap's ts-node loader) map "./dist/*" first.
 import { Parser } from 'pg-protocol/dist/parser';
 import { serialize } from 'pg-protocol/dist/serializer';
@@ -10,7 +11,8 @@ import { Backend } from '../protocol/codes.js';
 import { errorResponse, startupMessage, type ErrorFields } from '../protocol/encode.js';
 import { FrameScanner } from '../protocol/framing.js';
 import { clientErrors } from '../errors.js';
-import { readsTo } from '../io/reads.js';
+import { binding, isTcpHandle, readBytes, writeTo, type AsyncWriter, type TcpHandle } from '../io/handles.js';
+import { READ_BUFFER, readsTo } from '../io/reads.js';
 import { md5Password, ScramClient } from './scram.js';
 import { ServerStatements } from './statements.js';
 
@@ -63,7 +65,7 @@ interface Control {
   onMessage: (msg: BackendMessage, raw: Buffer) => void;
 }
 
-export class ServerConnection {
+export class ServerConnection implements AsyncWriter {
   readonly socket: net.Socket;
   readonly createdAt = Date.now();
   processId = 0;
@@ -94,6 +96,11 @@ export class ServerConnection {
     if (type === Backend.ErrorResponse) this.markBroken();
   });
   onClosed: (cause: string) => void = () => {};
+  /** The socket's TCP handle, written and read directly once logged in (io/handles.ts); else null. */
+  private direct: TcpHandle | null = null;
+  /** Bytes of direct writes that went asynchronous and have not completed. */
+  private directQueued = 0;
+  private directNeedDrain = false;
 
   constructor(
     readonly id: number,
@@ -209,6 +216,7 @@ export class ServerConnection {
               this.control = null;
               this.phase = 'ready';
               clearTimeout(timer);
+              this.goDirect();
               resolve();
               return;
             case 'error': {
@@ -276,8 +284,60 @@ export class ServerConnection {
     });
   }
 
+  /**
+   * Forwarding no longer goes through net.Socket: reads of data skip net's
+   * onStreamRead (end of stream and errors still go to it, so 'close' and
+   * 'error' come as before), and writes skip its Writable whenever that has
+   * nothing queued, which keeps the order of bytes (libuv queues writes in
+   * the order they are made). Under pgbench -S this took about 4k of 24k
+   * instructions per transaction off.
+   */
+  private goDirect(): void {
+    const handle = (this.socket as unknown as { _handle?: unknown })._handle;
+    if (!binding || !isTcpHandle(handle)) return;
+    const b = binding;
+    const conn = this;
+    const viaNet = handle.onread;
+    handle.onread = function (this: TcpHandle, arrayBuffer) {
+      const n = readBytes(b);
+      if (n <= 0) return viaNet.call(this, arrayBuffer);
+      // Node reads into READ_BUFFER (the onread option of readsTo): copy out before the next read.
+      const chunk = Buffer.allocUnsafe(n);
+      chunk.set(READ_BUFFER.subarray(0, n));
+      conn.onData(chunk);
+    };
+    this.direct = handle;
+  }
+
   write(chunk: Buffer): boolean {
-    return this.socket.write(chunk);
+    const handle = this.direct;
+    if (handle === null || this.socket.writableLength !== 0 || this.socket.destroyed || this.socket.writableEnded) {
+      return this.socket.write(chunk);
+    }
+    const r = writeTo(binding!, handle, chunk, this);
+    if (r < 0) {
+      this.socket.destroy(new Error(`write ${getSystemErrorName(r)}`));
+      return false;
+    }
+    if (r > 0) {
+      this.directQueued += chunk.length;
+      if (this.directQueued >= this.socket.writableHighWaterMark) this.directNeedDrain = true;
+    }
+    return !this.directNeedDrain;
+  }
+
+  /** A direct write that went asynchronous has completed (io/handles.ts). */
+  afterWrite(bytes: number, status: number): void {
+    this.directQueued -= bytes;
+    if (this.socket.destroyed) return;
+    if (status < 0) {
+      this.socket.destroy(new Error(`write ${getSystemErrorName(status)}`));
+      return;
+    }
+    if (this.directNeedDrain && this.directQueued === 0) {
+      this.directNeedDrain = false;
+      this.owner?.onServerDrain();
+    }
   }
 
   /** Polite close: Terminate, then end. The slot is freed on 'close'. */

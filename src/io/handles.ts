@@ -1,0 +1,138 @@
+// Node's TCP handles used directly, through the stream_wrap binding, where
+// the net.Socket machinery costs more than the work: a connection is read
+// and written once or twice per transaction, and each pass through net's
+// Writable (writeOrBuffer, a WriteWrap built from an API template, a
+// nextTick for afterWrite) cost more instructions than the proxy's own
+// handling of the message. Everything here has a fallback: when the binding
+// is not there, callers use net.Socket as usual.
+
+/** What Node's stream_wrap binding provides (process.binding('stream_wrap')). */
+export interface StreamBinding {
+  WriteWrap: new () => WriteReq;
+  ShutdownWrap: new () => ShutdownReq;
+  streamBaseState: Int32Array;
+  kReadBytesOrError: number;
+  kLastWriteWasAsync: number;
+}
+
+/** The parts of Node's TCP handle (tcp_wrap) the proxy uses. */
+export interface TcpHandle {
+  onread: (this: TcpHandle, arrayBuffer: ArrayBuffer | undefined) => void;
+  readStart(): number;
+  readStop(): number;
+  useUserBuffer(buf: Uint8Array): void;
+  setNoDelay(on: boolean): number;
+  writeBuffer(req: WriteReq, data: Buffer): number;
+  shutdown(req: ShutdownReq): number;
+  close(cb: (this: TcpHandle) => void): void;
+}
+
+/** Who is told when a write that went asynchronous completes. */
+export interface AsyncWriter {
+  afterWrite(bytes: number, status: number): void;
+}
+
+export interface WriteReq {
+  handle: TcpHandle | null;
+  oncomplete: (this: WriteReq, status: number) => void;
+  async: boolean;
+  writer: AsyncWriter | null;
+  bytes: number;
+  /** Kept alive until an asynchronous write completes. */
+  buffer: Buffer | null;
+}
+
+export interface ShutdownReq {
+  handle: TcpHandle;
+  oncomplete: (this: ShutdownReq, status: number) => void;
+}
+
+function loadBinding(): StreamBinding | null {
+  try {
+    const b = (process as unknown as { binding(name: string): Partial<StreamBinding> }).binding('stream_wrap');
+    if (
+      typeof b.WriteWrap !== 'function' ||
+      typeof b.ShutdownWrap !== 'function' ||
+      !(b.streamBaseState instanceof Int32Array) ||
+      typeof b.kReadBytesOrError !== 'number' ||
+      typeof b.kLastWriteWasAsync !== 'number'
+    ) {
+      return null;
+    }
+    return b as StreamBinding;
+  } catch {
+    return null;
+  }
+}
+
+/** The binding, or null where this Node.js does not expose it. */
+export const binding = loadBinding();
+
+export function isTcpHandle(handle: unknown): handle is TcpHandle {
+  const h = handle as Partial<TcpHandle> | null;
+  return (
+    typeof h?.readStart === 'function' &&
+    typeof h.readStop === 'function' &&
+    typeof h.useUserBuffer === 'function' &&
+    typeof h.writeBuffer === 'function' &&
+    typeof h.shutdown === 'function' &&
+    typeof h.close === 'function' &&
+    typeof h.setNoDelay === 'function'
+  );
+}
+
+/** Bytes read by the read that is being reported (negative: an error or UV_EOF). */
+export function readBytes(b: StreamBinding): number {
+  return b.streamBaseState[b.kReadBytesOrError];
+}
+
+function onWriteComplete(this: WriteReq, status: number): void {
+  const writer = this.writer!;
+  const bytes = this.bytes;
+  // Nothing of the connection stays reachable from a finished request.
+  this.writer = null;
+  this.buffer = null;
+  this.handle = null;
+  writer.afterWrite(bytes, status);
+}
+
+// A request object takes part in a write only if the write goes
+// asynchronous; a write that completes at once (the usual case) leaves it
+// untouched, so one spare serves them all and none is built per write.
+let spare: WriteReq | null = null;
+
+/**
+ * Writes `data` to `handle`. Returns 0 when it went out at once, a positive
+ * number when it is queued (`writer.afterWrite` follows), or a negative
+ * errno.
+ */
+export function writeTo(b: StreamBinding, handle: TcpHandle, data: Buffer, writer: AsyncWriter): number {
+  let req = spare;
+  if (req === null) {
+    req = new b.WriteWrap();
+    req.oncomplete = onWriteComplete;
+    req.async = false;
+    req.writer = null;
+    req.bytes = 0;
+    req.buffer = null;
+    req.handle = null;
+    spare = req;
+  }
+  req.handle = handle;
+  const err = handle.writeBuffer(req, data);
+  if (err !== 0) {
+    req.handle = null;
+    return err;
+  }
+  if (b.streamBaseState[b.kLastWriteWasAsync] === 0) {
+    req.handle = null;
+    return 0;
+  }
+  // In flight: this request belongs to the write now.
+  spare = null;
+  req.async = true;
+  req.writer = writer;
+  req.bytes = data.length;
+  req.buffer = data;
+  return 1;
+}
