@@ -205,7 +205,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     this.fatal(clientErrors.shuttingDown(), 'shutting down');
   }
 
-  private onStartupMessage(params: Record<string, string>): void {
+  private onStartupMessage(params: Readonly<Record<string, string>>): void {
     this.clearStartupTimer();
     this.user = params.user;
     this.database = params.database || params.user;
@@ -226,7 +226,12 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
       return this.endForShutdown();
     }
     this.service = service;
-    this.key = poolKey(this.user, this.database, params);
+    // The same (shared, frozen) params object as the last login: the same key.
+    if (params !== lastKeyParams) {
+      lastKeyParams = params;
+      lastKey = poolKey(this.user, this.database, params);
+    }
+    this.key = lastKey;
     if (service.poolMode === 'transaction') this.assembler = new MessageAssembler(this.ctx.config().maxMessageBytes);
     this.stats().clientsConnected++;
     // Guarded: the argument object would be built even when info is off.
@@ -731,6 +736,10 @@ const READY_IDLE = readyForQuery('I');
  * client's own): encoded once per key, not per login.
  */
 const welcomeBlocks = new WeakMap<[string, string][], Buffer>();
+
+/** The pool key of the last params object seen (startup.ts shares it between identical packets). */
+let lastKeyParams: Readonly<Record<string, string>> | null = null;
+let lastKey = '';
 
 function welcomeBlock(params: [string, string][]): Buffer {
   const parts = [authenticationOk()];

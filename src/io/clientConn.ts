@@ -10,7 +10,7 @@
 // net.Socket (read through onread, or through 'data' events).
 import net from 'node:net';
 import { getSystemErrorName } from 'node:util';
-import { binding, isTcpHandle, readBytes, writeTo, type AsyncWriter, type ShutdownReq, type StreamBinding, type TcpHandle } from './handles.js';
+import { binding, copyOut, isTcpHandle, readBytes, writeTo, type AsyncWriter, type ShutdownReq, type StreamBinding, type TcpHandle } from './handles.js';
 import { READ_BUFFER, readsTo, type Accepted } from './reads.js';
 
 /** Receives a client connection's events. Each is called at most once after close, never. */
@@ -112,12 +112,10 @@ class RawConn implements ClientConn, AsyncWriter {
   }
 
   private onRead(): void {
-    const n = readBytes(this.b);
+    const n = readBytes();
     if (n > 0) {
       // The read buffer is shared by every connection: copy out before it is reused.
-      const chunk = Buffer.allocUnsafe(n);
-      chunk.set(READ_BUFFER.subarray(0, n));
-      this.handler.onClientData(chunk);
+      this.handler.onClientData(copyOut(READ_BUFFER, n));
       return;
     }
     if (n === 0 || this.closed) return;

@@ -68,6 +68,12 @@ function loadBinding(): StreamBinding | null {
 /** The binding, or null where this Node.js does not expose it. */
 export const binding = loadBinding();
 
+// Read once: the binding object is in dictionary mode, and a property load
+// on it from the hot path was a generic (uncached) lookup.
+const streamState = binding?.streamBaseState ?? new Int32Array(8);
+const READ_BYTES = binding?.kReadBytesOrError ?? 0;
+const LAST_WRITE_ASYNC = binding?.kLastWriteWasAsync ?? 0;
+
 export function isTcpHandle(handle: unknown): handle is TcpHandle {
   const h = handle as Partial<TcpHandle> | null;
   return (
@@ -82,8 +88,15 @@ export function isTcpHandle(handle: unknown): handle is TcpHandle {
 }
 
 /** Bytes read by the read that is being reported (negative: an error or UV_EOF). */
-export function readBytes(b: StreamBinding): number {
-  return b.streamBaseState[b.kReadBytesOrError];
+export function readBytes(): number {
+  return streamState[READ_BYTES];
+}
+
+/** A copy of the first `n` bytes of `from` (the shared read buffer) that the caller may keep. */
+export function copyOut(from: Buffer, n: number): Buffer {
+  const chunk = Buffer.allocUnsafe(n);
+  chunk.set(from.subarray(0, n));
+  return chunk;
 }
 
 function onWriteComplete(this: WriteReq, status: number): void {
@@ -124,7 +137,7 @@ export function writeTo(b: StreamBinding, handle: TcpHandle, data: Buffer, write
     req.handle = null;
     return err;
   }
-  if (b.streamBaseState[b.kLastWriteWasAsync] === 0) {
+  if (streamState[LAST_WRITE_ASYNC] === 0) {
     req.handle = null;
     return 0;
   }

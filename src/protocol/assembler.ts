@@ -45,6 +45,12 @@ export class MessageAssembler {
       this.need = -1;
       out.push(msg);
     }
+    // The usual case: the chunk is exactly one message, passed on as it is.
+    if (i === 0 && n >= 5 && chunk.readInt32BE(1) + 1 === n) {
+      this.checkedLength(chunk, 0);
+      out.push(chunk);
+      return;
+    }
     while (i < n) {
       if (n - i < 5) {
         this.parts = [chunk.subarray(i)];

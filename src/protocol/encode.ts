@@ -58,7 +58,7 @@ export function readyForQuery(status: 'I' | 'T' | 'E'): Buffer {
 }
 
 /** NegotiateProtocolVersion ('v'): newest minor version we speak, and the options we ignore. */
-export function negotiateProtocolVersion(newestMinor: number, unsupportedOptions: string[]): Buffer {
+export function negotiateProtocolVersion(newestMinor: number, unsupportedOptions: readonly string[]): Buffer {
   return message('v', Buffer.concat([int32s(newestMinor, unsupportedOptions.length), ...unsupportedOptions.map(cstring)]));
 }
 

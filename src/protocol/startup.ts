@@ -9,7 +9,7 @@ export type StartupPacket =
   | { kind: 'ssl' }
   | { kind: 'gssenc' }
   | { kind: 'cancel'; processId: number; secretKey: number }
-  | { kind: 'startup'; minorVersion: number; params: Record<string, string>; protocolOptions: string[] };
+  | { kind: 'startup'; minorVersion: number; params: Readonly<Record<string, string>>; protocolOptions: readonly string[] };
 
 export class StartupPacketError extends Error {
   override readonly name = 'StartupPacketError';
@@ -28,8 +28,26 @@ export function startupPacketLength(buf: Buffer): number {
   return length;
 }
 
+// Services reconnect with the same startup packet again and again (same
+// user, database, options): the last one's parse is kept and shared. Its
+// params object is frozen, so no session can change another's.
+let lastPacket: Buffer | null = null;
+let lastParsed: StartupPacket | null = null;
+
 /** Parses one complete startup-phase packet (buf holds exactly its bytes). */
 export function parseStartupPacket(buf: Buffer): StartupPacket {
+  if (lastPacket !== null && lastPacket.length === buf.length && lastPacket.equals(buf)) return lastParsed!;
+  const parsed = parsePacket(buf);
+  if (parsed.kind === 'startup') {
+    Object.freeze(parsed.params);
+    Object.freeze(parsed.protocolOptions);
+    lastPacket = Buffer.from(buf);
+    lastParsed = Object.freeze(parsed);
+  }
+  return parsed;
+}
+
+function parsePacket(buf: Buffer): StartupPacket {
   const code = buf.readInt32BE(4);
   if (code === SSL_REQUEST) return { kind: 'ssl' };
   if (code === GSSENC_REQUEST) return { kind: 'gssenc' };

@@ -11,7 +11,7 @@ import { Backend } from '../protocol/codes.js';
 import { errorResponse, startupMessage, type ErrorFields } from '../protocol/encode.js';
 import { FrameScanner } from '../protocol/framing.js';
 import { clientErrors } from '../errors.js';
-import { binding, isTcpHandle, readBytes, writeTo, type AsyncWriter, type TcpHandle } from '../io/handles.js';
+import { binding, copyOut, isTcpHandle, readBytes, writeTo, type AsyncWriter, type TcpHandle } from '../io/handles.js';
 import { READ_BUFFER, readsTo } from '../io/reads.js';
 import { md5Password, ScramClient } from './scram.js';
 import { ServerStatements } from './statements.js';
@@ -295,16 +295,13 @@ export class ServerConnection implements AsyncWriter {
   private goDirect(): void {
     const handle = (this.socket as unknown as { _handle?: unknown })._handle;
     if (!binding || !isTcpHandle(handle)) return;
-    const b = binding;
     const conn = this;
     const viaNet = handle.onread;
     handle.onread = function (this: TcpHandle, arrayBuffer) {
-      const n = readBytes(b);
+      const n = readBytes();
       if (n <= 0) return viaNet.call(this, arrayBuffer);
       // Node reads into READ_BUFFER (the onread option of readsTo): copy out before the next read.
-      const chunk = Buffer.allocUnsafe(n);
-      chunk.set(READ_BUFFER.subarray(0, n));
-      conn.onData(chunk);
+      conn.onData(copyOut(READ_BUFFER, n));
     };
     this.direct = handle;
   }

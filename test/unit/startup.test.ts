@@ -46,3 +46,21 @@ t.test('protocol 3.2 and _pq_ options are noted for negotiation', async (t) => {
   t.equal(p.kind, 'startup');
   if (p.kind === 'startup') t.equal(p.minorVersion, 2);
 });
+
+t.test('a repeated startup packet shares one frozen parse; a different one is parsed afresh', async (t) => {
+  const pkt = serialize.startup({ user: 'svc', database: 'app', search_path: 'a' });
+  const first = parseStartupPacket(pkt);
+  const again = parseStartupPacket(Buffer.from(pkt)); // equal bytes, another buffer
+  t.equal(again, first, 'the same object');
+  t.ok(Object.isFrozen(first) && first.kind === 'startup' && Object.isFrozen(first.params), 'frozen');
+  t.throws(() => {
+    (first as { params: Record<string, string> }).params.user = 'other';
+  }, TypeError);
+  pkt[pkt.indexOf('search_path\0') + 12] = 0x62; // the caller's buffer changes: the kept copy does not
+  const changed = parseStartupPacket(pkt);
+  t.not(changed, first);
+  t.equal(changed.kind === 'startup' && changed.params.search_path, 'b');
+  const other = parseStartupPacket(serialize.startup({ user: 'svc', database: 'app', search_path: 'a' }));
+  t.same(other, first, 'parsed afresh, equal');
+  t.equal(parseStartupPacket(serialize.startup({ user: 'svc', database: 'app', search_path: 'a' })), other, 'and kept');
+});
