@@ -5,6 +5,7 @@
 // budget and against the global cap from the moment it is decided to open it
 // until its socket has closed, so the cap holds even while connections are
 // opening or closing.
+import { WaiterQueue, type Linked } from './waiterQueue.js';
 
 export interface ServiceLimits {
   /** Most server connections the service may hold (opening, active, idle or closing). */
@@ -24,7 +25,7 @@ export interface PoolLimits {
   lifetimeMs: number;
 }
 
-export interface Waiter {
+export interface Waiter extends Linked {
   readonly id: number;
   readonly service: string;
   /** Which server connections can serve it: same user and database. */
@@ -68,8 +69,8 @@ interface Conn {
 interface ServiceState {
   name: string;
   limits: ServiceLimits;
-  /** Insertion-ordered: a Map is a FIFO queue with O(1) removal of a waiter who leaves. */
-  waiters: Map<number, Waiter>;
+  /** FIFO, with O(1) removal of a waiter who leaves. */
+  waiters: WaiterQueue<Waiter>;
   /** Idle connections, most recently used last (reused first, so the others can time out). */
   idle: Conn[];
   held: number;
@@ -116,7 +117,7 @@ export class Scheduler {
       this.services.set(name, {
         name,
         limits,
-        waiters: new Map(),
+        waiters: new WaiterQueue(),
         idle: [],
         held: 0,
         active: 0,
@@ -149,7 +150,7 @@ export class Scheduler {
    */
   acquire(service: string, key: string, now: number): { waiter: Waiter; actions: Action[] } {
     const s = this.service(service);
-    const waiter: Waiter = { id: this.nextWaiterId++, service, key, enqueuedAt: now };
+    const waiter: Waiter = { id: this.nextWaiterId++, service, key, enqueuedAt: now, qPrev: null, qNext: null, qIn: false };
     const actions: Action[] = [];
     if (s.waiters.size === 0) {
       const conn = this.takeIdle(s, key);
@@ -184,10 +185,8 @@ export class Scheduler {
    */
   requeue(waiter: Waiter): void {
     const s = this.service(waiter.service);
-    const rest = [...s.waiters.values()];
-    s.waiters.clear();
-    s.waiters.set(waiter.id, waiter);
-    for (const w of rest) s.waiters.set(w.id, w);
+    if (s.waiters.has(waiter)) return;
+    s.waiters.unshift(waiter);
     bump(s.waitingByKey, waiter.key, 1);
   }
 
@@ -346,8 +345,8 @@ export class Scheduler {
 
   /** Age of the service's oldest waiter, 0 when nobody waits. */
   oldestWaitMs(service: string, now: number): number {
-    const first = this.service(service).waiters.values().next();
-    return first.done ? 0 : now - first.value.enqueuedAt;
+    const first = this.service(service).waiters.first();
+    return first === null ? 0 : now - first.enqueuedAt;
   }
 
   get totalHeld(): number {
@@ -359,7 +358,7 @@ export class Scheduler {
   }
 
   isWaiting(waiter: Waiter): boolean {
-    return this.services.get(waiter.service)?.waiters.has(waiter.id) ?? false;
+    return this.services.get(waiter.service)?.waiters.has(waiter) ?? false;
   }
 
   /** Idle connection ids, for the I/O layer to close them all (shutdown). */
@@ -438,12 +437,12 @@ export class Scheduler {
   }
 
   private enqueue(s: ServiceState, w: Waiter): void {
-    s.waiters.set(w.id, w);
+    s.waiters.push(w);
     bump(s.waitingByKey, w.key, 1);
   }
 
   private dequeue(s: ServiceState, w: Waiter): boolean {
-    if (!s.waiters.delete(w.id)) return false;
+    if (!s.waiters.delete(w)) return false;
     bump(s.waitingByKey, w.key, -1);
     return true;
   }
@@ -511,8 +510,8 @@ export class Scheduler {
       if (s.waiters.size === 0 || s.idle.length === 0) continue;
       // No scan of a long queue when no idle connection fits any waiter.
       if (!s.idle.some((c) => s.waitingByKey.has(c.key))) continue;
-      // Deleting the visited entry while iterating a Map is safe.
-      for (const w of s.waiters.values()) {
+      for (let w = s.waiters.first(), next: Waiter | null; w !== null; w = next) {
+        next = s.waiters.next(w);
         const conn = this.takeIdle(s, w.key);
         if (!conn) continue;
         this.dequeue(s, w);

@@ -50,7 +50,6 @@ export function parsePoolKey(key: string): { user: string; database: string; par
 export class ServerPool {
   readonly scheduler: Scheduler;
   private readonly conns = new Map<number, ServerConnection>();
-  private readonly handlers = new Map<number, WaitHandlers>();
   private readonly welcomes = new Map<string, [string, string][]>();
   private services = new Map<string, ServiceConfig>();
   private backoffMs = 0;
@@ -122,14 +121,14 @@ export class ServerPool {
       this.release(conn, false); // went bad while idle: close it, then the usual path
     }
     const { waiter, actions } = this.scheduler.acquire(service, key, Date.now());
-    this.handlers.set(waiter.id, handlers);
+    (waiter as HandledWaiter).handlers = handlers;
     this.run(actions);
     return waiter;
   }
 
   /** The client left while waiting. */
   cancelWait(waiter: Waiter): void {
-    if (!this.handlers.delete(waiter.id)) return;
+    if (!takeHandlers(waiter)) return;
     this.run(this.scheduler.cancel(waiter, Date.now()));
   }
 
@@ -225,7 +224,7 @@ export class ServerPool {
     for (const a of actions) {
       switch (a.kind) {
         case 'assign': {
-          const h = this.handlers.get(a.waiter.id);
+          const h = (a.waiter as HandledWaiter).handlers ?? undefined;
           const conn = this.conns.get(a.connId)!;
           if (!conn.usable) {
             // Went bad while idle (closed, or the server spoke unprompted):
@@ -234,7 +233,7 @@ export class ServerPool {
             this.release(conn, false);
             break;
           }
-          this.handlers.delete(a.waiter.id);
+          takeHandlers(a.waiter);
           this.stats.waited(a.waiter.service, a.waitedMs);
           if (h) h.onAssign(conn, a.waitedMs);
           else this.release(conn, true); // the waiter left in the same tick
@@ -247,8 +246,7 @@ export class ServerPool {
           this.conns.get(a.connId)?.terminate(a.reason);
           break;
         case 'reject': {
-          const h = this.handlers.get(a.waiter.id);
-          this.handlers.delete(a.waiter.id);
+          const h = takeHandlers(a.waiter);
           const facts = {
             service: a.facts.service,
             budget: a.facts.budget,
@@ -329,12 +327,26 @@ export class ServerPool {
           // for the same user and database gets the server's own error.
           this.log.warn({ service, user, database, err: loginErr.message }, 'server login refused');
           for (const w of this.scheduler.failWaiters(service, key)) {
-            const h = this.handlers.get(w.id);
-            this.handlers.delete(w.id);
+            const h = takeHandlers(w);
             h?.onReject(loginErr.errorResponse!, 'server_login');
           }
         }
       },
     );
   }
+}
+
+/**
+ * A queued request carries its client's handlers itself: a Map by waiter id
+ * was one insert and one delete per queued transaction, and its rebuilt
+ * tables kept waiters alive through scavenges.
+ */
+type HandledWaiter = Waiter & { handlers?: WaitHandlers | null };
+
+/** The waiter's handlers, now detached from it; undefined when it had none (already served or gone). */
+function takeHandlers(w: Waiter): WaitHandlers | undefined {
+  const waiter = w as HandledWaiter;
+  const h = waiter.handlers ?? undefined;
+  waiter.handlers = null;
+  return h;
 }
