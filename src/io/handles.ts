@@ -35,7 +35,6 @@ export interface AsyncWriter {
 export interface WriteReq {
   handle: TcpHandle | null;
   oncomplete: (this: WriteReq, status: number) => void;
-  async: boolean;
   writer: AsyncWriter | null;
   bytes: number;
   /** Kept alive until an asynchronous write completes. */
@@ -74,17 +73,25 @@ const streamState = binding?.streamBaseState ?? new Int32Array(8);
 const READ_BYTES = binding?.kReadBytesOrError ?? 0;
 const LAST_WRITE_ASYNC = binding?.kLastWriteWasAsync ?? 0;
 
+// Every TCP handle shares one prototype: once it has passed the check, the
+// next handle is checked by its prototype alone (once per accepted client).
+let checkedPrototype: object | null = null;
+
 export function isTcpHandle(handle: unknown): handle is TcpHandle {
-  const h = handle as Partial<TcpHandle> | null;
-  return (
-    typeof h?.readStart === 'function' &&
+  if (handle === null || typeof handle !== 'object') return false;
+  const proto = Object.getPrototypeOf(handle) as object | null;
+  if (proto !== null && proto === checkedPrototype) return true;
+  const h = handle as Partial<TcpHandle>;
+  const ok =
+    typeof h.readStart === 'function' &&
     typeof h.readStop === 'function' &&
     typeof h.useUserBuffer === 'function' &&
     typeof h.writeBuffer === 'function' &&
     typeof h.shutdown === 'function' &&
     typeof h.close === 'function' &&
-    typeof h.setNoDelay === 'function'
-  );
+    typeof h.setNoDelay === 'function';
+  if (ok) checkedPrototype = proto;
+  return ok;
 }
 
 /** Bytes read by the read that is being reported (negative: an error or UV_EOF). */
@@ -124,7 +131,6 @@ export function writeTo(b: StreamBinding, handle: TcpHandle, data: Buffer, write
   if (req === null) {
     req = new b.WriteWrap();
     req.oncomplete = onWriteComplete;
-    req.async = false;
     req.writer = null;
     req.bytes = 0;
     req.buffer = null;
@@ -143,7 +149,6 @@ export function writeTo(b: StreamBinding, handle: TcpHandle, data: Buffer, write
   }
   // In flight: this request belongs to the write now.
   spare = null;
-  req.async = true;
   req.writer = writer;
   req.bytes = data.length;
   req.buffer = data;

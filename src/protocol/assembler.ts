@@ -45,12 +45,6 @@ export class MessageAssembler {
       this.need = -1;
       out.push(msg);
     }
-    // The usual case: the chunk is exactly one message, passed on as it is.
-    if (i === 0 && n >= 5 && chunk.readInt32BE(1) + 1 === n) {
-      this.checkedLength(chunk, 0);
-      out.push(chunk);
-      return;
-    }
     while (i < n) {
       if (n - i < 5) {
         this.parts = [chunk.subarray(i)];
@@ -65,7 +59,8 @@ export class MessageAssembler {
         this.need = total;
         return;
       }
-      out.push(chunk.subarray(i, i + total));
+      // A chunk that is exactly one message (the usual case) is passed on as it is.
+      out.push(i === 0 && total === n ? chunk : chunk.subarray(i, i + total));
       i += total;
     }
   }
