@@ -1,6 +1,9 @@
 // Side-by-side benchmark: pgbudget against PgBouncer (and PostgreSQL
 // directly), with the same limits, in one run, alternating the proxies round
 // by round so both see the same machine noise. Prints ratios, not just times.
+// At 10 clients a third target, the bare forwarder of floor.ts, shows what
+// Node.js itself costs: floor/PgBouncer is the best a Node.js proxy can do
+// on this machine, pgbudget/floor what pgbudget's own work costs.
 //
 //   npm run bench                       # BENCH_SECONDS=5 BENCH_ROUNDS=2 by default
 //   BENCH_SECONDS=10 BENCH_ROUNDS=3 npm run bench
@@ -177,6 +180,19 @@ async function pgbench(target: Target, c: Case, seconds = SECONDS): Promise<Resu
   return { tps, latencyMs, failed, cpuUserUs, cpuSystemUs };
 }
 
+/**
+ * The bare forwarder of floor.ts: one PostgreSQL connection per client, so
+ * it runs only where the clients fit beside the proxies' server connections.
+ */
+async function startFloor(cluster: Cluster): Promise<{ target: Target; proc: ChildProcess }> {
+  const port = await freePort();
+  const proc = spawn(process.execPath, [path.join(repoRoot, 'build', 'test', 'bench', 'floor.js'), String(port), String(cluster.port)], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  await waitForPort(port);
+  return { target: { name: 'floor', port, pid: proc.pid }, proc };
+}
+
 /** Opens n logged-in idle clients; returns RSS growth per client in KiB. */
 async function idleRss(target: Target, n: number): Promise<number> {
   const startup = (() => {
@@ -241,15 +257,21 @@ async function main(): Promise<void> {
     if (init.code !== 0) throw new Error(`pgbench -i: ${init.stderr}`);
     const bouncer = await startPgbouncer(cluster, dir);
     const budget = await startPgbudget(cluster, dir);
-    procs.push(bouncer.proc, budget.proc);
+    const floor = await startFloor(cluster);
+    procs.push(bouncer.proc, budget.proc, floor.proc);
     const direct: Target = { name: 'direct', port: cluster.port };
     const rows: string[] = [];
     for (const c of CASES) {
-      const runs: Record<string, Result[]> = { pgbudget: [], pgbouncer: [] };
+      const runs: Record<string, Result[]> = { pgbudget: [], pgbouncer: [], floor: [] };
+      const clients = Number(c.args[c.args.indexOf('-c') + 1]);
+      // The floor opens a server connection per client: only 10 fit beside the proxies' 40.
+      const withFloor = clients <= 10 && !c.args.includes('-C');
+      const targets = withFloor ? [budget.target, bouncer.target, floor.target] : [budget.target, bouncer.target];
       // Warm-up (server connections, JIT): one short unmeasured run each.
-      for (const t of [budget.target, bouncer.target]) await pgbench(t, { ...c, args: c.args }, 1);
+      for (const t of targets) await pgbench(t, { ...c, args: c.args }, 1);
       for (let round = 0; round < ROUNDS; round++) {
-        for (const t of round % 2 === 0 ? [budget.target, bouncer.target] : [bouncer.target, budget.target]) {
+        // A B (C), then the reverse, so no target always runs first.
+        for (const t of round % 2 === 0 ? targets : [...targets].reverse()) {
           const r = await pgbench(t, c);
           runs[t.name].push(r);
           process.stdout.write(
@@ -259,31 +281,35 @@ async function main(): Promise<void> {
         }
       }
       // Directly only where the clients fit beside the proxies' 40 server connections (max_connections 60).
-      const direct1000 = Number(c.args[c.args.indexOf('-c') + 1]) > 10 ? null : await pgbench(direct, c);
+      const direct1000 = clients > 10 ? null : await pgbench(direct, c);
       if (direct1000) {
         process.stdout.write(`  ${c.label.padEnd(46)} direct           ${direct1000.tps.toFixed(0).padStart(7)} tps  ${direct1000.latencyMs.toFixed(2).padStart(8)} ms\n`);
       }
       const ratios = runs.pgbudget.map((r, i) => r.tps / runs.pgbouncer[i].tps);
       const s = stats(ratios);
       const failed = [...runs.pgbudget, ...runs.pgbouncer].map((r) => r.failed);
+      const floorRatios = (num: Result[], den: Result[]) =>
+        withFloor ? stats(num.map((r, i) => r.tps / den[i].tps)).median.toFixed(2) : 'n/a';
       const cpu = (rs: Result[]) =>
         `${stats(rs.map((r) => r.cpuUserUs)).median.toFixed(0)} + ${stats(rs.map((r) => r.cpuSystemUs)).median.toFixed(0)}`;
       rows.push(
         `| ${c.label} | ${stats(runs.pgbudget.map((r) => r.tps)).median.toFixed(0)} | ${stats(runs.pgbouncer.map((r) => r.tps)).median.toFixed(0)} | ` +
           `${direct1000 ? direct1000.tps.toFixed(0) : 'n/a (over max_connections)'} | ${s.min.toFixed(2)} / ${s.median.toFixed(2)} / ${s.max.toFixed(2)} | ` +
-          `${cpu(runs.pgbudget)} | ${cpu(runs.pgbouncer)} | ${failed.join(',')} |`,
+          `${cpu(runs.pgbudget)} | ${cpu(runs.pgbouncer)} | ${floorRatios(runs.floor, runs.pgbouncer)} | ${floorRatios(runs.pgbudget, runs.floor)} | ` +
+          `${withFloor ? cpu(runs.floor) : 'n/a'} | ${failed.join(',')} |`,
       );
     }
     if (!ONLY || ONLY.includes('idle')) {
       for (const t of [budget.target, bouncer.target]) {
         const kib = await idleRss(t, IDLE_CLIENTS);
-        rows.push(`| RSS per idle logged-in client, ${IDLE_CLIENTS} clients: ${t.name} | ${kib.toFixed(2)} KiB | | | | | | |`);
+        rows.push(`| RSS per idle logged-in client, ${IDLE_CLIENTS} clients: ${t.name} | ${kib.toFixed(2)} KiB | | | | | | | | | |`);
         process.stdout.write(`  idle clients: ${t.name} ${kib.toFixed(2)} KiB per client\n`);
       }
     }
     process.stdout.write(
       `\n| case | pgbudget tps (median) | PgBouncer tps (median) | direct tps | pgbudget/PgBouncer min / median / max | ` +
-        `pgbudget CPU µs/tx user + sys | PgBouncer CPU µs/tx user + sys | failed (each run) |\n|---|---|---|---|---|---|---|---|\n${rows.join('\n')}\n`,
+        `pgbudget CPU µs/tx user + sys | PgBouncer CPU µs/tx user + sys | floor/PgBouncer (median) | pgbudget/floor (median) | ` +
+        `floor CPU µs/tx user + sys | failed (each run) |\n|---|---|---|---|---|---|---|---|---|---|---|\n${rows.join('\n')}\n`,
     );
   } finally {
     for (const p of procs) p.kill('SIGKILL');
