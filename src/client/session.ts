@@ -92,6 +92,11 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
    * error. Null, and never looked at, in the usual case.
    */
   private special: Map<Buffer, string> | null = null;
+  /** The last chunk that was cut into several messages, none replaced; its first and last views and their count. */
+  private tile: Buffer | null = null;
+  private tileFirst: Buffer | null = null;
+  private tileLast: Buffer | null = null;
+  private tileCount = 0;
   /** Why this client is pinned to its server connection (session state), or null. */
   private pinned: SessionStateReason | null = null;
   /** Server bytes of an unfinished header, held back so a dropped message is never half-sent. */
@@ -314,6 +319,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   /** Transaction mode: whole messages, so statement names and session state can be seen and changed. */
   private onClientMessages(chunk: Buffer): void {
     const messages: Buffer[] = [];
+    const fromBoundary = this.assembler!.atBoundary;
     try {
       this.assembler!.push(chunk, messages);
     } catch (err) {
@@ -321,6 +327,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
       return this.protocolViolation(err.message);
     }
     let terminated = false;
+    let replaced = false;
     for (let i = 0; i < messages.length; i++) {
       const msg = messages[i];
       const type = msg[0];
@@ -335,8 +342,20 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
         // The server ignores it during COPY FROM STDIN: passes untouched, uncounted.
         (this.special ??= new Map()).set(msg, UNTOUCHED);
       } else if (type === Frontend.Query || type === Frontend.Parse) {
-        messages[i] = this.checkStatement(msg);
+        const checked = this.checkStatement(msg);
+        if (checked !== msg) {
+          messages[i] = checked;
+          replaced = true;
+        }
       }
+    }
+    // Several messages that make up the whole chunk, none replaced: if they
+    // also go out unchanged, the chunk itself is written (see forward).
+    if (messages.length > 1 && fromBoundary && this.assembler!.atBoundary && !terminated && !replaced) {
+      this.tile = chunk;
+      this.tileFirst = messages[0];
+      this.tileLast = messages[messages.length - 1];
+      this.tileCount = messages.length;
     }
     if (messages.length > 0) {
       if (this.state === 'linked') this.forward(messages);
@@ -372,9 +391,30 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
       }
     }
     if (special?.size === 0) this.special = null;
-    if (conn.write(joined(out))) return true;
+    if (conn.write(this.joined(messages, out))) return true;
     this.socket.pause();
     return false;
+  }
+
+  /**
+   * One buffer for the server: the client's own chunk when `out` is exactly
+   * the messages that were cut from it (the usual extended-protocol batch),
+   * else a copy of them all. Identity, not addresses: the first and last
+   * views and the count pin down the tile, since messages keep their order.
+   */
+  private joined(messages: Buffer[], out: Buffer[]): Buffer {
+    const tile = this.tile;
+    const first = this.tileFirst;
+    const last = this.tileLast;
+    // Held no longer than one forward: the chunk is not kept alive while the client idles.
+    this.tile = this.tileFirst = this.tileLast = null;
+    if (out.length === 1) return out[0];
+    if (tile !== null && out.length === this.tileCount && out[0] === first && out[out.length - 1] === last) {
+      let same = out.length === messages.length;
+      for (let i = 0; same && i < out.length; i++) same = out[i] === messages[i];
+      if (same) return tile;
+    }
+    return Buffer.concat(out);
   }
 
   /**
@@ -758,17 +798,6 @@ const UNTOUCHED = '';
  * the chunk they came in (most batches, when nothing was rewritten) are
  * joined as a view of it, without copying.
  */
-function joined(out: Buffer[]): Buffer {
-  if (out.length === 1) return out[0];
-  const first = out[0];
-  let end = first.byteOffset + first.length;
-  for (let i = 1; i < out.length; i++) {
-    const b = out[i];
-    if (b.buffer !== first.buffer || b.byteOffset !== end) return Buffer.concat(out);
-    end += b.length;
-  }
-  return Buffer.from(first.buffer, first.byteOffset, end - first.byteOffset);
-}
 
 const COMPLETION: Record<number, CompletionKind> = {
   [Backend.ParseComplete]: 'parse',

@@ -99,10 +99,26 @@ export function readBytes(): number {
   return streamState[READ_BYTES];
 }
 
+// Views of the read buffer's first n bytes, one per length, made once:
+// copying through from.subarray(0, n) built a view per read, and Node's
+// subarray reads .buffer and .byteOffset through C++ getters each time.
+const CACHED_VIEW_LENGTHS = 4096;
+let viewsOf: Buffer | null = null;
+let views: (Uint8Array | undefined)[] = [];
+
+function headView(from: Buffer, n: number): Uint8Array {
+  if (from !== viewsOf) {
+    viewsOf = from;
+    views = new Array<Uint8Array | undefined>(CACHED_VIEW_LENGTHS);
+  }
+  if (n >= CACHED_VIEW_LENGTHS) return new Uint8Array(from.buffer, from.byteOffset, n);
+  return (views[n] ??= new Uint8Array(from.buffer, from.byteOffset, n));
+}
+
 /** A copy of the first `n` bytes of `from` (the shared read buffer) that the caller may keep. */
 export function copyOut(from: Buffer, n: number): Buffer {
   const chunk = Buffer.allocUnsafe(n);
-  chunk.set(from.subarray(0, n));
+  chunk.set(headView(from, n));
   return chunk;
 }
 

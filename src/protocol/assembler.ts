@@ -3,6 +3,7 @@
 // inside one chunk are returned as views of it; only a message that spans
 // chunks is copied together.
 import { FrameError } from './framing.js';
+import { sliceOf } from './views.js';
 
 export class MessageAssembler {
   private parts: Buffer[] = [];
@@ -60,7 +61,7 @@ export class MessageAssembler {
         return;
       }
       // A chunk that is exactly one message (the usual case) is passed on as it is.
-      out.push(i === 0 && total === n ? chunk : chunk.subarray(i, i + total));
+      out.push(i === 0 && total === n ? chunk : sliceOf(chunk, i, i + total));
       i += total;
     }
   }
