@@ -195,8 +195,9 @@ export class PreparedStatements {
       // Unnamed (the name is the empty string): kept as bytes, re-sent as is when needed.
       if (mayDropStatements(msg)) server.clear();
       // A copy: a view would keep the whole chunk it came in (or a shared
-      // pool slab) alive for as long as the client stays idle.
-      this.unnamed = Buffer.from(msg);
+      // pool slab) alive for as long as the client stays idle. Drivers send
+      // the same unnamed Parse again and again: then the copy is kept.
+      if (this.unnamed === null || !this.unnamed.equals(msg)) this.unnamed = Buffer.from(msg);
       server.unnamedOwner = this;
       this.pending.push(PARSE);
       out.push(msg);

@@ -69,17 +69,32 @@ function follows(b: Uint8Array, at: number, end: number, rest: string): boolean 
 
 /** The flags of the words found in bytes [start, end). */
 export function sqlWords(b: Uint8Array, start: number, end: number): number {
-  if (end - start < 2) return 0;
+  return scan(b, start, end, false);
+}
+
+/**
+ * One pass over the bytes: with `toNul`, it stops at the first NUL (a
+ * message's string terminator) and returns -1 when there is none before
+ * `end`. Words never contain a NUL, so stopping there finds what a scan up
+ * to it would.
+ */
+function scan(b: Uint8Array, start: number, end: number, toNul: boolean): number {
+  if (start >= end) return toNul ? -1 : 0;
   let flags = 0;
   let prev = b[start];
+  if (prev === 0 && toNul) return 0;
   for (let i = start + 1; i < end; i++) {
     const c = b[i];
+    if (c === 0 && toNul) return flags;
     const id = PAIRS[(prev << 8) | c];
     prev = c;
     if (id !== 0 && (flags & FLAG[id]) === 0 && follows(b, i + 1, end, REST[id])) flags |= FLAG[id];
   }
-  return flags;
+  return toNul ? -1 : flags;
 }
+
+/** Malformed (no terminator): "look closer", and the decoding check reports it. */
+const MALFORMED = SESSION_WORD | DROP_WORD | RESERVED_MARK;
 
 // One-entry memo: the session's check and the prepared-statement rewrite
 // look at the same message one after the other.
@@ -89,10 +104,16 @@ let lastFlags = 0;
 /** The flags of the SQL in a Query ('Q') or Parse ('P') message. */
 export function messageSqlWords(msg: Buffer): number {
   if (msg === lastMessage) return lastFlags;
-  const start = msg[0] === 0x50 ? msg.indexOf(0, 5) + 1 : 5; // Parse: after the statement name
-  const end = start > 0 ? msg.indexOf(0, start) : -1;
-  // Malformed (no terminator): say "look closer", and the decoding check reports it.
-  const flags = end < 0 ? SESSION_WORD | DROP_WORD | RESERVED_MARK : sqlWords(msg, start, end);
+  const n = msg.length;
+  let start = 5;
+  if (msg[0] === 0x50) {
+    // Parse: the SQL follows the statement name (usually empty or short: a
+    // loop here costs less than a call into Buffer.indexOf).
+    while (start < n && msg[start] !== 0) start++;
+    start++;
+  }
+  const found = start < n ? scan(msg, start, n, true) : -1;
+  const flags = found < 0 ? MALFORMED : found;
   lastMessage = msg;
   lastFlags = flags;
   return flags;

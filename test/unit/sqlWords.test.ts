@@ -59,8 +59,12 @@ t.test('agrees with the regular expressions on random text', async (t) => {
     const len = rand(24);
     for (let k = 0; k < len; k++) sql += alphabet[rand(alphabet.length)];
     if (flagsOf(sql) !== expected(sql)) disagreements++;
+    // The same SQL inside a Query and a Parse message, read up to its terminator.
+    const inQuery = messageSqlWords(buildQuery(sql));
+    const inParse = messageSqlWords(msg('P', `s${i}\0${sql}\0\0\0`));
+    if (inQuery !== expected(sql) || inParse !== expected(sql)) disagreements++;
   }
-  t.equal(disagreements, 0, '20,000 random strings');
+  t.equal(disagreements, 0, '20,000 random strings, alone and in Query and Parse messages');
 });
 
 t.test('reads the SQL of Query and Parse messages; malformed ones are looked at closely', async (t) => {
@@ -71,4 +75,8 @@ t.test('reads the SQL of Query and Parse messages; malformed ones are looked at 
   t.equal(messageSqlWords(msg('P', '\0discard all\0\0\0')), DROP_WORD);
   t.equal(messageSqlWords(msg('Q', 'select 1')), SESSION_WORD | DROP_WORD | RESERVED_MARK, 'no terminator');
   t.equal(messageSqlWords(msg('P', 'name-without-end')), SESSION_WORD | DROP_WORD | RESERVED_MARK, 'no terminator');
+  t.equal(messageSqlWords(msg('P', 'name\0')), SESSION_WORD | DROP_WORD | RESERVED_MARK, 'a name and no SQL at all');
+  t.equal(messageSqlWords(msg('Q', '\0')), 0, 'empty SQL');
+  t.equal(messageSqlWords(msg('P', 'n\0\0\0\0')), 0, 'empty SQL after a name');
+  t.equal(messageSqlWords(msg('Q', 'set\0discard\0')), SESSION_WORD, 'only up to the terminator');
 });
