@@ -62,6 +62,15 @@ export class SessionRegistry<T extends Registered> {
     return this.count;
   }
 
+  /** Calls `fn` for each live entry, without copying them out; `fn` may delete entries. */
+  forEach(fn: (entry: T) => void): void {
+    const slots = this.slots;
+    for (let i = 0; i < slots.length; i++) {
+      const e = slots[i];
+      if (e) fn(e);
+    }
+  }
+
   /** A copy of the live entries. */
   values(): T[] {
     const out: T[] = [];

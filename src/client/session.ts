@@ -11,11 +11,12 @@ import { clientErrors } from '../errors.js';
 import { Backend, Frontend, TxStatus } from '../protocol/codes.js';
 import {
   authenticationOk,
-  backendKeyData,
+  BACKEND_KEY_DATA_BYTES,
   errorResponse,
   negotiateProtocolVersion,
   parameterStatus,
   readyForQuery,
+  writeBackendKeyData,
   type ErrorFields,
 } from '../protocol/encode.js';
 import { clientConn, type ClientConn, type ClientConnHandler } from '../io/clientConn.js';
@@ -24,6 +25,7 @@ import { MessageAssembler } from '../protocol/assembler.js';
 import { FrameError, FrameScanner } from '../protocol/framing.js';
 import { buildQuery, readParse, readQuery } from '../protocol/messages.js';
 import { parseStartupPacket, startupPacketLength, StartupPacketError } from '../protocol/startup.js';
+import { sliceOf } from '../protocol/views.js';
 import type { ServerConnection, ServerOwner } from '../server/connection.js';
 import { poolKey, type ServerPool, type WaitHandlers } from '../server/pool.js';
 import { SERVER_STATEMENT_PREFIX } from '../server/statements.js';
@@ -59,7 +61,9 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   private loginPending = false;
   private serviceStats: ServiceStats | null = null;
   private startupBuf: Buffer | null = EMPTY;
-  private startupTimer: NodeJS.Timeout | null;
+  /** When startup must be complete (ms since the epoch); 0 once it is, or the session is closed. */
+  private startupDeadline: number;
+  private readonly startupTimeoutMs: number;
   /** Client bytes that arrived while no server connection was linked. */
   private pending: Buffer[] = [];
   private pendingBytes = 0;
@@ -123,10 +127,19 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     this.clientScanner = new FrameScanner((type, _first, end) => this.onClientMessage(type, end), cfg.maxMessageBytes);
     this.serverScanner = new FrameScanner((type, first, end) => this.onServerMessage(type, first, end));
     this.socket = clientConn(accepted, this);
-    this.startupTimer = setTimeout(() => {
-      this.stats().rejections.startup_timeout++;
-      this.fatal(clientErrors.startupTimeout(cfg.startupTimeoutMs), 'startup timeout');
-    }, cfg.startupTimeoutMs);
+    this.startupTimeoutMs = cfg.startupTimeoutMs;
+    this.startupDeadline = this.connectedAt + cfg.startupTimeoutMs;
+  }
+
+  /**
+   * Called by the proxy's periodic sweep (not a timer per client: arming and
+   * clearing one cost more than the rest of the accept path together).
+   */
+  checkStartupTimeout(now: number): void {
+    if (this.startupDeadline === 0 || now < this.startupDeadline) return;
+    this.startupDeadline = 0;
+    this.stats().rejections.startup_timeout++;
+    this.fatal(clientErrors.startupTimeout(this.startupTimeoutMs), 'startup timeout');
   }
 
   get serviceName(): string {
@@ -164,8 +177,10 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
         this.startupBuf = buf;
         return;
       }
-      const packet = buf.subarray(0, length);
-      buf = buf.subarray(length);
+      // Usually the chunk is the packet: no views to make.
+      const whole = length === buf.length;
+      const packet = whole ? buf : sliceOf(buf, 0, length);
+      buf = whole ? EMPTY : sliceOf(buf, length, buf.length);
       let parsed;
       try {
         parsed = parseStartupPacket(packet);
@@ -211,7 +226,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   }
 
   private onStartupMessage(params: Readonly<Record<string, string>>): void {
-    this.clearStartupTimer();
+    this.clearStartupDeadline();
     this.user = params.user;
     this.database = params.database || params.user;
     this.applicationName = params.application_name ?? '';
@@ -258,12 +273,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   }
 
   private sendWelcome(params: [string, string][]): void {
-    const cached = welcomeBlocks.get(params);
-    const block = cached ?? welcomeBlock(params);
-    if (!cached) welcomeBlocks.set(params, block);
-    this.socket.write(
-      Buffer.concat([block, parameterStatus('application_name', this.applicationName), backendKeyData(this.processId, this.secretKey), READY_IDLE]),
-    );
+    this.socket.write(welcome(params, this.applicationName, this.processId, this.secretKey));
   }
 
   // ---- client → server ----
@@ -709,7 +719,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     if (this.state === 'closed') return;
     const wasState = this.state;
     this.state = 'closed';
-    this.clearStartupTimer();
+    this.clearStartupDeadline();
     if (this.waiter) {
       this.ctx.pool.cancelWait(this.waiter);
       this.waiter = null;
@@ -744,9 +754,8 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     this.ctx.sessions.delete(this);
   }
 
-  private clearStartupTimer(): void {
-    if (this.startupTimer) clearTimeout(this.startupTimer);
-    this.startupTimer = null;
+  private clearStartupDeadline(): void {
+    this.startupDeadline = 0;
   }
 
   /** This session's service counters; looked up once the service is known. */
@@ -787,17 +796,38 @@ function welcomeBlock(params: [string, string][]): Buffer {
   return Buffer.concat(parts);
 }
 
+// The last welcome's shared part with its application_name: clients that
+// connect again and again (a connection per request) send the same name, and
+// encoding it anew was a third of the proxy's work in a login.
+let lastWelcomeBlock: Buffer | null = null;
+let lastApplicationName = '';
+let lastWelcomeHead = EMPTY;
+
+/** AuthenticationOk, the server's parameters, the client's application_name, BackendKeyData and ReadyForQuery, in one Buffer. */
+function welcome(params: [string, string][], applicationName: string, processId: number, secretKey: number): Buffer {
+  let block = welcomeBlocks.get(params);
+  if (!block) {
+    block = welcomeBlock(params);
+    welcomeBlocks.set(params, block);
+  }
+  if (block !== lastWelcomeBlock || applicationName !== lastApplicationName) {
+    lastWelcomeBlock = block;
+    lastApplicationName = applicationName;
+    lastWelcomeHead = Buffer.concat([block, parameterStatus('application_name', applicationName)]);
+  }
+  const head = lastWelcomeHead;
+  const out = Buffer.allocUnsafe(head.length + BACKEND_KEY_DATA_BYTES + READY_IDLE.length);
+  head.copy(out, 0);
+  writeBackendKeyData(out, head.length, processId, secretKey);
+  READY_IDLE.copy(out, head.length + BACKEND_KEY_DATA_BYTES);
+  return out;
+}
+
 /** Client bytes held while waiting for a server connection before the client is paused. */
 const PENDING_LIMIT = 64 * 1024;
 
 /** In ClientSession.special: forwarded without rewriting or counting (a Sync the server ignores). */
 const UNTOUCHED = '';
-
-/**
- * Messages as one Buffer for one write. Messages that lie back to back in
- * the chunk they came in (most batches, when nothing was rewritten) are
- * joined as a view of it, without copying.
- */
 
 const COMPLETION: Record<number, CompletionKind> = {
   [Backend.ParseComplete]: 'parse',

@@ -49,9 +49,17 @@ export function parameterStatus(name: string, value: string): Buffer {
   return message('S', Buffer.concat([cstring(name), cstring(value)]));
 }
 
-export function backendKeyData(processId: number, secretKey: number): Buffer {
-  return message('K', int32s(processId, secretKey));
+/** Bytes of a BackendKeyData message. */
+export const BACKEND_KEY_DATA_BYTES = 13;
+
+/** BackendKeyData ('K'), written into `out` at `at` (a login's welcome is built in one Buffer). */
+export function writeBackendKeyData(out: Buffer, at: number, processId: number, secretKey: number): void {
+  out[at] = 0x4b;
+  out.writeInt32BE(12, at + 1);
+  out.writeInt32BE(processId, at + 5);
+  out.writeInt32BE(secretKey, at + 9);
 }
+
 
 export function readyForQuery(status: 'I' | 'T' | 'E'): Buffer {
   return message('Z', Buffer.from(status, 'latin1'));

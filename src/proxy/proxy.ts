@@ -38,6 +38,7 @@ export class Proxy {
   private readonly sessions = new SessionRegistry<ClientSession>();
   private readonly ctx: SessionContext;
   private shuttingDown = false;
+  private startupSweep: NodeJS.Timeout | null = null;
 
   constructor(
     private config: Config,
@@ -73,6 +74,12 @@ export class Proxy {
           (accepted) => new ClientSession(accepted, this.ctx),
           (err) => this.log.warn({ err: err.message }, 'could not accept a client connection'),
         );
+        // Startup deadlines are checked here, for all clients at once.
+        this.startupSweep = setInterval(() => {
+          const now = Date.now();
+          this.sessions.forEach((s) => s.checkStartupTimeout(now));
+        }, STARTUP_SWEEP_MS);
+        this.startupSweep.unref();
         resolve(this.server.address() as net.AddressInfo);
       });
     });
@@ -164,9 +171,13 @@ export class Proxy {
     const closeDeadline = Date.now() + 5000;
     while (this.pool.openConnections > 0 && Date.now() < closeDeadline) await sleep(10);
     this.pool.stop();
+    if (this.startupSweep) clearInterval(this.startupSweep);
     await closed;
   }
 }
+
+/** How often startup deadlines are checked: a client past its deadline is closed at most this much later. */
+const STARTUP_SWEEP_MS = 100;
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));

@@ -49,3 +49,18 @@ t.test('ids that were never handed out find nothing and cannot be added', async 
   t.equal(r.get(0x7fffffff), undefined);
   t.throws(() => r.add(new Entry(5)), /not handed out/);
 });
+
+t.test('forEach visits every live entry once, also when the callback deletes entries', async (t) => {
+  const r = new SessionRegistry<Entry>();
+  const all = Array.from({ length: 50 }, (_, i) => register(r, i));
+  for (const e of all.filter((_, i) => i % 3 === 0)) r.delete(e);
+  const live = all.filter((_, i) => i % 3 !== 0);
+  const seen: Entry[] = [];
+  r.forEach((e) => {
+    seen.push(e);
+    r.delete(e); // what a startup timeout does: the session closes during the sweep
+  });
+  t.same(new Set(seen), new Set(live));
+  t.equal(seen.length, live.length, 'each once');
+  t.equal(r.size, 0);
+});
