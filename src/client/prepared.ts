@@ -52,11 +52,6 @@ const DISCARD_ALL = /^\s*discard\s+all\s*;?\s*$/i;
 /** Any statement that may drop prepared statements on the server, anywhere in a multi-statement string. */
 const DROPS_STATEMENTS = /(^|;)\s*(deallocate|discard)\b/i;
 
-/** A Parse whose SQL may drop prepared statements (DEALLOCATE, DISCARD); cheap test first. */
-function mayDropStatements(parse: Buffer): boolean {
-  if ((messageSqlWords(parse) & DROP_WORD) === 0) return false;
-  return DROPS_STATEMENTS.test(stripSql(readParse(parse).query));
-}
 
 function keyOf(query: string, paramTypes: Buffer): string {
   return `${paramTypes.toString('hex')}:${query}`;
@@ -71,6 +66,30 @@ export class PreparedStatements {
   /** The client's last Parse("") message (a copy), which the server keeps until the next Parse("") or Query. */
   private unnamed: Buffer | null = null;
   private pending: Pending[] = [];
+  /** The last message whose SQL words were read, and its flags (see sqlWords). */
+  private wordsOf: Buffer | null = null;
+  private wordsFlags = 0;
+
+  /**
+   * messageSqlWords, remembered for this client's last message: the session
+   * checks a statement when it arrives and the rewrite looks again when it is
+   * forwarded, and while it waits in the queue other clients' statements are
+   * read in between (so the module's own one-entry memo has moved on). Let go
+   * of at ReadyForQuery, so an idle client keeps no chunk alive.
+   */
+  sqlWords(msg: Buffer): number {
+    if (msg !== this.wordsOf) {
+      this.wordsOf = msg;
+      this.wordsFlags = messageSqlWords(msg);
+    }
+    return this.wordsFlags;
+  }
+
+  /** A Parse whose SQL may drop prepared statements (DEALLOCATE, DISCARD); cheap test first. */
+  private mayDropStatements(parse: Buffer): boolean {
+    if ((this.sqlWords(parse) & DROP_WORD) === 0) return false;
+    return DROPS_STATEMENTS.test(stripSql(readParse(parse).query));
+  }
 
   /**
    * Rewrites one whole client message for the server connection whose
@@ -164,6 +183,7 @@ export class PreparedStatements {
 
   /** Requests before this ReadyForQuery that got no completion were skipped after an error. */
   onReadyForQuery(server: ServerStatements): void {
+    this.wordsOf = null;
     // Usual case: every request before it was answered; nothing to search or forget.
     if (this.pending.length > 0 && this.pending[0].kind === 'ready') {
       this.pending.shift();
@@ -193,7 +213,7 @@ export class PreparedStatements {
   private parse(msg: Buffer, server: ServerStatements, out: Buffer[]): void {
     if (msg[5] === 0) {
       // Unnamed (the name is the empty string): kept as bytes, re-sent as is when needed.
-      if (mayDropStatements(msg)) server.clear();
+      if (this.mayDropStatements(msg)) server.clear();
       // A copy: a view would keep the whole chunk it came in (or a shared
       // pool slab) alive for as long as the client stays idle. Drivers send
       // the same unnamed Parse again and again: then the copy is kept.
@@ -204,7 +224,7 @@ export class PreparedStatements {
       return;
     }
     const parsed = readParse(msg);
-    if (mayDropStatements(msg)) server.clear();
+    if (this.mayDropStatements(msg)) server.clear();
     // A name reused with other text is simply redefined: prepared afresh.
     // paramTypes copied: a view would keep the whole chunk it came in alive as long as the statement.
     const paramTypes = Buffer.from(parsed.paramTypes);
@@ -253,7 +273,7 @@ export class PreparedStatements {
 
   /** SQL-level DEALLOCATE and DISCARD refer to the client's names, and may drop the proxy's. */
   private query(msg: Buffer, server: ServerStatements, out: Buffer[]): void {
-    if ((messageSqlWords(msg) & DROP_WORD) === 0) {
+    if ((this.sqlWords(msg) & DROP_WORD) === 0) {
       out.push(msg);
       return;
     }

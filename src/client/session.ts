@@ -31,7 +31,7 @@ import { poolKey, type ServerPool, type WaitHandlers } from '../server/pool.js';
 import { SERVER_STATEMENT_PREFIX } from '../server/statements.js';
 import { PreparedStatements, type CompletionKind } from './prepared.js';
 import type { SessionRegistry } from './registry.js';
-import { messageSqlWords, RESERVED_MARK, SESSION_WORD } from './sqlWords.js';
+import { RESERVED_MARK, SESSION_WORD } from './sqlWords.js';
 import { detectSessionState, type SessionStateReason } from './sessionState.js';
 
 export interface SessionContext {
@@ -434,7 +434,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
    */
   private checkStatement(msg: Buffer): Buffer {
     // Most statements name none of the words the checks below need: not even decoded.
-    if ((messageSqlWords(msg) & (SESSION_WORD | RESERVED_MARK)) === 0) return msg;
+    if ((this.prepared.sqlWords(msg) & (SESSION_WORD | RESERVED_MARK)) === 0) return msg;
     const isQuery = msg[0] === Frontend.Query;
     const parsed = isQuery ? null : readParse(msg);
     const sql = isQuery ? readQuery(msg) : parsed!.query;

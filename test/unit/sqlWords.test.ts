@@ -3,6 +3,7 @@
 import t from 'tap';
 import { DROP_WORD, messageSqlWords, RESERVED_MARK, SESSION_WORD, sqlWords } from '../../src/client/sqlWords.js';
 import { buildQuery } from '../../src/protocol/messages.js';
+import { PreparedStatements } from '../../src/client/prepared.js';
 import { msg } from '../helpers/wire.js';
 
 const SESSION = /set|listen|advisory|temp|prepare|hold|load/i;
@@ -79,4 +80,17 @@ t.test('reads the SQL of Query and Parse messages; malformed ones are looked at 
   t.equal(messageSqlWords(msg('Q', '\0')), 0, 'empty SQL');
   t.equal(messageSqlWords(msg('P', 'n\0\0\0\0')), 0, 'empty SQL after a name');
   t.equal(messageSqlWords(msg('Q', 'set\0discard\0')), SESSION_WORD, 'only up to the terminator');
+});
+
+t.test("a client's own memo: its statement's flags survive other clients' statements read in between", async (t) => {
+  const a = new PreparedStatements();
+  const b = new PreparedStatements();
+  const setQuery = buildQuery('set search_path = x');
+  const plain = buildQuery('select 1');
+  t.equal(a.sqlWords(setQuery), SESSION_WORD);
+  // While a's statement waits in the queue, others are read.
+  t.equal(b.sqlWords(plain), 0);
+  t.equal(messageSqlWords(buildQuery('discard all')), DROP_WORD);
+  t.equal(a.sqlWords(setQuery), SESSION_WORD, 'still its own');
+  t.equal(a.sqlWords(plain), 0, 'a different message is read afresh');
 });
