@@ -193,6 +193,22 @@ async function startFloor(cluster: Cluster): Promise<{ target: Target; proc: Chi
   return { target: { name: 'floor', port, pid: proc.pid }, proc };
 }
 
+/**
+ * RSS once the process has gone idle: the lowest over 10 s. V8 collects
+ * garbage (the benchmark's transactions before, the logins after) only when
+ * it sees the process idle (its memory reducer, a few seconds in), and until
+ * then RSS counts it: in one trace 2.2 KiB per client at 1 s after the
+ * logins, 1.3 KiB from 6 s on. Both ends of the difference are taken so.
+ */
+async function settledRssKiB(pid: number): Promise<number> {
+  let low = Infinity;
+  for (let k = 0; k < 10; k++) {
+    await sleep(1000);
+    low = Math.min(low, rssKiB(pid));
+  }
+  return low;
+}
+
 /** Opens n logged-in idle clients; returns RSS growth per client in KiB. */
 async function idleRss(target: Target, n: number): Promise<number> {
   const startup = (() => {
@@ -215,17 +231,9 @@ async function idleRss(target: Target, n: number): Promise<number> {
       sockets.push(s);
     });
   for (let i = 0; i < 20; i++) await open();
-  await sleep(500);
-  const before = rssKiB(target.pid!);
+  const before = await settledRssKiB(target.pid!);
   for (let i = 0; i < n; i += 500) await Promise.all(Array.from({ length: Math.min(500, n - i) }, open));
-  // The lowest over 10 s: V8 collects the logins' garbage only when it sees
-  // the process go idle (its memory reducer, a few seconds in), and until
-  // then RSS counts it too: 2.2 KiB per client at 1 s, 1.3 KiB from 6 s on.
-  let after = Infinity;
-  for (let k = 0; k < 10; k++) {
-    await sleep(1000);
-    after = Math.min(after, rssKiB(target.pid!));
-  }
+  const after = await settledRssKiB(target.pid!);
   for (const s of sockets) s.destroy();
   await sleep(500);
   return (after - before) / n;
@@ -306,7 +314,13 @@ async function main(): Promise<void> {
       );
     }
     if (!ONLY || ONLY.includes('idle')) {
-      for (const t of [budget.target, bouncer.target]) {
+      // Fresh processes: a heap grown by the runs above has room to spare,
+      // and new clients would fill it without RSS showing them.
+      for (const p of procs) p.kill('SIGKILL');
+      await sleep(500);
+      const fresh = [await startPgbudget(cluster, dir), await startPgbouncer(cluster, dir)];
+      procs.push(...fresh.map((f) => f.proc));
+      for (const t of fresh.map((f) => f.target)) {
         const kib = await idleRss(t, IDLE_CLIENTS);
         rows.push(`| RSS per idle logged-in client, ${IDLE_CLIENTS} clients: ${t.name} | ${kib.toFixed(2)} KiB | | | | | | | | | |`);
         process.stdout.write(`  idle clients: ${t.name} ${kib.toFixed(2)} KiB per client\n`);
