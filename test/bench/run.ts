@@ -290,7 +290,7 @@ async function main(): Promise<void> {
           runs[t.name].push(r);
           process.stdout.write(
             `  ${c.label.padEnd(46)} round ${round + 1} ${t.name.padEnd(9)} ${r.tps.toFixed(0).padStart(7)} tps  ${r.latencyMs.toFixed(2).padStart(8)} ms  failed ${r.failed}` +
-              `  proxy CPU ${r.cpuUserUs.toFixed(0)} user + ${r.cpuSystemUs.toFixed(0)} sys µs/tx\n`,
+              `  proxy CPU ${r.cpuUserUs.toFixed(1)} user + ${r.cpuSystemUs.toFixed(1)} sys µs/tx\n`,
           );
         }
       }
@@ -305,7 +305,7 @@ async function main(): Promise<void> {
       const floorRatios = (num: Result[], den: Result[]) =>
         withFloor ? stats(num.map((r, i) => r.tps / den[i].tps)).median.toFixed(2) : 'n/a';
       const cpu = (rs: Result[]) =>
-        `${stats(rs.map((r) => r.cpuUserUs)).median.toFixed(0)} + ${stats(rs.map((r) => r.cpuSystemUs)).median.toFixed(0)}`;
+        `${stats(rs.map((r) => r.cpuUserUs)).median.toFixed(1)} + ${stats(rs.map((r) => r.cpuSystemUs)).median.toFixed(1)}`;
       rows.push(
         `| ${c.label} | ${stats(runs.pgbudget.map((r) => r.tps)).median.toFixed(0)} | ${stats(runs.pgbouncer.map((r) => r.tps)).median.toFixed(0)} | ` +
           `${direct1000 ? direct1000.tps.toFixed(0) : 'n/a (over max_connections)'} | ${s.min.toFixed(2)} / ${s.median.toFixed(2)} / ${s.max.toFixed(2)} | ` +
