@@ -52,7 +52,6 @@ const DISCARD_ALL = /^\s*discard\s+all\s*;?\s*$/i;
 /** Any statement that may drop prepared statements on the server, anywhere in a multi-statement string. */
 const DROPS_STATEMENTS = /(^|;)\s*(deallocate|discard)\b/i;
 
-
 function keyOf(query: string, paramTypes: Buffer): string {
   return `${paramTypes.toString('hex')}:${query}`;
 }

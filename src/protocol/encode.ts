@@ -60,7 +60,6 @@ export function writeBackendKeyData(out: Buffer, at: number, processId: number, 
   out.writeInt32BE(secretKey, at + 9);
 }
 
-
 export function readyForQuery(status: 'I' | 'T' | 'E'): Buffer {
   return message('Z', Buffer.from(status, 'latin1'));
 }
