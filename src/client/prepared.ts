@@ -73,8 +73,8 @@ export class PreparedStatements {
    * messageSqlWords, remembered for this client's last message: the session
    * checks a statement when it arrives and the rewrite looks again when it is
    * forwarded, and while it waits in the queue other clients' statements are
-   * read in between (so the module's own one-entry memo has moved on). Let go
-   * of at ReadyForQuery, so an idle client keeps no chunk alive.
+   * read in between (a memo shared by all clients would have moved on). Let
+   * go of at ReadyForQuery, so an idle client keeps no chunk alive.
    */
   sqlWords(msg: Buffer): number {
     if (msg !== this.wordsOf) {

@@ -96,14 +96,11 @@ function scan(b: Uint8Array, start: number, end: number, toNul: boolean): number
 /** Malformed (no terminator): "look closer", and the decoding check reports it. */
 const MALFORMED = SESSION_WORD | DROP_WORD | RESERVED_MARK;
 
-// One-entry memo: the session's check and the prepared-statement rewrite
-// look at the same message one after the other.
-let lastMessage: Buffer | null = null;
-let lastFlags = 0;
-
-/** The flags of the SQL in a Query ('Q') or Parse ('P') message. */
+/**
+ * The flags of the SQL in a Query ('Q') or Parse ('P') message. Not
+ * remembered here: PreparedStatements.sqlWords keeps each client's last answer.
+ */
 export function messageSqlWords(msg: Buffer): number {
-  if (msg === lastMessage) return lastFlags;
   const n = msg.length;
   let start = 5;
   if (msg[0] === 0x50) {
@@ -113,8 +110,5 @@ export function messageSqlWords(msg: Buffer): number {
     start++;
   }
   const found = start < n ? scan(msg, start, n, true) : -1;
-  const flags = found < 0 ? MALFORMED : found;
-  lastMessage = msg;
-  lastFlags = flags;
-  return flags;
+  return found < 0 ? MALFORMED : found;
 }
