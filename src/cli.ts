@@ -94,17 +94,17 @@ async function main(): Promise<number> {
       log.warn('SIGHUP ignored: no config file to reload');
       return;
     }
-    loadConfigFile(configPath).then(
-      (next) => {
+    // An entry point: whatever fails in a reload is logged, and the running config stays.
+    loadConfigFile(configPath)
+      .then((next) => {
         const notes = app.proxy.reload(withOverrides(next));
         if (!levelOverride) log.level = next.logLevel;
         log.info({ notes, services: next.services.map((s) => ({ name: s.name, budget: s.budget })) }, 'config reloaded');
-      },
-      (err: Error) => {
-        const problems = err instanceof ConfigError ? err.problems : [err.message];
+      })
+      .catch((err: Error) => {
+        const problems = err instanceof ConfigError ? err.problems : [err?.message ?? String(err)];
         log.error({ problems }, 'config reload rejected; keeping the running config');
-      },
-    );
+      });
   });
 
   return new Promise<number>((resolve) => {

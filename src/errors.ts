@@ -18,6 +18,16 @@ export const clientErrors = {
     message: `pgbudget: protocol violation: ${what}`,
   }),
 
+  /**
+   * XX000 internal_error: a bug in pgbudget while serving this client. Only
+   * this client is ended; the details go to the log, never to the client.
+   */
+  internalError: (): ErrorFields => ({
+    severity: 'FATAL',
+    code: 'XX000',
+    message: 'pgbudget: internal error',
+  }),
+
   /** 08P01: the client did not finish the startup handshake in time. */
   startupTimeout: (ms: number): ErrorFields => ({
     severity: 'FATAL',

@@ -8,7 +8,8 @@ export type RejectReason =
   | 'server_login'
   | 'protocol_violation'
   | 'startup_timeout'
-  | 'shutdown';
+  | 'shutdown'
+  | 'internal_error';
 
 export const REJECT_REASONS: readonly RejectReason[] = [
   'no_service',
@@ -18,6 +19,7 @@ export const REJECT_REASONS: readonly RejectReason[] = [
   'protocol_violation',
   'startup_timeout',
   'shutdown',
+  'internal_error',
 ];
 
 /** Upper bounds, in seconds, of the queue-wait histogram's buckets (+Inf is implied). */

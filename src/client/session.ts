@@ -22,12 +22,12 @@ import {
 import { clientConn, type ClientConn, type ClientConnHandler } from '../io/clientConn.js';
 import type { Accepted } from '../io/reads.js';
 import { MessageAssembler } from '../protocol/assembler.js';
-import { FrameError, FrameScanner } from '../protocol/framing.js';
-import { buildQuery, readParse, readQuery } from '../protocol/messages.js';
-import { parseStartupPacket, startupPacketLength, StartupPacketError } from '../protocol/startup.js';
+import { FrameScanner } from '../protocol/framing.js';
+import { buildQuery, frontendProblem, readParse, readQuery } from '../protocol/messages.js';
+import { parseStartupPacket, startupPacketLength, StartupPacketError, TERMINATE_BEFORE_STARTUP } from '../protocol/startup.js';
 import { sliceOf } from '../protocol/views.js';
 import type { ServerConnection, ServerOwner } from '../server/connection.js';
-import { poolKey, type ServerPool, type WaitHandlers } from '../server/pool.js';
+import { poolKey, type RejectedBecause, type ServerPool, type WaitHandlers } from '../server/pool.js';
 import { SERVER_STATEMENT_PREFIX } from '../server/statements.js';
 import { PreparedStatements, type CompletionKind } from './prepared.js';
 import type { SessionRegistry } from './registry.js';
@@ -71,6 +71,12 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   private heldHeader: Buffer | null = null;
   private readonly connectedAt = Date.now();
   private closeReason = 'client disconnected';
+  /** An error boundary caught a failure here already (it is logged once). */
+  private hasFailed = false;
+  /** A server connection being handed over (onAssign), until it is linked or given back. */
+  private assigning: ServerConnection | null = null;
+  /** Out of the registry and the counters (forget()). */
+  private forgotten = false;
 
   // Protocol position, from header-only scanning of both directions.
   /** ReadyForQuery messages still owed by the server (one per Query, Sync, FunctionCall). */
@@ -122,13 +128,95 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   ) {
     this.processId = ctx.sessions.nextProcessId(randomInt(0, 1024));
     this.secretKey = randomInt(0, 0x7fffffff);
-    ctx.sessions.add(this);
     const cfg = ctx.config();
     this.clientScanner = new FrameScanner((type, _first, end) => this.onClientMessage(type, end), cfg.maxMessageBytes);
     this.serverScanner = new FrameScanner((type, first, end) => this.onServerMessage(type, first, end));
     this.socket = clientConn(accepted, this);
+    // Registered once nothing here can fail: a session that could not start is never listed.
+    ctx.sessions.add(this);
     this.startupTimeoutMs = cfg.startupTimeoutMs;
     this.startupDeadline = this.connectedAt + cfg.startupTimeoutMs;
+  }
+
+  // ---- entry points ----
+  //
+  // Every call the event loop makes into this session, for this client's
+  // bytes, its server connection's bytes, a pool hand-out, a sweep or a
+  // shutdown, enters through one of these. Each is an error boundary: what
+  // fails inside ends this client and nobody else (see failed()).
+
+  onClientData(chunk: Buffer): void {
+    try {
+      this.clientData(chunk);
+    } catch (err) {
+      this.failed(err, 'client read');
+    }
+  }
+
+  onClientDrain(): void {
+    try {
+      this.server?.socket.resume();
+    } catch (err) {
+      this.failed(err, 'client drain');
+    }
+  }
+
+  onClientError(message: string): void {
+    this.closeReason = `client socket error: ${message}`;
+  }
+
+  onClientClose(): void {
+    try {
+      this.detach();
+    } catch (err) {
+      this.failed(err, 'client close');
+    }
+  }
+
+  onServerData(chunk: Buffer): void {
+    try {
+      this.serverData(chunk);
+    } catch (err) {
+      this.failed(err, 'server read');
+    }
+  }
+
+  onServerDrain(): void {
+    try {
+      this.socket.resume();
+    } catch (err) {
+      this.failed(err, 'server drain');
+    }
+  }
+
+  onServerClose(cause: string): void {
+    try {
+      this.serverClosed(cause);
+    } catch (err) {
+      this.failed(err, 'server close');
+    }
+  }
+
+  /** WaitHandlers: a server connection for this client, at once or after waiting. */
+  onAssign(conn: ServerConnection): void {
+    this.assigning = conn;
+    try {
+      this.assigned(conn);
+    } catch (err) {
+      // Neither linked nor given back yet: it is this client's to give back.
+      if (this.assigning === conn && this.server === null) this.server = conn;
+      this.failed(err, 'server hand-out');
+    }
+    this.assigning = null;
+  }
+
+  /** WaitHandlers: no server connection for this client (queue full or timed out, login refused). */
+  onReject(error: Buffer, reason: RejectedBecause): void {
+    try {
+      this.rejected(error, reason);
+    } catch (err) {
+      this.failed(err, 'queue rejection');
+    }
   }
 
   /**
@@ -137,6 +225,109 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
    */
   checkStartupTimeout(now: number): void {
     if (this.startupDeadline === 0 || now < this.startupDeadline) return;
+    try {
+      this.startupTimedOut();
+    } catch (err) {
+      this.failed(err, 'startup timeout');
+    }
+  }
+
+  /** A CancelRequest (from another connection) named this session. */
+  cancelRequested(secretKey: number): void {
+    try {
+      this.cancel(secretKey);
+    } catch (err) {
+      this.failed(err, 'cancel request');
+    }
+  }
+
+  /** Shutdown: leave now if between transactions, else when the transaction ends. */
+  shutdown(): void {
+    try {
+      // Linked inside a transaction: serverData ends it at the boundary.
+      if (this.state === 'linked' && !this.atTransactionBoundary) return;
+      if (this.state !== 'closed') this.endForShutdown();
+    } catch (err) {
+      this.failed(err, 'shutdown');
+    }
+  }
+
+  /** Last resort at the end of the shutdown grace period. */
+  forceClose(): void {
+    this.closeReason = 'shutdown timeout';
+    this.destroySocket();
+  }
+
+  /**
+   * The error boundary's answer: a bug (or anything unexpected) while
+   * serving this client ends this client with XX000, logged once with its
+   * stack. Its server connection is closed, never reused (its state is
+   * unknown), and the budget slot comes back. Malformed input never gets
+   * here: it is found by checks that return errors (protocolViolation).
+   */
+  private failed(err: unknown, where: string): void {
+    this.poisoned = true;
+    const first = !this.hasFailed;
+    this.hasFailed = true;
+    let ended = false;
+    try {
+      if (first) {
+        this.ctx.log.error({ err, service: this.serviceName, pid: this.processId, where }, 'pgbudget: internal error; client closed');
+      }
+      this.stats().rejections.internal_error++;
+      this.fatal(clientErrors.internalError(), `internal error in ${where}`);
+      ended = true;
+    } catch {
+      // The ending itself failed: fall through to the last resort.
+    }
+    this.abandon(ended);
+  }
+
+  /**
+   * After a failure: whatever the session still holds goes back, unclean,
+   * each step on its own, so that one more failure cannot keep a slot. A
+   * server connection that cannot even be released is destroyed: the pool
+   * frees the slot of every server socket that closes.
+   */
+  private abandon(ended: boolean): void {
+    const conn = this.server;
+    this.server = null;
+    if (conn) {
+      try {
+        conn.owner = null;
+        this.ctx.pool.release(conn, false);
+      } catch {
+        conn.destroy('internal error');
+      }
+    }
+    const waiter = this.waiter;
+    this.waiter = null;
+    if (waiter) {
+      try {
+        this.ctx.pool.cancelWait(waiter);
+      } catch {
+        // The sweep's queue timeout removes it.
+      }
+    }
+    if (!ended) this.destroySocket();
+    const wasState = this.state;
+    this.state = 'closed';
+    try {
+      this.forget(wasState);
+    } catch {
+      // Counters and a log line only.
+    }
+  }
+
+  private destroySocket(): void {
+    try {
+      this.socket.destroy();
+    } catch {
+      // Already gone.
+    }
+  }
+
+  private startupTimedOut(): void {
     this.startupDeadline = 0;
     this.stats().rejections.startup_timeout++;
     this.fatal(clientErrors.startupTimeout(this.startupTimeoutMs), 'startup timeout');
@@ -173,6 +364,12 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
       } catch (err) {
         return this.protocolViolation((err as Error).message);
       }
+      if (length === TERMINATE_BEFORE_STARTUP) {
+        // PostgreSQL closes without a word here too.
+        this.closeReason = 'client terminated before startup';
+        this.socket.close();
+        return;
+      }
       if (length < 0 || buf.length < length) {
         this.startupBuf = buf;
         return;
@@ -195,7 +392,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
           this.socket.write(ENCRYPTION_REFUSED);
           continue;
         case 'cancel':
-          this.ctx.sessions.get(parsed.processId)?.cancelFrom(parsed.secretKey);
+          this.ctx.sessions.get(parsed.processId)?.cancelRequested(parsed.secretKey);
           this.closeReason = 'cancel request';
           this.socket.destroy();
           return;
@@ -206,7 +403,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
           }
           this.onStartupMessage(parsed.params);
           // Anything the client pipelined after its startup packet is ordinary traffic.
-          if (buf.length > 0 && this.state !== 'closed') this.onClientData(Buffer.from(buf));
+          if (buf.length > 0 && this.state !== 'closed') this.clientData(Buffer.from(buf));
           return;
       }
     }
@@ -278,17 +475,13 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
 
   // ---- client → server ----
 
-  onClientData(chunk: Buffer): void {
+  private clientData(chunk: Buffer): void {
     if (this.state === 'startup') return this.onStartupData(chunk);
     if (this.state === 'closed') return;
     if (this.assembler) return this.onClientMessages(chunk);
     this.terminateEnd = -1;
-    try {
-      this.clientScanner.scan(chunk);
-    } catch (err) {
-      if (!(err instanceof FrameError)) throw err;
-      return this.protocolViolation(err.message);
-    }
+    const frameError = this.clientScanner.scan(chunk);
+    if (frameError) return this.protocolViolation(frameError.message);
     // Forward whole headers only, so a Terminate is never half-sent to a
     // server connection that another client will use next.
     const held = this.heldHeader;
@@ -330,12 +523,8 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   private onClientMessages(chunk: Buffer): void {
     const messages: Buffer[] = [];
     const fromBoundary = this.assembler!.atBoundary;
-    try {
-      this.assembler!.push(chunk, messages);
-    } catch (err) {
-      if (!(err instanceof FrameError)) throw err;
-      return this.protocolViolation(err.message);
-    }
+    const frameError = this.assembler!.push(chunk, messages);
+    if (frameError) return this.protocolViolation(frameError.message);
     let terminated = false;
     let replaced = false;
     for (let i = 0; i < messages.length; i++) {
@@ -346,6 +535,9 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
         messages.length = i; // nothing after a Terminate is sent
         break;
       }
+      // Checked before anything reads it: a malformed message ends the client, with its reason.
+      const problem = frontendProblem(msg);
+      if (problem !== null) return this.protocolViolation(problem);
       const ignoredSync = type === Frontend.Sync && this.clientCopyIn;
       this.onClientMessage(type, 0);
       if (ignoredSync) {
@@ -505,16 +697,15 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
 
   // ---- server → client ----
 
-  onServerData(chunk: Buffer): void {
+  private serverData(chunk: Buffer): void {
     const held = this.serverHeld;
     this.cutBase = held ? held.length : 0;
     this.cuts = null;
-    try {
-      this.serverScanner.scan(chunk);
-    } catch (err) {
+    const frameError = this.serverScanner.scan(chunk);
+    if (frameError) {
       this.poisoned = true;
       this.closeReason = 'server protocol violation';
-      return this.fatal(clientErrors.serverProtocolViolation((err as Error).message), this.closeReason);
+      return this.fatal(clientErrors.serverProtocolViolation(frameError.message), this.closeReason);
     }
     let data = held ? Buffer.concat([held, chunk]) : chunk;
     if (this.assembler) {
@@ -569,11 +760,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     }
   }
 
-  onServerDrain(): void {
-    this.socket.resume();
-  }
-
-  onServerClose(cause: string): void {
+  private serverClosed(cause: string): void {
     // The server went away under the client (terminated, crashed, restarted).
     // If its last word was an ErrorResponse, the client has the reason already.
     this.server = null;
@@ -596,10 +783,12 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     if (this.state === 'waiting') this.waiter = waiter;
   }
 
-  /** WaitHandlers: a server connection for this client, at once or after waiting. */
-  onAssign(conn: ServerConnection): void {
+  private assigned(conn: ServerConnection): void {
     this.waiter = null;
-    if (this.state !== 'waiting') return this.ctx.pool.release(conn, true);
+    if (this.state !== 'waiting') {
+      this.assigning = null;
+      return this.ctx.pool.release(conn, true);
+    }
     this.link(conn);
     if (this.loginPending) {
       this.loginPending = false;
@@ -608,8 +797,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     }
   }
 
-  /** WaitHandlers: no server connection for this client (queue full or timed out, login refused). */
-  onReject(error: Buffer, reason: 'queue_full' | 'queue_timeout' | 'server_login'): void {
+  private rejected(error: Buffer, reason: RejectedBecause): void {
     this.waiter = null;
     this.stats().rejections[reason]++;
     this.closeReason = reason;
@@ -617,6 +805,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   }
 
   private link(conn: ServerConnection): void {
+    this.assigning = null;
     this.server = conn;
     conn.owner = this;
     this.state = 'linked';
@@ -643,7 +832,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   }
 
   /** Called on the target session of a CancelRequest: only a query in flight is cancelled. */
-  private cancelFrom(secretKey: number): void {
+  private cancel(secretKey: number): void {
     if (secretKey !== this.secretKey || this.expectedReady === 0) return;
     if (this.state === 'waiting' && this.waiter && this.service) return this.cancelQueued();
     const conn = this.server;
@@ -675,19 +864,6 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
 
   // ---- ending ----
 
-  /** Shutdown: leave now if between transactions, else when the transaction ends. */
-  shutdown(): void {
-    // Linked inside a transaction: onServerData ends it at the boundary.
-    if (this.state === 'linked' && !this.atTransactionBoundary) return;
-    if (this.state !== 'closed') this.endForShutdown();
-  }
-
-  /** Last resort at the end of the shutdown grace period. */
-  forceClose(): void {
-    this.closeReason = 'shutdown timeout';
-    this.socket.destroy();
-  }
-
   private fatal(fields: ErrorFields, reason: string): void {
     this.closeReason = reason;
     this.endWith(errorResponse(fields));
@@ -699,19 +875,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     this.socket.resume();
     this.detach();
     // A client that does not close its side is not waited for.
-    setTimeout(() => this.socket.destroy(), 1000).unref();
-  }
-
-  onClientDrain(): void {
-    this.server?.socket.resume();
-  }
-
-  onClientError(message: string): void {
-    this.closeReason = `client socket error: ${message}`;
-  }
-
-  onClientClose(): void {
-    this.detach();
+    setTimeout(() => this.destroySocket(), 1000).unref();
   }
 
   /** Gives back whatever the session holds; idempotent. */
@@ -720,38 +884,64 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     const wasState = this.state;
     this.state = 'closed';
     this.clearStartupDeadline();
-    if (this.waiter) {
-      this.ctx.pool.cancelWait(this.waiter);
-      this.waiter = null;
-    }
-    const conn = this.server;
-    this.server = null;
-    if (conn) {
-      conn.owner = null;
-      const clean = this.atTransactionBoundary && conn.ready;
-      if (clean && (this.service!.poolMode === 'session' || this.pinned)) {
-        // Session state (SET, prepared statements, temp tables…) must not leak to the next client.
-        conn.query('DISCARD ALL').then(
-          () => {
-            conn.statements.clear();
-            this.ctx.pool.release(conn, true);
-          },
-          () => this.ctx.pool.release(conn, false),
-        );
-      } else {
-        this.ctx.pool.release(conn, clean);
+    try {
+      // Each field is cleared once what it held is given back: after a
+      // failure here, abandon() gives back the rest.
+      if (this.waiter) {
+        this.ctx.pool.cancelWait(this.waiter);
+        this.waiter = null;
       }
-    }
-    if (this.service) {
-      this.stats().clientsConnected--;
-      if (this.ctx.log.isLevelEnabled('info')) {
-        this.ctx.log.info(
-          { service: this.service.name, pid: this.processId, durationMs: Date.now() - this.connectedAt, reason: this.closeReason, state: wasState },
-          'client disconnected',
-        );
+      const conn = this.server;
+      if (conn) {
+        conn.owner = null;
+        const clean = this.atTransactionBoundary && conn.ready;
+        if (clean && (this.service!.poolMode === 'session' || this.pinned)) this.resetAndRelease(conn);
+        else this.ctx.pool.release(conn, clean);
+        this.server = null;
       }
+    } finally {
+      this.forget(wasState);
     }
+  }
+
+  /** Session state (SET, prepared statements, temp tables…) must not leak to the next client. */
+  private resetAndRelease(conn: ServerConnection): void {
+    const pool = this.ctx.pool;
+    // Promise continuations are entry points too: a failure in one closes
+    // the server connection (the pool frees its slot), nothing more.
+    conn.query('DISCARD ALL').then(
+      () => {
+        try {
+          conn.statements.clear();
+          pool.release(conn, true);
+        } catch (err) {
+          this.ctx.log.error({ err, service: this.serviceName }, 'pgbudget: internal error after a reset; server connection closed');
+          conn.destroy('internal error after reset');
+        }
+      },
+      () => {
+        try {
+          pool.release(conn, false);
+        } catch {
+          conn.destroy('reset failed');
+        }
+      },
+    );
+  }
+
+  /** The session leaves the counters and the registry; once. */
+  private forget(wasState: State): void {
+    if (this.forgotten) return;
+    this.forgotten = true;
     this.ctx.sessions.delete(this);
+    if (!this.service) return;
+    this.stats().clientsConnected--;
+    if (this.ctx.log.isLevelEnabled('info')) {
+      this.ctx.log.info(
+        { service: this.service.name, pid: this.processId, durationMs: Date.now() - this.connectedAt, reason: this.closeReason, state: wasState },
+        'client disconnected',
+      );
+    }
   }
 
   private clearStartupDeadline(): void {

@@ -55,3 +55,13 @@ export function acceptRaw(server: net.Server, accept: (a: Accepted) => void, onE
     accept({ handle: clientHandle, server });
   };
 }
+
+/** Closes a connection that was accepted but will not be served. */
+export function closeAccepted(accepted: Accepted): void {
+  if ('socket' in accepted) {
+    accepted.socket.destroy();
+    return;
+  }
+  const handle = accepted.handle as { close?: () => void } | null;
+  handle?.close?.();
+}

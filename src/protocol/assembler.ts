@@ -18,10 +18,11 @@ export class MessageAssembler {
   }
 
   /**
-   * Appends the whole messages that `chunk` completes to `out`; throws
-   * FrameError on a nonsense length.
+   * Appends the whole messages that `chunk` completes to `out`; returns a
+   * FrameError on a nonsense length (the assembler is then of no further
+   * use), else null.
    */
-  push(chunk: Buffer, out: Buffer[]): void {
+  push(chunk: Buffer, out: Buffer[]): FrameError | null {
     let i = 0;
     const n = chunk.length;
     if (this.have > 0) {
@@ -30,16 +31,18 @@ export class MessageAssembler {
         this.parts.push(chunk.subarray(0, take));
         this.have += take;
         i = take;
-        if (this.have < 5) return;
+        if (this.have < 5) return null;
         const head = Buffer.concat(this.parts);
         this.parts = [head];
-        this.need = 1 + this.checkedLength(head, 0);
+        const length = this.checkedLength(head, 0);
+        if (length < 0) return new FrameError(head[0], head.readInt32BE(1));
+        this.need = 1 + length;
       }
       const take = Math.min(this.need - this.have, n - i);
       this.parts.push(chunk.subarray(i, i + take));
       this.have += take;
       i += take;
-      if (this.have < this.need) return;
+      if (this.have < this.need) return null;
       const msg = Buffer.concat(this.parts, this.need);
       this.parts = [];
       this.have = 0;
@@ -51,24 +54,27 @@ export class MessageAssembler {
         this.parts = [chunk.subarray(i)];
         this.have = n - i;
         this.need = -1;
-        return;
+        return null;
       }
-      const total = 1 + this.checkedLength(chunk, i);
+      const length = this.checkedLength(chunk, i);
+      if (length < 0) return new FrameError(chunk[i], chunk.readInt32BE(i + 1));
+      const total = 1 + length;
       if (n - i < total) {
         this.parts = [chunk.subarray(i)];
         this.have = n - i;
         this.need = total;
-        return;
+        return null;
       }
       // A chunk that is exactly one message (the usual case) is passed on as it is.
       out.push(i === 0 && total === n ? chunk : sliceOf(chunk, i, i + total));
       i += total;
     }
+    return null;
   }
 
+  /** The message length at `at`, or -1 when it is nonsense. */
   private checkedLength(buf: Buffer, at: number): number {
     const length = buf.readInt32BE(at + 1);
-    if (length < 4 || length > this.maxMessageBytes) throw new FrameError(buf[at], length);
-    return length;
+    return length < 4 || length > this.maxMessageBytes ? -1 : length;
   }
 }

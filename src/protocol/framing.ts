@@ -10,6 +10,7 @@ export const HEADER_BYTES = 5;
 /** Called once per message, when its last byte has been scanned. */
 export type MessageHandler = (type: number, firstBodyByte: number, endOffset: number) => void;
 
+/** A nonsense message length: returned, not thrown, by the scanners. */
 export class FrameError extends Error {
   constructor(readonly type: number, readonly length: number) {
     super(`invalid message length ${length} for message type 0x${type.toString(16)}`);
@@ -43,8 +44,11 @@ export class FrameScanner {
     return this.headerFill;
   }
 
-  /** Scans a chunk; throws FrameError on a nonsense length. */
-  scan(chunk: Buffer): void {
+  /**
+   * Scans a chunk; returns a FrameError on a nonsense length (the scanner is
+   * then of no further use), else null. Throws only what onMessage throws.
+   */
+  scan(chunk: Buffer): FrameError | null {
     const n = chunk.length;
     let i = 0;
     while (i < n) {
@@ -76,15 +80,16 @@ export class FrameScanner {
           }
           this.headerFill++;
         }
-        if (this.headerFill < HEADER_BYTES) return;
+        if (this.headerFill < HEADER_BYTES) return null;
         this.headerFill = 0;
         length = this.partialLength | 0; // as int32, like readInt32BE
       }
-      if (length < 4 || length > this.maxMessageBytes) throw new FrameError(this.type, length);
+      if (length < 4 || length > this.maxMessageBytes) return new FrameError(this.type, length);
       this.remaining = length - 4;
       this.firstByte = -1;
       this.bodyStarted = false;
       if (this.remaining === 0) this.onMessage(this.type, -1, i);
     }
+    return null;
   }
 }

@@ -3,12 +3,105 @@
 // Query carries SQL that may hold session state. Every function takes or
 // returns a whole message: type byte, int32 length (excluding the type
 // byte), body.
+//
+// Client bytes are checked once, at the door, by frontendProblem(): it
+// returns why a message is malformed instead of throwing, and a message it
+// passes has every field the readers below look for. The readers never
+// throw either: on a message that was not checked they read what is there.
 
-/** A null-terminated string at `offset`; returns the string and the offset after its terminator. */
-export function readCString(buf: Buffer, offset: number): [string, number] {
+/** The offset just past the terminator of the string at `offset`, or -1 when it has none. */
+function stringEnd(buf: Buffer, offset: number): number {
+  if (offset >= buf.length) return -1;
   const end = buf.indexOf(0, offset);
-  if (end < 0) throw new RangeError('unterminated string in message');
-  return [buf.toString('utf8', offset, end), end + 1];
+  return end < 0 ? -1 : end + 1;
+}
+
+/** A null-terminated string at `offset`; returns the string and the offset after its terminator (the end when it has none). */
+export function readCString(buf: Buffer, offset: number): [string, number] {
+  const end = stringEnd(buf, offset);
+  if (end < 0) return [buf.toString('utf8', Math.min(offset, buf.length)), buf.length];
+  return [buf.toString('utf8', offset, end - 1), end];
+}
+
+/** Names of the frontend messages whose contents the proxy reads, for errors. */
+const READ_MESSAGES: Record<number, string> = {
+  0x51: 'Query',
+  0x50: 'Parse',
+  0x42: 'Bind',
+  0x44: 'Describe',
+  0x43: 'Close',
+};
+
+/**
+ * Why a whole frontend message whose contents the proxy reads (Query,
+ * Parse, Bind, Describe, Close) is malformed, as PostgreSQL's own parser
+ * would find it; null when it is well-formed or of a type the proxy only
+ * forwards (the server judges those itself).
+ */
+export function frontendProblem(msg: Buffer): string | null {
+  const kind = READ_MESSAGES[msg[0]];
+  if (kind === undefined) return null;
+  const why = bodyProblem(msg);
+  return why === null ? null : `malformed ${kind} message: ${why}`;
+}
+
+function bodyProblem(msg: Buffer): string | null {
+  const n = msg.length;
+  switch (msg[0]) {
+    case 0x51: {
+      // Query: the SQL, and nothing after it.
+      const end = stringEnd(msg, 5);
+      if (end < 0) return 'query string is not null-terminated';
+      return end === n ? null : 'bytes after the query string';
+    }
+    case 0x50: {
+      // Parse: name\0 query\0 int16 count, count x int32 type oid.
+      const nameEnd = stringEnd(msg, 5);
+      if (nameEnd < 0) return 'statement name is not null-terminated';
+      const queryEnd = stringEnd(msg, nameEnd);
+      if (queryEnd < 0) return 'query string is not null-terminated';
+      if (queryEnd + 2 > n) return 'no parameter type count';
+      const count = msg.readUInt16BE(queryEnd);
+      const size = queryEnd + 2 + 4 * count;
+      if (size > n) return `${count} parameter types declared, ${Math.floor((n - queryEnd - 2) / 4)} present`;
+      return size === n ? null : 'bytes after the parameter types';
+    }
+    case 0x42: {
+      // Bind: portal\0 statement\0, int16 formats, int16 values each an
+      // int32 length (-1 for NULL) and its bytes, int16 result formats.
+      const portalEnd = stringEnd(msg, 5);
+      if (portalEnd < 0) return 'portal name is not null-terminated';
+      let i = stringEnd(msg, portalEnd);
+      if (i < 0) return 'statement name is not null-terminated';
+      if (i + 2 > n) return 'no parameter format count';
+      i += 2 + 2 * msg.readUInt16BE(i);
+      if (i + 2 > n) return 'parameter formats past the end of the message';
+      const values = msg.readUInt16BE(i);
+      i += 2;
+      for (let v = 1; v <= values; v++) {
+        if (i + 4 > n) return `parameter ${v} of ${values} past the end of the message`;
+        const length = msg.readInt32BE(i);
+        i += 4;
+        if (length === -1) continue;
+        if (length < 0) return `parameter ${v} has invalid length ${length}`;
+        if (length > n - i) return `parameter ${v} (${length} bytes) past the end of the message`;
+        i += length;
+      }
+      if (i + 2 > n) return 'no result format count';
+      i += 2 + 2 * msg.readUInt16BE(i);
+      if (i > n) return 'result formats past the end of the message';
+      return i === n ? null : 'bytes after the result formats';
+    }
+    case 0x44:
+    case 0x43: {
+      // Describe, Close: 'S' or 'P', then a name.
+      if (n < 6) return 'no target type';
+      const end = stringEnd(msg, 6);
+      if (end < 0) return 'name is not null-terminated';
+      return end === n ? null : 'bytes after the name';
+    }
+  }
+  return null;
 }
 
 function build(type: number, parts: Buffer[]): Buffer {
@@ -59,9 +152,8 @@ export function readBindStatement(msg: Buffer): { portal: string; statement: str
 
 /** The Bind with another statement name: one allocation, the rest copied as bytes. */
 export function rewriteBindStatement(msg: Buffer, statement: string): Buffer {
-  const portalEnd = msg.indexOf(0, 5) + 1;
-  const restOffset = msg.indexOf(0, portalEnd) + 1;
-  if (portalEnd === 0 || restOffset === 0) throw new RangeError('unterminated string in message');
+  const portalEnd = readCString(msg, 5)[1];
+  const restOffset = readCString(msg, portalEnd)[1];
   const nameBytes = Buffer.byteLength(statement);
   const out = Buffer.allocUnsafe(msg.length - (restOffset - portalEnd) + nameBytes + 1);
   out[0] = 0x42;
@@ -85,7 +177,7 @@ export function buildExecute(portal: string): Buffer {
 
 /** Describe ('D') and Close ('C'): 'S' or 'P', then a name. */
 export function readTarget(msg: Buffer): { kind: 'S' | 'P'; name: string } {
-  const kind = String.fromCharCode(msg[5]) as 'S' | 'P';
+  const kind = String.fromCharCode(msg[5] ?? 0) as 'S' | 'P';
   const [name] = readCString(msg, 6);
   return { kind, name };
 }

@@ -16,10 +16,23 @@ export class StartupPacketError extends Error {
 }
 
 /**
- * Declared length of the packet at the start of buf, or -1 when fewer than
- * 4 bytes are there. Throws on a length outside 8..MAX_STARTUP_PACKET.
+ * What startupPacketLength returns for a Terminate message ('X', length 4)
+ * where a startup packet was due: node-postgres sends one ahead of its
+ * startup packet when end() follows connect() at once. It is a goodbye.
+ */
+export const TERMINATE_BEFORE_STARTUP = -2;
+
+/**
+ * Declared length of the packet at the start of buf, or -1 when too few
+ * bytes are there to tell, or TERMINATE_BEFORE_STARTUP. Throws
+ * StartupPacketError on a length outside 8..MAX_STARTUP_PACKET.
  */
 export function startupPacketLength(buf: Buffer): number {
+  // No startup packet's length starts with 'X' (they are below 10000).
+  if (buf.length > 0 && buf[0] === 0x58) {
+    if (buf.length < 5) return -1;
+    if (buf.readInt32BE(1) === 4) return TERMINATE_BEFORE_STARTUP;
+  }
   if (buf.length < 4) return -1;
   const length = buf.readInt32BE(0);
   if (length < 8 || length > MAX_STARTUP_PACKET) {

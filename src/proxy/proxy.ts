@@ -7,7 +7,7 @@ import { ClientSession, type SessionContext } from '../client/session.js';
 import { overcommitWarning, type Config } from '../config/schema.js';
 import { ServerPool } from '../server/pool.js';
 import { SessionRegistry } from '../client/registry.js';
-import { acceptRaw } from '../io/reads.js';
+import { acceptRaw, closeAccepted, type Accepted } from '../io/reads.js';
 
 export interface ServiceSnapshot {
   name: string;
@@ -71,18 +71,32 @@ export class Proxy {
         // One socket per client, read without the stream machinery (io/reads.ts).
         acceptRaw(
           this.server,
-          (accepted) => new ClientSession(accepted, this.ctx),
+          (accepted) => this.accept(accepted),
           (err) => this.log.warn({ err: err.message }, 'could not accept a client connection'),
         );
-        // Startup deadlines are checked here, for all clients at once.
+        // Startup deadlines are checked here, for all clients at once (each session is its own error boundary).
         this.startupSweep = setInterval(() => {
           const now = Date.now();
-          this.sessions.forEach((s) => s.checkStartupTimeout(now));
+          try {
+            this.sessions.forEach((s) => s.checkStartupTimeout(now));
+          } catch (err) {
+            this.log.error({ err }, 'pgbudget: internal error in the startup sweep');
+          }
         }, STARTUP_SWEEP_MS);
         this.startupSweep.unref();
         resolve(this.server.address() as net.AddressInfo);
       });
     });
+  }
+
+  /** An accepted connection becomes a session; one that cannot (a bug, too many sessions) is closed, and the listener goes on. */
+  private accept(accepted: Accepted): void {
+    try {
+      new ClientSession(accepted, this.ctx);
+    } catch (err) {
+      this.log.error({ err }, 'pgbudget: could not start a client session; connection closed');
+      closeAccepted(accepted);
+    }
   }
 
   get listening(): boolean {
@@ -109,9 +123,17 @@ export class Proxy {
       admin: this.config.admin,
       upstream: { ...next.upstream, host: this.config.upstream.host, port: this.config.upstream.port },
     };
+    const previous = this.config;
     this.config = kept;
-    for (const s of kept.services) this.stats.service(s.name);
-    this.pool.applyConfig(kept);
+    try {
+      for (const s of kept.services) this.stats.service(s.name);
+      this.pool.applyConfig(kept);
+    } catch (err) {
+      // Half applied is worse than not at all: back to the running config.
+      this.config = previous;
+      this.pool.applyConfig(previous);
+      throw new Error(`reload failed, running config kept: ${(err as Error)?.message ?? err}`);
+    }
     const warning = overcommitWarning(kept);
     if (warning) notes.push(warning);
     return notes;

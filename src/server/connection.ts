@@ -107,7 +107,7 @@ export class ServerConnection implements AsyncWriter {
     readonly login: ServerLogin,
   ) {
     this.statements = new ServerStatements(login.maxPreparedStatements);
-    this.socket = net.connect({ host: login.host, port: login.port, noDelay: true, onread: readsTo((chunk) => this.onData(chunk)) });
+    this.socket = net.connect({ host: login.host, port: login.port, noDelay: true, onread: readsTo((chunk) => this.onRead(chunk)) });
     this.socket.on('drain', () => this.owner?.onServerDrain());
     this.socket.on('error', (err) => {
       this.closeCause = err.message;
@@ -120,12 +120,20 @@ export class ServerConnection implements AsyncWriter {
         this.control = null;
         c.reject(new ServerLoginError(`upstream ${login.host}:${login.port}: ${this.closeCause}`, true));
       }
-      this.onSocketClose();
-      if (was !== 'connecting' && was !== 'login') this.owner?.onServerClose(this.closeCause);
-      // After the open() promise has settled, so a failed login is classified
-      // (backoff, or failing its waiters) before its slot is handed out again.
-      const cause = this.closeCause;
-      setImmediate(() => this.onClosed(cause));
+      // The pool and the owner are error boundaries of their own; these
+      // three run whatever one of them does.
+      try {
+        this.onSocketClose();
+      } finally {
+        try {
+          if (was !== 'connecting' && was !== 'login') this.owner?.onServerClose(this.closeCause);
+        } finally {
+          // After the open() promise has settled, so a failed login is classified
+          // (backoff, or failing its waiters) before its slot is handed out again.
+          const cause = this.closeCause;
+          setImmediate(() => this.onClosed(cause));
+        }
+      }
     });
   }
 
@@ -301,7 +309,7 @@ export class ServerConnection implements AsyncWriter {
       const n = readBytes();
       if (n <= 0) return viaNet.call(this, arrayBuffer);
       // Node reads into READ_BUFFER (the onread option of readsTo): copy out before the next read.
-      conn.onData(copyOut(READ_BUFFER, n));
+      conn.onRead(copyOut(READ_BUFFER, n));
     };
     this.direct = handle;
   }
@@ -354,16 +362,26 @@ export class ServerConnection implements AsyncWriter {
     this.socket.destroy();
   }
 
+  /**
+   * Every read from the server enters here: an error boundary. The owner's
+   * handler is a boundary of its own; what fails here (login, the proxy's
+   * own queries, the idle scan) ends this server connection, and its
+   * owner, if any, sees it close (08006).
+   */
+  private onRead(chunk: Buffer): void {
+    try {
+      this.onData(chunk);
+    } catch (err) {
+      this.destroy(`internal error reading from the server: ${(err as Error)?.message ?? err}`);
+    }
+  }
+
   private onData(chunk: Buffer): void {
     if (this.control) return this.onControlData(chunk);
     if (this.owner) return this.owner.onServerData(chunk);
     // Nobody owns it: the server spoke unprompted (a notice, a parameter
     // change, or a FATAL before it goes away). An error marks it broken.
-    try {
-      this.idleScanner.scan(chunk);
-    } catch {
-      this.markBroken();
-    }
+    if (this.idleScanner.scan(chunk)) this.markBroken();
   }
 
   /** Login and the proxy's own queries: whole messages, parsed from copies. */
@@ -379,7 +397,13 @@ export class ServerConnection implements AsyncWriter {
       if (buf.length < 1 + length) break;
       const raw = Buffer.from(buf.subarray(0, 1 + length)); // a copy: the parser may keep it
       buf = buf.subarray(1 + length);
-      parser.parse(raw, (msg) => this.control?.onMessage(msg, raw));
+      try {
+        parser.parse(raw, (msg) => this.control?.onMessage(msg, raw));
+      } catch (err) {
+        // The parser keeps what it had not finished: a fresh one for the next connection.
+        parser = new Parser();
+        throw err;
+      }
       if (!this.control) {
         // Control ended (ready or failed); anything after belongs to forwarding.
         if (buf.length > 0 && this.phase === 'ready') this.onData(Buffer.from(buf));
@@ -393,4 +417,4 @@ export class ServerConnection implements AsyncWriter {
 
 // Every control message is handed over whole, so one parser serves all
 // connections: it never holds a partial message between calls.
-const parser = new Parser();
+let parser = new Parser();

@@ -10,10 +10,12 @@ import { cancelRequest, errorResponse, type ErrorFields } from '../protocol/enco
 import { clientErrors } from '../errors.js';
 import { ServerConnection, ServerLoginError } from './connection.js';
 
+export type RejectedBecause = 'queue_full' | 'queue_timeout' | 'server_login' | 'internal_error';
+
 export interface WaitHandlers {
   onAssign(conn: ServerConnection, waitedMs: number): void;
   /** `error` is a whole ErrorResponse message, ready to write to the client. */
-  onReject(error: Buffer, reason: 'queue_full' | 'queue_timeout' | 'server_login'): void;
+  onReject(error: Buffer, reason: RejectedBecause): void;
 }
 
 const SWEEP_MS = 50;
@@ -65,7 +67,7 @@ export class ServerPool {
   ) {
     this.scheduler = new Scheduler(this.poolLimits(config));
     this.applyConfig(config);
-    this.timer = setInterval(() => this.run(this.scheduler.sweep(Date.now())), SWEEP_MS);
+    this.timer = setInterval(() => this.guard('sweep', () => this.run(this.scheduler.sweep(Date.now()))), SWEEP_MS);
     this.timer.unref();
   }
 
@@ -156,7 +158,11 @@ export class ServerPool {
     let sent = false;
     let settled = false;
     const s = net.connect({ host, port }, () => {
-      if (!stillWanted()) return s.destroy();
+      let wanted = false;
+      this.guard('cancel request', () => {
+        wanted = stillWanted();
+      });
+      if (!wanted) return s.destroy();
       // From here until the postmaster closes this socket, the server
       // connection goes to nobody else. PostgreSQL signals the backend
       // before it closes the cancel connection, and a backend that gets the
@@ -178,7 +184,7 @@ export class ServerPool {
       this.release(conn, reusable);
     };
     s.on('error', (err) => this.log.warn({ err: err.message }, 'cancel request to upstream failed'));
-    s.on('close', (hadError) => settle(!hadError));
+    s.on('close', (hadError) => this.guard('cancel request closed', () => settle(!hadError), () => conn.destroy('internal error after a cancel')));
     s.setTimeout(5000, () => {
       settle(false);
       s.destroy();
@@ -220,53 +226,94 @@ export class ServerPool {
     clearInterval(this.timer);
   }
 
+  /**
+   * The error boundary of the pool's own entry points (the sweep, a server
+   * connection's events, promise continuations): a failure is logged with
+   * its stack and the process goes on. Callers close what the failure may
+   * have left in an unknown state.
+   */
+  private guard(where: string, fn: () => void, onFailure?: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.log.error({ err, where }, 'pgbudget: internal error in the server pool');
+      if (onFailure) this.guard(`${where} (recovery)`, onFailure);
+    }
+  }
+
+  /**
+   * Carries out the scheduler's decisions, each on its own: one that fails
+   * does not keep the others from running, and what it was about is given
+   * back (a connection closed, a waiter ended) so no slot is lost.
+   */
   private run(actions: Action[]): void {
-    for (const a of actions) {
-      switch (a.kind) {
-        case 'assign': {
-          const h = (a.waiter as HandledWaiter).handlers ?? undefined;
-          const conn = this.conns.get(a.connId)!;
-          if (!conn.usable) {
-            // Went bad while idle (closed, or the server spoke unprompted):
-            // close it and put the waiter back at the head of its queue.
-            if (h) this.scheduler.requeue(a.waiter);
-            this.release(conn, false);
-            break;
-          }
-          takeHandlers(a.waiter);
-          this.stats.waited(a.waiter.service, a.waitedMs);
-          if (h) h.onAssign(conn, a.waitedMs);
-          else this.release(conn, true); // the waiter left in the same tick
-          break;
-        }
-        case 'open':
-          this.open(a.connId, a.service, a.key);
-          break;
-        case 'close':
-          this.conns.get(a.connId)?.terminate(a.reason);
-          break;
-        case 'reject': {
-          const h = takeHandlers(a.waiter);
-          const facts = {
-            service: a.facts.service,
-            budget: a.facts.budget,
-            inUse: a.facts.held,
-            waiting: a.facts.waiting,
-          };
-          const svc = this.services.get(a.waiter.service);
-          const fields: ErrorFields =
-            a.reason === 'queue_full'
-              ? clientErrors.queueFull(facts, svc?.queue.maxWaiting ?? 0)
-              : clientErrors.queueTimeout(facts, a.waitedMs, this.lastUpstreamError ?? undefined);
-          this.log.warn(
-            { ...a.facts, reason: a.reason, waitedMs: a.waitedMs },
-            a.reason === 'queue_full' ? 'client rejected: queue full' : 'client rejected: queue timeout',
-          );
-          h?.onReject(errorResponse(fields), a.reason);
-          break;
-        }
+    for (let i = 0; i < actions.length; i++) {
+      try {
+        this.runOne(actions[i]);
+      } catch (err) {
+        this.log.error({ err, action: actions[i].kind }, 'pgbudget: internal error in the server pool');
+        this.guard('recovery', () => this.recover(actions[i]));
       }
     }
+  }
+
+  /** After a failed action: its connection closed, its waiter told. */
+  private recover(a: Action): void {
+    if (a.kind === 'assign' || a.kind === 'open' || a.kind === 'close') {
+      const conn = this.conns.get(a.connId);
+      if (conn) conn.destroy('internal error');
+      else if (a.kind === 'open') this.run(this.scheduler.closed(a.connId, Date.now()));
+    }
+    if (a.kind === 'assign' || a.kind === 'reject') {
+      takeHandlers(a.waiter)?.onReject(errorResponse(clientErrors.internalError()), 'internal_error');
+    }
+  }
+
+  private runOne(a: Action): void {
+  switch (a.kind) {
+    case 'assign': {
+      const h = (a.waiter as HandledWaiter).handlers ?? undefined;
+      const conn = this.conns.get(a.connId)!;
+      if (!conn.usable) {
+        // Went bad while idle (closed, or the server spoke unprompted):
+        // close it and put the waiter back at the head of its queue.
+        if (h) this.scheduler.requeue(a.waiter);
+        this.release(conn, false);
+        break;
+      }
+      takeHandlers(a.waiter);
+      this.stats.waited(a.waiter.service, a.waitedMs);
+      if (h) h.onAssign(conn, a.waitedMs);
+      else this.release(conn, true); // the waiter left in the same tick
+      break;
+    }
+    case 'open':
+      this.open(a.connId, a.service, a.key);
+      break;
+    case 'close':
+      this.conns.get(a.connId)?.terminate(a.reason);
+      break;
+    case 'reject': {
+      const h = takeHandlers(a.waiter);
+      const facts = {
+        service: a.facts.service,
+        budget: a.facts.budget,
+        inUse: a.facts.held,
+        waiting: a.facts.waiting,
+      };
+      const svc = this.services.get(a.waiter.service);
+      const fields: ErrorFields =
+        a.reason === 'queue_full'
+          ? clientErrors.queueFull(facts, svc?.queue.maxWaiting ?? 0)
+          : clientErrors.queueTimeout(facts, a.waitedMs, this.lastUpstreamError ?? undefined);
+      this.log.warn(
+        { ...a.facts, reason: a.reason, waitedMs: a.waitedMs },
+        a.reason === 'queue_full' ? 'client rejected: queue full' : 'client rejected: queue timeout',
+      );
+      h?.onReject(errorResponse(fields), a.reason);
+      break;
+    }
+  }
   }
 
   private open(connId: number, service: string, key: string): void {
@@ -289,50 +336,69 @@ export class ServerPool {
     const stats = this.stats.service(service);
     // Out of the idle list at once, so it is never handed out; the slot is
     // freed only when onClosed runs, after a failed login is classified.
-    conn.onSocketClose = () => {
-      if (this.scheduler.connState(connId) !== 'opening') this.run(this.scheduler.closing(connId, Date.now()));
-    };
-    conn.onBroken = () => {
-      this.run(this.scheduler.closing(connId, Date.now()));
-      conn.terminate('server error while idle');
-    };
-    conn.onClosed = (cause) => {
-      this.conns.delete(connId);
-      if (conn.ready || conn.processId) {
-        stats.serversClosed++;
-        this.log.info({ service, conn: connId, pid: conn.processId, reason: cause }, 'server connection closed');
-      }
-      this.run(this.scheduler.closed(connId, Date.now()));
-    };
-    conn.open().then(
-      () => {
-        stats.serversOpened++;
-        this.backoffMs = 0;
-        this.lastUpstreamError = null;
-        this.lastUpstreamOkAt = Date.now();
-        if (!this.welcomes.has(key)) this.welcomes.set(key, conn.params);
-        this.log.info({ service, conn: connId, pid: conn.processId, user, database }, 'server connection opened');
-        this.run(this.scheduler.opened(connId, Date.now()));
-      },
-      (err: Error) => {
-        stats.serverConnectErrors++;
-        const loginErr = err instanceof ServerLoginError ? err : new ServerLoginError(err.message, true);
-        if (loginErr.transient) {
-          this.backoffMs = Math.min(Math.max(this.backoffMs * 2, BACKOFF_MIN_MS), BACKOFF_MAX_MS);
-          this.lastUpstreamError = loginErr.message;
-          this.scheduler.pauseOpening(Date.now() + this.backoffMs);
-          this.log.warn({ service, err: loginErr.message, retryInMs: this.backoffMs }, 'server connection failed');
-        } else {
-          // The server refused these credentials for good: every client waiting
-          // for the same user and database gets the server's own error.
-          this.log.warn({ service, user, database, err: loginErr.message }, 'server login refused');
-          for (const w of this.scheduler.failWaiters(service, key)) {
-            const h = takeHandlers(w);
-            h?.onReject(loginErr.errorResponse!, 'server_login');
-          }
+    conn.onSocketClose = () =>
+      this.guard('server socket close', () => {
+        if (this.scheduler.connState(connId) !== 'opening') this.run(this.scheduler.closing(connId, Date.now()));
+      });
+    conn.onBroken = () =>
+      this.guard(
+        'server error while idle',
+        () => {
+          this.run(this.scheduler.closing(connId, Date.now()));
+          conn.terminate('server error while idle');
+        },
+        () => conn.destroy('server error while idle'),
+      );
+    // The slot comes back here, whatever else fails: the scheduler hears of the close first.
+    conn.onClosed = (cause) =>
+      this.guard('server connection closed', () => {
+        this.conns.delete(connId);
+        this.run(this.scheduler.closed(connId, Date.now()));
+        if (conn.ready || conn.processId) {
+          stats.serversClosed++;
+          this.log.info({ service, conn: connId, pid: conn.processId, reason: cause }, 'server connection closed');
         }
-      },
+      });
+    conn.open().then(
+      () => this.guard('server login', () => this.opened(conn, service, key), () => conn.destroy('internal error after login')),
+      (err: Error) => this.guard('server login failure', () => this.loginFailed(err, service, key)),
     );
+  }
+
+  /** A server connection has logged in: it joins the pool. */
+  private opened(conn: ServerConnection, service: string, key: string): void {
+    const stats = this.stats.service(service);
+    const { user, database } = conn.login;
+    const connId = conn.id;
+    stats.serversOpened++;
+    this.backoffMs = 0;
+    this.lastUpstreamError = null;
+    this.lastUpstreamOkAt = Date.now();
+    if (!this.welcomes.has(key)) this.welcomes.set(key, conn.params);
+    this.log.info({ service, conn: connId, pid: conn.processId, user, database }, 'server connection opened');
+    this.run(this.scheduler.opened(connId, Date.now()));
+  }
+
+  /** A server connection could not log in: retried with backoff, or its waiters get the server's error. */
+  private loginFailed(err: Error, service: string, key: string): void {
+    const stats = this.stats.service(service);
+    const { user, database } = parsePoolKey(key);
+    stats.serverConnectErrors++;
+    const loginErr = err instanceof ServerLoginError ? err : new ServerLoginError(err.message, true);
+    if (loginErr.transient) {
+      this.backoffMs = Math.min(Math.max(this.backoffMs * 2, BACKOFF_MIN_MS), BACKOFF_MAX_MS);
+      this.lastUpstreamError = loginErr.message;
+      this.scheduler.pauseOpening(Date.now() + this.backoffMs);
+      this.log.warn({ service, err: loginErr.message, retryInMs: this.backoffMs }, 'server connection failed');
+    } else {
+      // The server refused these credentials for good: every client waiting
+      // for the same user and database gets the server's own error.
+      this.log.warn({ service, user, database, err: loginErr.message }, 'server login refused');
+      for (const w of this.scheduler.failWaiters(service, key)) {
+        const h = takeHandlers(w);
+        h?.onReject(loginErr.errorResponse!, 'server_login');
+      }
+    }
   }
 }
 

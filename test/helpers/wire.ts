@@ -7,3 +7,15 @@ export function msg(type: string, body: Buffer | string = Buffer.alloc(0)): Buff
   b.copy(out, 5);
   return out;
 }
+
+/** A v3.0 StartupMessage with these parameters. */
+export function startupPacket(params: Record<string, string>): Buffer {
+  const body = Buffer.from(
+    '\0\x03\0\0' + Object.entries(params).map(([k, v]) => `${k}\0${v}\0`).join('') + '\0',
+    'utf8',
+  );
+  const out = Buffer.alloc(4 + body.length);
+  out.writeInt32BE(out.length, 0);
+  body.copy(out, 4);
+  return out;
+}

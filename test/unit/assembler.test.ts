@@ -54,15 +54,10 @@ t.test('nonsense lengths are rejected, also when the header is split', async (t)
     for (let cut = 0; cut < 5; cut++) {
       const a = new MessageAssembler();
       const out: Buffer[] = [];
-      t.throws(
-        () => {
-          a.push(Buffer.from(bytes.slice(0, cut)), out);
-          a.push(Buffer.from(bytes.slice(cut)), out);
-        },
-        { name: 'FrameError' },
-        `${bytes.join(',')} split at ${cut}`,
-      );
+      const first = a.push(Buffer.from(bytes.slice(0, cut)), out);
+      const error = first ?? a.push(Buffer.from(bytes.slice(cut)), out);
+      t.match(error, { name: 'FrameError' }, `${bytes.join(',')} split at ${cut}`);
     }
   }
-  t.throws(() => new MessageAssembler(50).push(msg('Q', Buffer.alloc(100)), []), /invalid message length 104/);
+  t.match(new MessageAssembler(50).push(msg('Q', Buffer.alloc(100)), [])?.message, /invalid message length 104/);
 });

@@ -89,12 +89,12 @@ t.test('boundary and pending header bytes mid-stream', async (t) => {
 
 t.test('nonsense lengths are rejected', async (t) => {
   const bad = Buffer.from([0x51, 0, 0, 0, 3]);
-  t.throws(() => new FrameScanner(() => {}).scan(bad), { name: 'FrameError' });
+  t.type(new FrameScanner(() => {}).scan(bad), FrameError);
   const negative = Buffer.from([0x51, 0xff, 0xff, 0xff, 0xff]);
-  t.throws(() => new FrameScanner(() => {}).scan(negative), { name: 'FrameError' });
+  t.type(new FrameScanner(() => {}).scan(negative), FrameError);
   const big = msg('Q', Buffer.alloc(100));
-  t.throws(() => new FrameScanner(() => {}, 50).scan(big), /invalid message length 104/);
-  t.doesNotThrow(() => new FrameScanner(() => {}, 200).scan(big));
+  t.match(new FrameScanner(() => {}, 50).scan(big)?.message, /invalid message length 104/);
+  t.equal(new FrameScanner(() => {}, 200).scan(big), null);
 });
 
 t.test('a nonsense length split across chunks is read as the same int32', async (t) => {
@@ -105,8 +105,8 @@ t.test('a nonsense length split across chunks is read as the same int32', async 
   ] as const) {
     for (let cut = 1; cut < 5; cut++) {
       const s = new FrameScanner(() => {});
-      s.scan(Buffer.from(bytes.slice(0, cut)));
-      t.throws(() => s.scan(Buffer.from(bytes.slice(cut))), { name: 'FrameError', length }, `split at ${cut}`);
+      t.equal(s.scan(Buffer.from(bytes.slice(0, cut))), null);
+      t.match(s.scan(Buffer.from(bytes.slice(cut))), { name: 'FrameError', length }, `split at ${cut}`);
     }
   }
 });

@@ -18,7 +18,7 @@ t.test('rewriteBindStatement swaps only the statement name', async (t) => {
     t.ok(got.equals(bind(portal, to, rest)), `${portal}/${from} -> ${to}`);
     t.same(readBindStatement(got), { portal, statement: to, restOffset: got.length - rest.length });
   }
-  t.throws(() => rewriteBindStatement(msg('B', 'no terminator'), 'x'), RangeError);
+  t.doesNotThrow(() => rewriteBindStatement(msg('B', 'no terminator'), 'x'), 'unchecked bytes are read as they are, never thrown on');
 });
 
 t.test('Parse and Query read back what was built, also when asked twice', async (t) => {
