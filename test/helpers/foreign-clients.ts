@@ -7,7 +7,8 @@
  *
  * - JDBC: `java`, `javac` and a pgjdbc jar are needed. The jar is
  *   `$PGBUDGET_TEST_PGJDBC_JAR`, else the newest
- *   ~/.m2/repository/org/postgresql/postgresql/<v>/postgresql-<v>.jar.
+ *   ~/.m2/repository/org/postgresql/postgresql/<v>/postgresql-<v>.jar, else
+ *   Debian's /usr/share/java/postgresql.jar.
  *   Scenario.java is compiled once per process into a temp dir under
  *   os.tmpdir() (removed on exit).
  * - psycopg2: the first of `$PGBUDGET_TEST_PYTHON`, /usr/bin/python3 (Debian's
@@ -145,17 +146,19 @@ function findPgjdbcJar(): string | undefined {
   const fromEnv = process.env.PGBUDGET_TEST_PGJDBC_JAR;
   if (fromEnv) return existsSync(fromEnv) ? fromEnv : undefined;
   const base = path.join(os.homedir(), '.m2', 'repository', 'org', 'postgresql', 'postgresql');
+  // Debian's libpostgresql-jdbc-java, which test/setup/provision.sh installs where Maven's cache has none.
+  const debian = '/usr/share/java/postgresql.jar';
   let versions: string[];
   try {
     versions = readdirSync(base);
   } catch {
-    return undefined;
+    return existsSync(debian) ? debian : undefined;
   }
   const jars = versions
     .filter((v) => existsSync(path.join(base, v, `postgresql-${v}.jar`)))
     .sort(compareVersions)
     .map((v) => path.join(base, v, `postgresql-${v}.jar`));
-  return jars[jars.length - 1];
+  return jars[jars.length - 1] ?? (existsSync(debian) ? debian : undefined);
 }
 
 let jdbcAvailablePromise: Promise<boolean> | undefined;
