@@ -120,7 +120,18 @@ export class PreparedStatements {
         // cached for others. Closing an absent name still yields CloseComplete.
         const { kind, name } = readTarget(msg);
         this.pending.push(CLOSE);
-        if (kind !== 'S' || name === '') break;
+        if (kind !== 'S') break;
+        if (name === '') {
+          // The server's unnamed statement may be another client's: only ours is closed.
+          const ours = this.unnamed !== null && server.unnamedOwner === this.unnamed;
+          this.unnamed = null;
+          if (!ours) {
+            out.push(buildTarget('C', 'S', ABSENT));
+            return;
+          }
+          server.unnamedOwner = null;
+          break;
+        }
         this.defs.delete(name);
         out.push(buildTarget('C', 'S', ABSENT));
         return;
@@ -217,7 +228,7 @@ export class PreparedStatements {
       // pool slab) alive for as long as the client stays idle. Drivers send
       // the same unnamed Parse again and again: then the copy is kept.
       if (this.unnamed === null || !this.unnamed.equals(msg)) this.unnamed = Buffer.from(msg);
-      server.unnamedOwner = this;
+      server.unnamedOwner = this.unnamed;
       this.pending.push(PARSE);
       out.push(msg);
       return;
@@ -256,8 +267,8 @@ export class PreparedStatements {
    */
   private ensureUnnamed(server: ServerStatements, out: Buffer[]): string {
     if (!this.unnamed) return ABSENT;
-    if (server.unnamedOwner === this) return '';
-    server.unnamedOwner = this;
+    if (server.unnamedOwner === this.unnamed) return '';
+    server.unnamedOwner = this.unnamed;
     this.pending.push({ kind: 'parse', ours: true });
     out.push(this.unnamed);
     return '';

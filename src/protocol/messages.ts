@@ -152,16 +152,19 @@ export function readBindStatement(msg: Buffer): { portal: string; statement: str
 
 /** The Bind with another statement name: one allocation, the rest copied as bytes. */
 export function rewriteBindStatement(msg: Buffer, statement: string): Buffer {
-  const portalEnd = readCString(msg, 5)[1];
-  const restOffset = readCString(msg, portalEnd)[1];
+  // On a checked Bind both names are there; on other bytes, what is missing is empty.
+  const portalEnd = Math.max(5, readCString(msg, 5)[1]);
+  const restOffset = Math.max(portalEnd, readCString(msg, portalEnd)[1]);
+  const rest = Math.max(0, msg.length - restOffset);
   const nameBytes = Buffer.byteLength(statement);
-  const out = Buffer.allocUnsafe(msg.length - (restOffset - portalEnd) + nameBytes + 1);
+  const out = Buffer.allocUnsafe(portalEnd + nameBytes + 1 + rest);
   out[0] = 0x42;
   out.writeInt32BE(out.length - 1, 1);
-  let o = 5 + msg.copy(out, 5, 5, portalEnd);
+  // portalEnd > 5 only when the message has a portal name to copy.
+  let o = 5 + (portalEnd > 5 ? msg.copy(out, 5, 5, portalEnd) : 0);
   o += out.write(statement, o);
   out[o++] = 0;
-  msg.copy(out, o, restOffset);
+  if (rest > 0) msg.copy(out, o, restOffset);
   return out;
 }
 

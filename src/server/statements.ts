@@ -14,8 +14,12 @@ export const SERVER_STATEMENT_PREFIX = `__pgbudget_${randomBytes(4).toString('he
 export class ServerStatements {
   private readonly byKey = new Map<string, string>();
   private counter = 0;
-  /** Which client's Parse("") the server's unnamed statement holds, if any. */
-  unnamedOwner: object | null = null;
+  /**
+   * Which Parse("") the server's unnamed statement holds, if any: the
+   * client's own copy of the message, so that neither another client's nor
+   * an older one of the same client's is taken for it.
+   */
+  unnamedOwner: Buffer | null = null;
 
   constructor(readonly max: number) {}
 
