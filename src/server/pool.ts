@@ -19,6 +19,8 @@ export interface WaitHandlers {
 }
 
 const SWEEP_MS = 50;
+/** Pool keys whose welcome (the server's ParameterStatus) is remembered. */
+const MAX_WELCOMES = 10_000;
 const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 5000;
 
@@ -374,7 +376,13 @@ export class ServerPool {
     this.backoffMs = 0;
     this.lastUpstreamError = null;
     this.lastUpstreamOkAt = Date.now();
-    if (!this.welcomes.has(key)) this.welcomes.set(key, conn.params);
+    if (!this.welcomes.has(key)) {
+      this.welcomes.set(key, conn.params);
+      // Keys come from what clients send (search_path, TimeZone…): the oldest
+      // go, so that no stream of new values grows this without bound. A key
+      // that lost its welcome learns it again from its next login.
+      if (this.welcomes.size > MAX_WELCOMES) this.welcomes.delete(this.welcomes.keys().next().value!);
+    }
     this.log.info({ service, conn: connId, pid: conn.processId, user, database }, 'server connection opened');
     this.run(this.scheduler.opened(connId, Date.now()));
   }
