@@ -382,6 +382,21 @@ function rssKiB(pid: number): number {
 
 // ---- the real clients ----
 
+/** pgbench in rounds of at most 20 s until `until()` says stop, so a run that ends at a case count ends soon after. */
+async function pgbenchRounds(port: number, mode: 'simple' | 'extended', deadline: number, stopped: () => boolean) {
+  const total = { code: 0, processed: 0, failed: 0, rounds: 0 };
+  while (!stopped()) {
+    const seconds = Math.max(1, Math.min(20, Math.round((deadline - Date.now()) / 1000)));
+    const r = await pgbenchLoad(port, seconds, mode);
+    total.rounds++;
+    total.processed += r.processed;
+    total.failed += r.failed;
+    if (r.code !== 0) total.code = r.code;
+    if (Date.now() >= deadline) break;
+  }
+  return total;
+}
+
 async function pgbenchLoad(port: number, seconds: number, mode: 'simple' | 'extended') {
   const r = await run(
     'pgbench',
@@ -490,7 +505,8 @@ export async function runFuzz(options: FuzzOptions = {}): Promise<FuzzReport> {
 
     const started = Date.now();
     const deadline = started + seconds * 1000;
-    const benches = [pgbenchLoad(p.port, seconds, 'simple'), pgbenchLoad(p.port, seconds, 'extended')];
+    let hostileDone = false;
+    const benches = (['simple', 'extended'] as const).map((mode) => pgbenchRounds(p.port, mode, deadline, () => hostileDone));
     const check = checkers(p.port, 3, new Random(seed ^ 0x5bd1e995));
 
     const outcomes: Record<string, Record<string, number>> = {};
@@ -515,9 +531,10 @@ export async function runFuzz(options: FuzzOptions = {}): Promise<FuzzReport> {
       }
     });
     await Promise.all(workers);
+    hostileDone = true;
     clearInterval(progress);
     await check.stop();
-    // pgbench runs for `seconds`: a run that stopped early at `cases` waits for it.
+    // pgbench runs in rounds: a run that stopped early at `cases` waits for the last round only.
     const benchResults = await Promise.all(benches);
     clearInterval(sampler);
     const proxyAlive = p.proc.exitCode === null && p.proc.signalCode === null && (await scrape(p.adminPort, '/healthz').then((x) => x.status === 200, () => false));
