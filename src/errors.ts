@@ -76,6 +76,19 @@ export const clientErrors = {
     message: `pgbudget: prepared statement names starting with ${prefix} belong to the proxy`,
   }),
 
+  /**
+   * 0A000 feature_not_supported: a prepared statement whose result shape
+   * changed since the client prepared it, in PostgreSQL's own words and with
+   * its source location (postgres.js prepares again when routine says so).
+   */
+  cachedPlanChanged: (): ErrorFields => ({
+    severity: 'ERROR',
+    code: '0A000',
+    message: 'cached plan must not change result type',
+    file: 'plancache.c',
+    routine: 'RevalidateCachedQuery',
+  }),
+
   /** 57014 query_canceled: cancelled while still waiting for a server connection (PostgreSQL's own words). */
   queryCanceled: (): ErrorFields => ({
     severity: 'ERROR',

@@ -4,6 +4,15 @@
 // When the client binds or describes a statement that connection has not
 // seen, a Parse is injected first, and the server's ParseComplete for it is
 // dropped on the way back, so the client sees exactly the stream it expects.
+//
+// PostgreSQL fixes a prepared statement's result shape when it is prepared,
+// and refuses to run it in another (0A000 "cached plan must not change
+// result type"). So the proxy describes every statement it prepares, keeps
+// the shape each client's statement had, uses a server's statement only in
+// the shape the client knows, and when it must prepare one again, holds the
+// client's messages until the server says whether the shape is still the
+// same: if not, the client gets PostgreSQL's own error instead of rows it
+// would misread.
 // Pure: messages in, messages out.
 import {
   buildBind,
@@ -11,12 +20,17 @@ import {
   buildParse,
   buildQuery,
   buildTarget,
+  FLUSH,
+  NO_ROWS,
+  rowShape,
   readBindStatement,
   readParse,
   readQuery,
   readTarget,
   rewriteBindStatement,
 } from '../protocol/messages.js';
+import { clientErrors } from '../errors.js';
+import { errorResponse } from '../protocol/encode.js';
 import { SERVER_STATEMENT_PREFIX, type ServerStatements } from '../server/statements.js';
 import { stripSql } from './sessionState.js';
 import { DROP_WORD, messageSqlWords } from './sqlWords.js';
@@ -26,14 +40,37 @@ interface StatementDef {
   paramTypes: Buffer;
   /** Identity of the statement on any server connection: text and parameter types. */
   key: string;
+  /** The result shape PostgreSQL fixed when the client prepared it (rowShape), once described; null before. */
+  shape: string | null;
 }
 
 /** A request still waiting for its ParseComplete/BindComplete/CloseComplete, or the end of a batch. */
 type Pending =
   | { kind: 'parse'; ours: boolean; key?: string; serverName?: string; clientName?: string; def?: StatementDef }
   | { kind: 'bind'; ours: boolean }
-  | { kind: 'close'; ours: boolean }
+  /** A Close; of a client's named statement, with its definition, given back if the server skips the Close. */
+  | { kind: 'close'; ours: boolean; clientName?: string; def?: StatementDef }
+  /** A Describe: the client's own, or the proxy's (of a statement it prepared: `key`/`serverName`), which learns a shape. */
+  | { kind: 'describe'; ours: boolean; key?: string; serverName?: string; def?: StatementDef; check?: StatementDef }
+  /** The proxy's own failing statement, whose ErrorResponse the client gets as `replacement`. */
+  | { kind: 'error'; replacement: Buffer }
   | { kind: 'ready' };
+
+/** How a shape check (a statement prepared again elsewhere) came out. */
+export type ShapeVerdict = 'waiting' | 'same' | 'changed' | 'skipped';
+
+/** What ensure() returns when the client's message must wait for a shape check. */
+const HELD = '\u0000held';
+
+/** A statement that fails with the given error when executed, in any protocol. */
+export function raiseStatement(code: string, message: string, hint: string): string {
+  const lit = (s: string) => `'${s.replace(/'/g, "''")}'`;
+  return `DO $pgbudget$BEGIN RAISE EXCEPTION USING ERRCODE = ${lit(code)}, MESSAGE = ${lit(message)}, HINT = ${lit(hint)}; END$pgbudget$`;
+}
+
+const PLAN_CHANGED_ERROR = errorResponse(clientErrors.cachedPlanChanged());
+/** Raises that error on the server, so that its transaction state and skipping to Sync are PostgreSQL's own. */
+const PLAN_CHANGED_SQL = raiseStatement('0A000', clientErrors.cachedPlanChanged().message, '');
 
 export type CompletionKind = 'parse' | 'bind' | 'close';
 
@@ -42,6 +79,7 @@ const PARSE: Pending = Object.freeze({ kind: 'parse', ours: false });
 const BIND: Pending = Object.freeze({ kind: 'bind', ours: false });
 const CLOSE: Pending = Object.freeze({ kind: 'close', ours: false });
 const READY: Pending = Object.freeze({ kind: 'ready' });
+const DESCRIBE: Pending = Object.freeze({ kind: 'describe', ours: false });
 
 /** A name no server connection ever has: what unknown client names are sent as. */
 const ABSENT = `${SERVER_STATEMENT_PREFIX}absent`;
@@ -65,6 +103,18 @@ export class PreparedStatements {
   /** The client's last Parse("") message (a copy), which the server keeps until the next Parse("") or Query. */
   private unnamed: Buffer | null = null;
   private pending: Pending[] = [];
+  /** Pending entries that answer the proxy's own Describe or failing statement (their replies are read whole). */
+  private ownReplies = 0;
+  /** The shape check the client's held messages wait for; 'same' when there is none. */
+  private verdict: ShapeVerdict = 'same';
+  /** The held message to refuse with 0A000 when it is rewritten (afterShapeCheck). */
+  private refuseNext: Buffer | null = null;
+  /**
+   * After an error the server skips what it gets until the next Sync: a
+   * check sent meanwhile would never be answered, so none is started until
+   * the client's Sync goes out.
+   */
+  private serverSkipping = false;
   /** The last message whose SQL words were read, and its flags (see sqlWords). */
   private wordsOf: Buffer | null = null;
   private wordsFlags = 0;
@@ -92,34 +142,48 @@ export class PreparedStatements {
 
   /**
    * Rewrites one whole client message for the server connection whose
-   * statements are `server`; returns the messages to send in its place.
+   * statements are `server`; appends the messages to send in its place.
+   * Returns false when the message cannot go yet: a statement it names was
+   * prepared again and its shape is being checked. Then `out` holds the
+   * check, and this message and all after it wait until shapeVerdict is
+   * no longer 'waiting' (see resume in the session).
    */
-  rewrite(msg: Buffer, server: ServerStatements, out: Buffer[]): void {
+  rewrite(msg: Buffer, server: ServerStatements, out: Buffer[]): boolean {
+    if (msg === this.refuseNext) {
+      this.refuseNext = null;
+      this.refuse(PLAN_CHANGED_SQL, server, out, PLAN_CHANGED_ERROR);
+      return true;
+    }
     switch (msg[0]) {
       case 0x50: // 'P' Parse
-        return this.parse(msg, server, out);
+        this.parse(msg, server, out);
+        return true;
       case 0x42: {
         // 'B' Bind
         // Unnamed portal and statement (most drivers' default): nothing to decode.
         const statement = msg[5] === 0 && msg[6] === 0 ? '' : readBindStatement(msg).statement;
         const name = statement === '' ? this.ensureUnnamed(server, out) : this.ensure(statement, server, out);
+        if (name === HELD) return false;
         this.pending.push(BIND);
         out.push(name === statement ? msg : rewriteBindStatement(msg, name));
-        return;
+        return true;
       }
       case 0x44: {
-        // 'D' Describe
+        // 'D' Describe: its answer is told apart from a Query's rows by its place in the queue.
         if (msg[5] !== 0x53) break; // a portal: names nothing of ours
         const { name } = readTarget(msg);
         const target = name === '' ? this.ensureUnnamed(server, out) : this.ensure(name, server, out);
+        if (target === HELD) return false;
+        this.pending.push(DESCRIBE);
         out.push(target === name ? msg : buildTarget('D', 'S', target));
-        return;
+        return true;
       }
       case 0x43: {
         // 'C' Close: the client's name goes away; the server keeps its copy
         // cached for others. Closing an absent name still yields CloseComplete.
         const { kind, name } = readTarget(msg);
-        this.pending.push(CLOSE);
+        const def = kind === 'S' && name !== '' ? this.defs.get(name) : undefined;
+        this.pending.push(def ? { kind: 'close', ours: false, clientName: name, def } : CLOSE);
         if (kind !== 'S') break;
         if (name === '') {
           // The server's unnamed statement may be another client's: only ours is closed.
@@ -127,16 +191,19 @@ export class PreparedStatements {
           this.unnamed = null;
           if (!ours) {
             out.push(buildTarget('C', 'S', ABSENT));
-            return;
+            return true;
           }
           server.unnamedOwner = null;
           break;
         }
         this.defs.delete(name);
         out.push(buildTarget('C', 'S', ABSENT));
-        return;
+        return true;
       }
-      case 0x53: // 'S' Sync
+      case 0x53: // 'S' Sync: after it, the server reads again
+        this.serverSkipping = false;
+        this.pending.push(READY);
+        break;
       case 0x46: // 'F' FunctionCall
         this.pending.push(READY);
         break;
@@ -144,9 +211,13 @@ export class PreparedStatements {
         this.pending.push(READY);
         this.unnamed = null;
         server.unnamedOwner = null;
-        return this.query(msg, server, out);
+        this.query(msg, server, out);
+        return true;
     }
+    // A portal's Describe: its answer (RowDescription or NoData) is queued like a statement's.
+    if (msg[0] === 0x44) this.pending.push(DESCRIBE);
     out.push(msg);
+    return true;
   }
 
   /**
@@ -154,11 +225,60 @@ export class PreparedStatements {
    * answers a message the proxy injected, so it must not reach the client.
    */
   onComplete(type: CompletionKind): boolean {
-    const i = this.pending.length > 0 && this.pending[0].kind !== 'ready' ? 0 : this.pending.findIndex((p) => p.kind !== 'ready');
+    const head = this.pending.length > 0 ? this.pending[0].kind : 'ready';
+    const i = head === 'parse' || head === 'bind' || head === 'close' ? 0 : this.pending.findIndex((p) => p.kind === 'parse' || p.kind === 'bind' || p.kind === 'close');
     if (i < 0) return false;
     const p = i === 0 ? this.pending.shift()! : this.pending.splice(i, 1)[0];
     if (p.kind !== type) return false; // out of step: forward, never swallow what the client may need
-    return p.ours;
+    return (p as { ours: boolean }).ours;
+  }
+
+  /** Whether replies the proxy must read whole, or drop, are on their way (the session then holds back unfinished messages). */
+  get expectsOwnReplies(): boolean {
+    return this.ownReplies > 0;
+  }
+
+  /** Where the shape check that held messages wait for stands. */
+  get shapeVerdict(): ShapeVerdict {
+    return this.verdict;
+  }
+
+  /**
+   * The messages that waited for a shape check (the first is the one that
+   * named the statement), as they go on now that it is answered. If the
+   * statement returns rows in another shape than the client's, PostgreSQL
+   * refuses that Bind or Describe with 0A000 and skips what follows up to the
+   * Sync: so the first is refused with PostgreSQL's own error, and the rest
+   * up to the Sync is left out.
+   */
+  afterShapeCheck(held: Buffer[]): Buffer[] {
+    const verdict = this.verdict;
+    this.verdict = 'same';
+    if (verdict !== 'changed' || held.length === 0) return held;
+    let next = 1;
+    while (next < held.length && held[next][0] !== 0x53) next++;
+    this.refuseNext = held[0];
+    return [held[0], ...held.slice(next)];
+  }
+
+  /**
+   * ParameterDescription ('t'), RowDescription ('T') or NoData ('n') at
+   * [start, end) of `buf`: the answer to the oldest Describe, or part of a
+   * simple Query's result. Returns true when it answers the proxy's own
+   * Describe, which the client must not see.
+   */
+  onDescription(type: number, buf: Buffer, start: number, end: number, server: ServerStatements): boolean {
+    const head = this.pending[0];
+    if (head === undefined || head.kind !== 'describe') return false;
+    if (type === 0x74) return head.ours; // 't' comes first; 'T' or 'n' ends the answer
+    this.pending.shift();
+    if (!head.ours) return false;
+    this.ownReplies--;
+    const shape = type === 0x54 ? rowShape(buf, start, end) : NO_ROWS;
+    server.setShape(head.key!, head.serverName!, shape);
+    if (head.def && head.def.shape === null) head.def.shape = shape;
+    if (head.check) this.verdict = shape === head.check.shape ? 'same' : 'changed';
+    return true;
   }
 
   /**
@@ -167,9 +287,14 @@ export class PreparedStatements {
    * the error, with their completions dropped: the client gets the error,
    * then the ReadyForQuery of its own Sync, as if the server had refused it.
    */
-  refuse(raiseSql: string, server: ServerStatements, out: Buffer[]): void {
+  refuse(raiseSql: string, server: ServerStatements, out: Buffer[], replacement?: Buffer): void {
     server.unnamedOwner = null;
     this.pending.push({ kind: 'parse', ours: true }, { kind: 'bind', ours: true });
+    if (replacement) {
+      // The server's error, raised by a DO block, is replaced by the one PostgreSQL itself would send.
+      this.pending.push({ kind: 'error', replacement });
+      this.ownReplies++;
+    }
     out.push(buildParse('', raiseSql, Buffer.from([0, 0])), buildBind('', ''), buildExecute(''));
   }
 
@@ -178,13 +303,28 @@ export class PreparedStatements {
    * before the next ReadyForQuery get no completion. Statements whose Parse
    * was skipped or failed are forgotten.
    */
-  onError(server: ServerStatements): void {
+  onError(server: ServerStatements): Buffer | null {
+    const head = this.pending[0];
+    const replacement = head !== undefined && head.kind === 'error' ? head.replacement : null;
     const end = this.pending.findIndex((p) => p.kind === 'ready');
     this.forgetSkipped(this.pending.splice(0, end < 0 ? this.pending.length : end), server);
+    // No Sync is out yet: what is sent until the client's next one is skipped.
+    if (end < 0) this.serverSkipping = true;
+    return replacement;
   }
 
   private forgetSkipped(skipped: Pending[], server: ServerStatements): void {
-    for (const p of skipped) {
+    // Latest first: undoing them in reverse gives back what the client had before the first.
+    for (let i = skipped.length - 1; i >= 0; i--) {
+      const p = skipped[i];
+      if (p.kind === 'describe' && p.ours) {
+        this.ownReplies--;
+        if (p.check) this.verdict = 'skipped';
+        continue;
+      }
+      if (p.kind === 'error') this.ownReplies--;
+      // A Close the server skipped closed nothing: the statement is the client's still.
+      if (p.kind === 'close' && p.def && !this.defs.has(p.clientName!)) this.defs.set(p.clientName!, p.def);
       if (p.kind !== 'parse') continue;
       if (p.key && p.serverName) server.forget(p.key, p.serverName);
       if (p.clientName && p.def && this.defs.get(p.clientName) === p.def) this.defs.delete(p.clientName);
@@ -218,6 +358,8 @@ export class PreparedStatements {
   /** Linked to another server connection: nothing is outstanding at a boundary. */
   resetPending(): void {
     if (this.pending.length > 0) this.pending = [];
+    this.ownReplies = 0;
+    this.serverSkipping = false;
   }
 
   private parse(msg: Buffer, server: ServerStatements, out: Buffer[]): void {
@@ -238,12 +380,20 @@ export class PreparedStatements {
     // A name reused with other text is simply redefined: prepared afresh.
     // paramTypes copied: a view would keep the whole chunk it came in alive as long as the statement.
     const paramTypes = Buffer.from(parsed.paramTypes);
-    const def: StatementDef = { query: parsed.query, paramTypes, key: keyOf(parsed.query, paramTypes) };
+    const def: StatementDef = { query: parsed.query, paramTypes, key: keyOf(parsed.query, paramTypes), shape: null };
     this.defs.set(parsed.name, def);
     const { name, evicted } = server.add(def.key);
     this.closeEvicted(evicted, out);
     this.pending.push({ kind: 'parse', ours: false, key: def.key, serverName: name, clientName: parsed.name, def });
     out.push(buildParse(name, def.query, def.paramTypes));
+    // The shape PostgreSQL fixes now is the one the client's statement keeps: learned in the same batch.
+    this.describeOurs({ kind: 'describe', ours: true, key: def.key, serverName: name, def }, out);
+  }
+
+  private describeOurs(entry: Pending & { kind: 'describe' }, out: Buffer[]): void {
+    this.pending.push(entry);
+    this.ownReplies++;
+    out.push(buildTarget('D', 'S', entry.serverName!));
   }
 
   /** The server name of the client's statement on this connection, preparing it there if needed. */
@@ -252,12 +402,33 @@ export class PreparedStatements {
     // Unknown to this client: never let it reach a statement the proxy made for someone else.
     if (!def) return clientName.startsWith(SERVER_STATEMENT_PREFIX) ? ABSENT : clientName;
     const existing = server.use(def.key);
-    if (existing !== undefined) return existing;
+    if (existing !== undefined) {
+      // Another statement of the same text serves only in the shape this client knows.
+      const shape = server.shapeOf(existing);
+      // Not described yet on either side: both were prepared in this same batch, at the same moment.
+      if (def.shape === null || shape === def.shape) return existing;
+      if (shape === undefined && !this.serverSkipping) {
+        // Prepared in this batch, after the client's own: its Describe is on the way; wait for it.
+        const describing = this.pending.find((p) => p.kind === 'describe' && p.ours && p.serverName === existing);
+        if (describing !== undefined && describing.kind === 'describe') {
+          describing.check = def;
+          out.push(FLUSH);
+          this.verdict = 'waiting';
+          return HELD;
+        }
+      }
+    }
     const { name, evicted } = server.add(def.key);
     this.closeEvicted(evicted, out);
     this.pending.push({ kind: 'parse', ours: true, key: def.key, serverName: name });
     out.push(buildParse(name, def.query, def.paramTypes));
-    return name;
+    if (def.shape === null || this.serverSkipping) return name;
+    // Prepared again, perhaps after the schema changed: the client's messages
+    // wait until the server has said what shape the rows now have (Flush: now).
+    this.describeOurs({ kind: 'describe', ours: true, key: def.key, serverName: name, check: def }, out);
+    out.push(FLUSH);
+    this.verdict = 'waiting';
+    return HELD;
   }
 
   /**

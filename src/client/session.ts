@@ -29,7 +29,7 @@ import { sliceOf } from '../protocol/views.js';
 import type { ServerConnection, ServerOwner } from '../server/connection.js';
 import { poolKey, type RejectedBecause, type ServerPool, type WaitHandlers } from '../server/pool.js';
 import { SERVER_STATEMENT_PREFIX } from '../server/statements.js';
-import { PreparedStatements, type CompletionKind } from './prepared.js';
+import { PreparedStatements, raiseStatement, type CompletionKind } from './prepared.js';
 import type { SessionRegistry } from './registry.js';
 import { RESERVED_MARK, SESSION_WORD } from './sqlWords.js';
 import { detectSessionState, type SessionStateReason } from './sessionState.js';
@@ -113,6 +113,17 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   private serverHeld: Buffer | null = null;
   /** Byte ranges of the chunk being forwarded that answer the proxy's own messages. */
   private cuts: number[] | null = null;
+  /** What goes in place of a cut range, by its start; null when nothing does. */
+  private cutInserts: Map<number, Buffer> | null = null;
+  /** The server bytes being scanned (held bytes and the chunk), while onServerMessage reads them. */
+  private serverBytes: Buffer = EMPTY;
+  /**
+   * Client messages waiting for a shape check (PreparedStatements.rewrite):
+   * a statement was prepared again on this connection, and whether it still
+   * returns rows in the shape the client knows is not yet answered.
+   */
+  private heldForShape: Buffer[] | null = null;
+  private heldBytes = 0;
   private cutBase = 0;
   /** Offset just past a Terminate in the chunk being scanned, or -1. */
   private terminateEnd = -1;
@@ -349,6 +360,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
       this.serverScanner.atBoundary &&
       this.heldHeader === null &&
       this.serverHeld === null &&
+      this.heldForShape === null &&
       (this.assembler?.atBoundary ?? true)
     );
   }
@@ -580,22 +592,51 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   private forward(messages: Buffer[]): boolean {
     const conn = this.server;
     if (!conn) return true;
+    const waiting = this.heldForShape;
+    if (waiting !== null) {
+      // Behind messages that wait for a shape check: they go after them, in order.
+      for (const m of messages) {
+        waiting.push(m);
+        this.heldBytes += m.length;
+      }
+      if (this.heldBytes > PENDING_LIMIT) this.socket.pause();
+      return true;
+    }
     const out: Buffer[] = [];
     const special = this.special;
-    for (const m of messages) {
+    for (let i = 0; i < messages.length; i++) {
+      const m = messages[i];
       if (special !== null && special.has(m)) {
         const refusal = special.get(m)!;
         special.delete(m);
         if (refusal === UNTOUCHED) out.push(m);
         else this.prepared.refuse(refusal, conn.statements, out);
-      } else {
-        this.prepared.rewrite(m, conn.statements, out);
+      } else if (!this.prepared.rewrite(m, conn.statements, out)) {
+        this.heldForShape = messages.slice(i);
+        break;
       }
     }
     if (special?.size === 0) this.special = null;
     if (conn.write(this.joined(messages, out))) return true;
     this.socket.pause();
     return false;
+  }
+
+  /**
+   * The shape check that held the client's messages is answered. If the
+   * statement now returns rows in another shape, PostgreSQL would refuse its
+   * Bind (or Describe) with 0A000 and skip what follows up to the Sync: so
+   * does the proxy, with PostgreSQL's own error. Else they go on as sent.
+   */
+  private resumeHeld(): void {
+    const held = this.heldForShape!;
+    this.heldForShape = null;
+    this.heldBytes = 0;
+    const next = this.prepared.afterShapeCheck(held);
+    // Messages PostgreSQL would skip are never sent: nothing is left to do for them.
+    const special = this.special;
+    if (special !== null && next.length < held.length) for (const m of held) if (!next.includes(m)) special.delete(m);
+    if (this.forward(next) && this.heldForShape === null && this.socket.isPaused()) this.socket.resume();
   }
 
   /**
@@ -701,22 +742,29 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     const held = this.serverHeld;
     this.cutBase = held ? held.length : 0;
     this.cuts = null;
+    this.cutInserts = null;
+    let data = held ? Buffer.concat([held, chunk]) : chunk;
+    this.serverBytes = data;
     const frameError = this.serverScanner.scan(chunk);
+    this.serverBytes = EMPTY;
     if (frameError) {
       this.poisoned = true;
       this.closeReason = 'server protocol violation';
       return this.fatal(clientErrors.serverProtocolViolation(frameError.message), this.closeReason);
     }
-    let data = held ? Buffer.concat([held, chunk]) : chunk;
     if (this.assembler) {
-      // Transaction mode may drop whole messages: never forward half a header.
-      const partial = this.serverScanner.pendingHeaderBytes;
+      // Transaction mode may drop whole messages: never forward half a
+      // header, nor, while replies of the proxy's own are due (read whole,
+      // dropped or replaced), half a message.
+      const scanner = this.serverScanner;
+      const partial = this.prepared.expectsOwnReplies ? Math.min(data.length, scanner.pendingMessageBytes) : scanner.pendingHeaderBytes;
       this.serverHeld = partial > 0 ? Buffer.from(data.subarray(data.length - partial)) : null;
       if (partial > 0) data = data.subarray(0, data.length - partial);
     }
-    if (this.cuts) data = withoutRanges(data, this.cuts);
+    if (this.cuts) data = spliced(data, this.cuts, this.cutInserts);
     // A client socket that is gone cannot drain: never pause the server for it.
     if (data.length > 0 && !this.socket.write(data) && this.socket.writable) this.server?.socket.pause();
+    if (this.heldForShape !== null && this.prepared.shapeVerdict !== 'waiting') this.resumeHeld();
     if (!this.server || !this.atTransactionBoundary) return;
     if (this.ctx.shuttingDown) {
       return this.endForShutdown();
@@ -734,9 +782,27 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
           (this.cuts ??= []).push(this.cutBase + end - 5, this.cutBase + end);
         }
         break;
-      case Backend.ErrorResponse:
-        if (this.server) this.prepared.onError(this.server.statements);
+      case Backend.ParameterDescription:
+      case Backend.RowDescription:
+      case Backend.NoData: {
+        if (!this.assembler || !this.server) break;
+        const endAt = this.cutBase + end;
+        const start = endAt - 1 - this.serverScanner.messageLength;
+        if (this.prepared.onDescription(type, this.serverBytes, start, endAt, this.server.statements)) (this.cuts ??= []).push(start, endAt);
         break;
+      }
+      case Backend.ErrorResponse: {
+        if (!this.server) break;
+        const replacement = this.prepared.onError(this.server.statements);
+        if (replacement !== null) {
+          // The proxy's failing statement: the client gets the error PostgreSQL itself would send.
+          const endAt = this.cutBase + end;
+          const start = endAt - 1 - this.serverScanner.messageLength;
+          (this.cuts ??= []).push(start, endAt);
+          (this.cutInserts ??= new Map()).set(start, replacement);
+        }
+        break;
+      }
       case Backend.ReadyForQuery:
         if (this.server) this.prepared.onReadyForQuery(this.server.statements);
         if (this.expectedReady > 0) this.expectedReady--;
@@ -1019,6 +1085,7 @@ const PENDING_LIMIT = 64 * 1024;
 /** In ClientSession.special: forwarded without rewriting or counting (a Sync the server ignores). */
 const UNTOUCHED = '';
 
+
 const COMPLETION: Record<number, CompletionKind> = {
   [Backend.ParseComplete]: 'parse',
   [Backend.BindComplete]: 'bind',
@@ -1035,18 +1102,18 @@ const SESSION_STATE_WHAT: Record<SessionStateReason, string> = {
   load: 'LOAD',
 };
 
-/** A statement that fails with the given error when executed, in any protocol. */
-function raiseStatement(code: string, message: string, hint: string): string {
-  const lit = (s: string) => `'${s.replace(/'/g, "''")}'`;
-  return `DO $pgbudget$BEGIN RAISE EXCEPTION USING ERRCODE = ${lit(code)}, MESSAGE = ${lit(message)}, HINT = ${lit(hint)}; END$pgbudget$`;
-}
 
-/** data without the [start, end) ranges listed in order (flattened pairs). */
-function withoutRanges(data: Buffer, ranges: number[]): Buffer {
+/**
+ * data without the [start, end) ranges listed in order (flattened pairs),
+ * each replaced by what `inserts` has for its start, if anything.
+ */
+function spliced(data: Buffer, ranges: number[], inserts: Map<number, Buffer> | null): Buffer {
   const parts: Buffer[] = [];
   let from = 0;
   for (let i = 0; i < ranges.length; i += 2) {
     parts.push(data.subarray(from, ranges[i]));
+    const insert = inserts?.get(ranges[i]);
+    if (insert) parts.push(insert);
     from = ranges[i + 1];
   }
   parts.push(data.subarray(from));

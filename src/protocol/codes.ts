@@ -15,6 +15,9 @@ export const enum Backend {
   ParseComplete = 0x31, // '1'
   BindComplete = 0x32, // '2'
   CloseComplete = 0x33, // '3'
+  ParameterDescription = 0x74, // 't'
+  RowDescription = 0x54, // 'T'
+  NoData = 0x6e, // 'n'
 }
 
 export const enum Frontend {

@@ -25,6 +25,9 @@ export interface ErrorFields {
   message: string;
   detail?: string;
   hint?: string;
+  /** Where in PostgreSQL's source an error it would raise itself comes from: clients look at these (postgres.js retries on routine). */
+  file?: string;
+  routine?: string;
 }
 
 /** ErrorResponse ('E') or, with asNotice, NoticeResponse ('N'). */
@@ -37,6 +40,8 @@ export function errorResponse(fields: ErrorFields, asNotice = false): Buffer {
   ];
   if (fields.detail) parts.push(cstring('D' + fields.detail));
   if (fields.hint) parts.push(cstring('H' + fields.hint));
+  if (fields.file) parts.push(cstring('F' + fields.file));
+  if (fields.routine) parts.push(cstring('R' + fields.routine));
   parts.push(Buffer.from([0]));
   return message(asNotice ? 'N' : 'E', Buffer.concat(parts));
 }

@@ -26,6 +26,8 @@ export class FrameScanner {
   /** Body bytes of the current message not yet seen. */
   private remaining = 0;
   private type = 0;
+  /** The length field of the message being read (or last reported). */
+  private length = 0;
   private firstByte = -1;
   private bodyStarted = false;
 
@@ -42,6 +44,17 @@ export class FrameScanner {
   /** Header bytes of an unfinished header held at the end of the last chunk. */
   get pendingHeaderBytes(): number {
     return this.headerFill;
+  }
+
+  /** Bytes seen so far of an unfinished message (header included), over all chunks. */
+  get pendingMessageBytes(): number {
+    if (this.headerFill > 0) return this.headerFill;
+    return this.remaining > 0 ? this.length + 1 - this.remaining : 0;
+  }
+
+  /** The length field of the message just reported to onMessage (its bytes are 1 + this). */
+  get messageLength(): number {
+    return this.length;
   }
 
   /**
@@ -85,6 +98,7 @@ export class FrameScanner {
         length = this.partialLength | 0; // as int32, like readInt32BE
       }
       if (length < 4 || length > this.maxMessageBytes) return new FrameError(this.type, length);
+      this.length = length;
       this.remaining = length - 4;
       this.firstByte = -1;
       this.bodyStarted = false;

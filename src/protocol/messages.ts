@@ -200,3 +200,29 @@ export function readQuery(msg: Buffer): string {
 export function buildQuery(sql: string): Buffer {
   return build(0x51, [cstr(sql)]);
 }
+
+/** Flush ('H'): the server sends what it has without waiting for a Sync. */
+export const FLUSH = Buffer.from([0x48, 0, 0, 0, 4]);
+
+/** The shape NoData stands for: a statement that returns no rows. */
+export const NO_ROWS = '';
+
+/**
+ * The result shape in a RowDescription ('T') at [start, end) of `buf`:
+ * each column's name, type and type modifier. Table OIDs and column numbers
+ * are left out: PostgreSQL compares only what a result row looks like when
+ * it checks that a prepared statement still returns the same rows.
+ */
+export function rowShape(buf: Buffer, start: number, end: number): string {
+  if (end - start < 7) return '?';
+  const n = buf.readUInt16BE(start + 5);
+  let i = start + 7;
+  let shape = `${n}`;
+  for (let k = 0; k < n; k++) {
+    const nameEnd = buf.indexOf(0, i);
+    if (nameEnd < 0 || nameEnd + 19 > end) return '?';
+    shape += `\u0001${buf.toString('utf8', i, nameEnd)}\u0000${buf.readUInt32BE(nameEnd + 7)}\u0000${buf.readInt32BE(nameEnd + 13)}`;
+    i = nameEnd + 19;
+  }
+  return shape;
+}

@@ -13,6 +13,8 @@ export const SERVER_STATEMENT_PREFIX = `__pgbudget_${randomBytes(4).toString('he
 
 export class ServerStatements {
   private readonly byKey = new Map<string, string>();
+  /** The result shape PostgreSQL fixed for a statement when it was prepared here (messages.rowShape), once described. */
+  private readonly shapes = new Map<string, string>();
   private counter = 0;
   /**
    * Which Parse("") the server's unnamed statement holds, if any: the
@@ -37,6 +39,16 @@ export class ServerStatements {
     return name;
   }
 
+  /** The shape a statement here returns rows in, if it has been described. */
+  shapeOf(name: string): string | undefined {
+    return this.shapes.get(name);
+  }
+
+  /** Records the shape of a statement, if it is still the one recorded for its key. */
+  setShape(key: string, name: string, shape: string): void {
+    if (this.byKey.get(key) === name) this.shapes.set(name, shape);
+  }
+
   /** Records a new statement; returns its server name and the ones to close to stay within max. */
   add(key: string): { name: string; evicted: string[] } {
     const name = `${SERVER_STATEMENT_PREFIX}${++this.counter}`;
@@ -52,17 +64,20 @@ export class ServerStatements {
       this.byKey.delete(k);
       evicted.push(n);
     }
+    for (const n of evicted) this.shapes.delete(n);
     return { name, evicted };
   }
 
   /** Forgets a statement whose Parse failed, if it is still the one recorded. */
   forget(key: string, name: string): void {
     if (this.byKey.get(key) === name) this.byKey.delete(key);
+    this.shapes.delete(name);
   }
 
   /** DEALLOCATE ALL or DISCARD ALL ran on the server. */
   clear(): void {
     this.byKey.clear();
+    this.shapes.clear();
     this.unnamedOwner = null;
   }
 }

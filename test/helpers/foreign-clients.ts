@@ -190,7 +190,9 @@ function compileScenario(): Promise<Compiled> {
         // best effort
       }
     });
-    const res = await run('javac', ['-encoding', 'UTF-8', '-cp', jar, '-d', classDir, javaSource], 120_000);
+    // Every Java program in test/clients at once: one javac start.
+    const sources = readdirSync(clientsDir).filter((f) => f.endsWith('.java')).map((f) => path.join(clientsDir, f));
+    const res = await run('javac', ['-encoding', 'UTF-8', '-cp', jar, '-d', classDir, ...sources], 120_000);
     if (res.code !== 0) {
       return { ok: false, result: { ...res, stderr: `javac failed:\n${res.stderr}` } };
     }
@@ -200,20 +202,25 @@ function compileScenario(): Promise<Compiled> {
 }
 
 /** compiles Scenario.java once per process, then runs `java -cp <jar>:<dir> Scenario ...` */
-export async function runJdbcScenario(opts: ForeignScenarioOptions): Promise<ForeignResult> {
+export function runJdbcScenario(opts: ForeignScenarioOptions): Promise<ForeignResult> {
+  return runJava('Scenario', scenarioArgs(opts), opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+}
+
+/** Runs one of the Java programs in test/clients (compiled once per process) with the JDBC driver. */
+export async function runJava(className: string, args: string[], timeoutMs = DEFAULT_TIMEOUT_MS): Promise<ForeignResult> {
   const compiled = await compileScenario();
   if (!compiled.ok) return compiled.result;
-  const args = [
+  const javaArgs = [
     // small, fast-starting JVMs: many may run at once
     '-XX:+UseSerialGC',
     '-XX:TieredStopAtLevel=1',
     '-Xmx128m',
     '-cp',
     `${compiled.jar}${path.delimiter}${compiled.classDir}`,
-    'Scenario',
-    ...scenarioArgs(opts),
+    className,
+    ...args,
   ];
-  return run('java', args, opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+  return run('java', javaArgs, timeoutMs);
 }
 
 // ---------------------------------------------------------------------------
