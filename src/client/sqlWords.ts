@@ -93,7 +93,11 @@ function scan(b: Uint8Array, start: number, end: number, toNul: boolean): number
   return toNul ? -1 : flags;
 }
 
-/** Malformed (no terminator): "look closer", and the decoding check reports it. */
+/**
+ * Malformed (no terminator): "look closer". The session never gets here
+ * with such a message: protocol/messages.ts frontendProblem() finds it
+ * first and the client gets 08P01 naming it.
+ */
 const MALFORMED = SESSION_WORD | DROP_WORD | RESERVED_MARK;
 
 /**
