@@ -50,8 +50,13 @@ type Pending =
   | { kind: 'bind'; ours: boolean }
   /** A Close; of a client's named statement, with its definition, given back if the server skips the Close. */
   | { kind: 'close'; ours: boolean; clientName?: string; def?: StatementDef }
-  /** A Describe: the client's own, or the proxy's (of a statement it prepared: `key`/`serverName`), which learns a shape. */
-  | { kind: 'describe'; ours: boolean; key?: string; serverName?: string; def?: StatementDef; check?: StatementDef }
+  /**
+   * The proxy's own Describe of a statement it prepared (`key`/`serverName`),
+   * which learns its shape. It always goes right after that statement's
+   * Parse, so a description that comes while it is first in the queue is its
+   * answer: the client's own Describes need no entry.
+   */
+  | { kind: 'describe'; ours: true; key: string; serverName: string; def?: StatementDef; check?: StatementDef }
   /** The proxy's own failing statement, whose ErrorResponse the client gets as `replacement`. */
   | { kind: 'error'; replacement: Buffer }
   | { kind: 'ready' };
@@ -79,7 +84,6 @@ const PARSE: Pending = Object.freeze({ kind: 'parse', ours: false });
 const BIND: Pending = Object.freeze({ kind: 'bind', ours: false });
 const CLOSE: Pending = Object.freeze({ kind: 'close', ours: false });
 const READY: Pending = Object.freeze({ kind: 'ready' });
-const DESCRIBE: Pending = Object.freeze({ kind: 'describe', ours: false });
 
 /** A name no server connection ever has: what unknown client names are sent as. */
 const ABSENT = `${SERVER_STATEMENT_PREFIX}absent`;
@@ -169,12 +173,11 @@ export class PreparedStatements {
         return true;
       }
       case 0x44: {
-        // 'D' Describe: its answer is told apart from a Query's rows by its place in the queue.
+        // 'D' Describe
         if (msg[5] !== 0x53) break; // a portal: names nothing of ours
         const { name } = readTarget(msg);
         const target = name === '' ? this.ensureUnnamed(server, out) : this.ensure(name, server, out);
         if (target === HELD) return false;
-        this.pending.push(DESCRIBE);
         out.push(target === name ? msg : buildTarget('D', 'S', target));
         return true;
       }
@@ -214,8 +217,6 @@ export class PreparedStatements {
         this.query(msg, server, out);
         return true;
     }
-    // A portal's Describe: its answer (RowDescription or NoData) is queued like a statement's.
-    if (msg[0] === 0x44) this.pending.push(DESCRIBE);
     out.push(msg);
     return true;
   }
@@ -270,12 +271,11 @@ export class PreparedStatements {
   onDescription(type: number, buf: Buffer, start: number, end: number, server: ServerStatements): boolean {
     const head = this.pending[0];
     if (head === undefined || head.kind !== 'describe') return false;
-    if (type === 0x74) return head.ours; // 't' comes first; 'T' or 'n' ends the answer
+    if (type === 0x74) return true; // 't' comes first; 'T' or 'n' ends the answer
     this.pending.shift();
-    if (!head.ours) return false;
     this.ownReplies--;
     const shape = type === 0x54 ? rowShape(buf, start, end) : NO_ROWS;
-    server.setShape(head.key!, head.serverName!, shape);
+    server.setShape(head.key, head.serverName, shape);
     if (head.def && head.def.shape === null) head.def.shape = shape;
     if (head.check) this.verdict = shape === head.check.shape ? 'same' : 'changed';
     return true;
@@ -317,7 +317,7 @@ export class PreparedStatements {
     // Latest first: undoing them in reverse gives back what the client had before the first.
     for (let i = skipped.length - 1; i >= 0; i--) {
       const p = skipped[i];
-      if (p.kind === 'describe' && p.ours) {
+      if (p.kind === 'describe') {
         this.ownReplies--;
         if (p.check) this.verdict = 'skipped';
         continue;
@@ -393,7 +393,7 @@ export class PreparedStatements {
   private describeOurs(entry: Pending & { kind: 'describe' }, out: Buffer[]): void {
     this.pending.push(entry);
     this.ownReplies++;
-    out.push(buildTarget('D', 'S', entry.serverName!));
+    out.push(buildTarget('D', 'S', entry.serverName));
   }
 
   /** The server name of the client's statement on this connection, preparing it there if needed. */
@@ -409,7 +409,7 @@ export class PreparedStatements {
       if (def.shape === null || shape === def.shape) return existing;
       if (shape === undefined && !this.serverSkipping) {
         // Prepared in this batch, after the client's own: its Describe is on the way; wait for it.
-        const describing = this.pending.find((p) => p.kind === 'describe' && p.ours && p.serverName === existing);
+        const describing = this.pending.find((p) => p.kind === 'describe' && p.serverName === existing);
         if (describing !== undefined && describing.kind === 'describe') {
           describing.check = def;
           out.push(FLUSH);

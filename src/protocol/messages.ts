@@ -11,8 +11,12 @@
 
 /** The offset just past the terminator of the string at `offset`, or -1 when it has none. */
 function stringEnd(buf: Buffer, offset: number): number {
-  if (offset >= buf.length) return -1;
-  const end = buf.indexOf(0, offset);
+  const n = buf.length;
+  // Names are short or empty: a loop costs less than a call into Buffer.indexOf.
+  const stop = Math.min(n, offset + 32);
+  for (let i = offset; i < stop; i++) if (buf[i] === 0) return i + 1;
+  if (stop >= n) return -1;
+  const end = buf.indexOf(0, stop);
   return end < 0 ? -1 : end + 1;
 }
 
