@@ -22,7 +22,8 @@ import {
 import { clientConn, type ClientConn, type ClientConnHandler } from '../io/clientConn.js';
 import type { Accepted } from '../io/reads.js';
 import { MessageAssembler } from '../protocol/assembler.js';
-import { FrameScanner } from '../protocol/framing.js';
+import { FrameError, FrameScanner } from '../protocol/framing.js';
+import { DROP, ReplyTrimmer, type ReplyListener } from '../protocol/replies.js';
 import { buildQuery, frontendProblem, readParse, readQuery } from '../protocol/messages.js';
 import { parseStartupPacket, startupPacketLength, StartupPacketError, TERMINATE_BEFORE_STARTUP } from '../protocol/startup.js';
 import { sliceOf } from '../protocol/views.js';
@@ -46,7 +47,7 @@ export interface SessionContext {
 
 type State = 'startup' | 'idle' | 'waiting' | 'linked' | 'closed';
 
-export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandler {
+export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandler, ReplyListener {
   state: State = 'startup';
   service: ServiceConfig | null = null;
   user = '';
@@ -109,14 +110,6 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   private tileCount = 0;
   /** Why this client is pinned to its server connection (session state), or null. */
   private pinned: SessionStateReason | null = null;
-  /** Server bytes of an unfinished header, held back so a dropped message is never half-sent. */
-  private serverHeld: Buffer | null = null;
-  /** Byte ranges of the chunk being forwarded that answer the proxy's own messages. */
-  private cuts: number[] | null = null;
-  /** What goes in place of a cut range, by its start; null when nothing does. */
-  private cutInserts: Map<number, Buffer> | null = null;
-  /** The server bytes being scanned (held bytes and the chunk), while onServerMessage reads them. */
-  private serverBytes: Buffer = EMPTY;
   /**
    * Client messages waiting for a shape check (PreparedStatements.rewrite):
    * a statement was prepared again on this connection, and whether it still
@@ -124,12 +117,12 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
    */
   private heldForShape: Buffer[] | null = null;
   private heldBytes = 0;
-  private cutBase = 0;
   /** Offset just past a Terminate in the chunk being scanned, or -1. */
   private terminateEnd = -1;
   private lastServerType = 0;
   private readonly clientScanner: FrameScanner;
-  private readonly serverScanner: FrameScanner;
+  /** Server bytes on their way to the client, the answers to the proxy's own requests left out. */
+  private readonly replies: ReplyTrimmer;
 
   private readonly socket: ClientConn;
 
@@ -141,7 +134,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     this.secretKey = randomInt(0, 0x7fffffff);
     const cfg = ctx.config();
     this.clientScanner = new FrameScanner((type, _first, end) => this.onClientMessage(type, end), cfg.maxMessageBytes);
-    this.serverScanner = new FrameScanner((type, first, end) => this.onServerMessage(type, first, end));
+    this.replies = new ReplyTrimmer(this);
     this.socket = clientConn(accepted, this);
     // Registered once nothing here can fail: a session that could not start is never listed.
     ctx.sessions.add(this);
@@ -357,9 +350,8 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
       !this.extendedOpen &&
       !this.inCopy &&
       this.clientScanner.atBoundary &&
-      this.serverScanner.atBoundary &&
+      this.replies.atBoundary &&
       this.heldHeader === null &&
-      this.serverHeld === null &&
       this.heldForShape === null &&
       (this.assembler?.atBoundary ?? true)
     );
@@ -461,7 +453,10 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
       lastKey = poolKey(this.user, this.database, params);
     }
     this.key = lastKey;
-    if (service.poolMode === 'transaction') this.assembler = new MessageAssembler(this.ctx.config().maxMessageBytes);
+    if (service.poolMode === 'transaction') {
+      this.assembler = new MessageAssembler(this.ctx.config().maxMessageBytes);
+      this.replies.trims = true;
+    }
     this.stats().clientsConnected++;
     // Guarded: the argument object would be built even when info is off.
     if (this.ctx.log.isLevelEnabled('info')) {
@@ -739,29 +734,12 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   // ---- server → client ----
 
   private serverData(chunk: Buffer): void {
-    const held = this.serverHeld;
-    this.cutBase = held ? held.length : 0;
-    this.cuts = null;
-    this.cutInserts = null;
-    let data = held ? Buffer.concat([held, chunk]) : chunk;
-    this.serverBytes = data;
-    const frameError = this.serverScanner.scan(chunk);
-    this.serverBytes = EMPTY;
-    if (frameError) {
+    const data = this.replies.push(chunk);
+    if (data instanceof FrameError) {
       this.poisoned = true;
       this.closeReason = 'server protocol violation';
-      return this.fatal(clientErrors.serverProtocolViolation(frameError.message), this.closeReason);
+      return this.fatal(clientErrors.serverProtocolViolation(data.message), this.closeReason);
     }
-    if (this.assembler) {
-      // Transaction mode may drop whole messages: never forward half a
-      // header, nor, while replies of the proxy's own are due (read whole,
-      // dropped or replaced), half a message.
-      const scanner = this.serverScanner;
-      const partial = this.prepared.expectsOwnReplies ? Math.min(data.length, scanner.pendingMessageBytes) : scanner.pendingHeaderBytes;
-      this.serverHeld = partial > 0 ? Buffer.from(data.subarray(data.length - partial)) : null;
-      if (partial > 0) data = data.subarray(0, data.length - partial);
-    }
-    if (this.cuts) data = spliced(data, this.cuts, this.cutInserts);
     // A client socket that is gone cannot drain: never pause the server for it.
     if (data.length > 0 && !this.socket.write(data) && this.socket.writable) this.server?.socket.pause();
     if (this.heldForShape !== null && this.prepared.shapeVerdict !== 'waiting') this.resumeHeld();
@@ -772,37 +750,29 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     if (this.service!.poolMode === 'transaction' && !this.pinned) this.releaseServer(true);
   }
 
-  private onServerMessage(type: number, first: number, end: number): void {
+  /** ReplyListener: while the proxy's own answers are due, they are read whole. */
+  get holdsWholeMessages(): boolean {
+    return this.prepared.expectsOwnReplies;
+  }
+
+  /** ReplyListener: one server message; null forwards it, DROP leaves it out, other bytes replace it. */
+  onReply(type: number, first: number, bytes: Buffer, start: number, end: number): Buffer | null {
     this.lastServerType = type;
     switch (type) {
       case Backend.ParseComplete:
       case Backend.BindComplete:
       case Backend.CloseComplete:
-        if (this.assembler && this.prepared.onComplete(COMPLETION[type])) {
-          (this.cuts ??= []).push(this.cutBase + end - 5, this.cutBase + end);
-        }
+        if (this.assembler && this.prepared.onComplete(COMPLETION[type])) return DROP;
         break;
       case Backend.ParameterDescription:
       case Backend.RowDescription:
-      case Backend.NoData: {
-        if (!this.assembler || !this.server) break;
-        const endAt = this.cutBase + end;
-        const start = endAt - 1 - this.serverScanner.messageLength;
-        if (this.prepared.onDescription(type, this.serverBytes, start, endAt, this.server.statements)) (this.cuts ??= []).push(start, endAt);
+      case Backend.NoData:
+        if (this.assembler && this.server && this.prepared.onDescription(type, bytes, start, end, this.server.statements)) return DROP;
         break;
-      }
-      case Backend.ErrorResponse: {
-        if (!this.server) break;
-        const replacement = this.prepared.onError(this.server.statements);
-        if (replacement !== null) {
-          // The proxy's failing statement: the client gets the error PostgreSQL itself would send.
-          const endAt = this.cutBase + end;
-          const start = endAt - 1 - this.serverScanner.messageLength;
-          (this.cuts ??= []).push(start, endAt);
-          (this.cutInserts ??= new Map()).set(start, replacement);
-        }
+      case Backend.ErrorResponse:
+        // The proxy's failing statement: the client gets the error PostgreSQL itself would send.
+        if (this.server) return this.prepared.onError(this.server.statements);
         break;
-      }
       case Backend.ReadyForQuery:
         if (this.server) this.prepared.onReadyForQuery(this.server.statements);
         if (this.expectedReady > 0) this.expectedReady--;
@@ -824,6 +794,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
         this.inCopy = true;
         break;
     }
+    return null;
   }
 
   private serverClosed(cause: string): void {
@@ -1103,19 +1074,3 @@ const SESSION_STATE_WHAT: Record<SessionStateReason, string> = {
 };
 
 
-/**
- * data without the [start, end) ranges listed in order (flattened pairs),
- * each replaced by what `inserts` has for its start, if anything.
- */
-function spliced(data: Buffer, ranges: number[], inserts: Map<number, Buffer> | null): Buffer {
-  const parts: Buffer[] = [];
-  let from = 0;
-  for (let i = 0; i < ranges.length; i += 2) {
-    parts.push(data.subarray(from, ranges[i]));
-    const insert = inserts?.get(ranges[i]);
-    if (insert) parts.push(insert);
-    from = ranges[i + 1];
-  }
-  parts.push(data.subarray(from));
-  return Buffer.concat(parts);
-}

@@ -122,7 +122,7 @@ t.test('a failure while reading a client message ends that client only, with XX0
 
 t.test('a failure while reading the server reply ends that client only, with XX000', async (t) => {
   const other = await bystander();
-  const restore = patch(ClientSession.prototype, 'onServerMessage', (original) =>
+  const restore = patch(ClientSession.prototype, 'onReply', (original) =>
     function (this: ClientSession, ...args: unknown[]) {
       if (this.user === 'victim' && args[0] === 0x44) throw new Error('injected fault in a server read');
       return original.apply(this, args);
