@@ -23,6 +23,7 @@ import {
 } from '../../src/protocol/messages.js';
 import { parseStartupPacket, startupPacketLength, StartupPacketError, TERMINATE_BEFORE_STARTUP } from '../../src/protocol/startup.js';
 import { messageSqlWords } from '../../src/client/sqlWords.js';
+import { splits } from '../helpers/arbitraries.js';
 import { msg, startupPacket } from '../helpers/wire.js';
 
 const RUNS = { numRuns: 1500 };
@@ -106,15 +107,6 @@ function mutated(base: fc.Arbitrary<Buffer>): fc.Arbitrary<Buffer> {
   });
 }
 
-/** `buf` cut at random offsets. */
-function splits(buf: Buffer): fc.Arbitrary<Buffer[]> {
-  return fc.uniqueArray(fc.integer({ min: 1, max: Math.max(1, buf.length - 1) }), { maxLength: 6 }).map((cuts) => {
-    const at = [0, ...cuts.filter((c) => c < buf.length).sort((a, b) => a - b), buf.length];
-    const chunks: Buffer[] = [];
-    for (let i = 1; i < at.length; i++) if (at[i] > at[i - 1]) chunks.push(Buffer.from(buf.subarray(at[i - 1], at[i])));
-    return chunks;
-  });
-}
 
 const validStream = fc.array(frontendMessage, { minLength: 1, maxLength: 8 });
 const streamAndSplits = validStream.chain((ms) => {

@@ -7,6 +7,7 @@ import fc from 'fast-check';
 import t from 'tap';
 import { FrameError } from '../../src/protocol/framing.js';
 import { DROP, ReplyTrimmer, type ReplyListener } from '../../src/protocol/replies.js';
+import { splits } from '../helpers/arbitraries.js';
 import { msg } from '../helpers/wire.js';
 
 const TYPES = 'TDCZE123tnGHdcNSA'.split('');
@@ -17,16 +18,8 @@ const reply = fc.record({
   fate: fc.oneof(fc.constant<'keep'>('keep'), fc.constant<'drop'>('drop'), fc.uint8Array({ minLength: 1, maxLength: 12 }).map((b) => Buffer.from(b))),
 });
 
-function splits(buf: Buffer): fc.Arbitrary<Buffer[]> {
-  return fc.uniqueArray(fc.integer({ min: 1, max: Math.max(1, buf.length - 1) }), { maxLength: 12 }).map((cuts) => {
-    const at = [0, ...cuts.filter((c) => c < buf.length).sort((a, b) => a - b), buf.length];
-    const chunks: Buffer[] = [];
-    for (let i = 1; i < at.length; i++) if (at[i] > at[i - 1]) chunks.push(Buffer.from(buf.subarray(at[i - 1], at[i])));
-    return chunks;
-  });
-}
 
-const scenario = fc.array(reply, { minLength: 1, maxLength: 10 }).chain((replies) => fc.tuple(fc.constant(replies), splits(Buffer.concat(replies.map((r) => r.message)))));
+const scenario = fc.array(reply, { minLength: 1, maxLength: 10 }).chain((replies) => fc.tuple(fc.constant(replies), splits(Buffer.concat(replies.map((r) => r.message)), 12)));
 
 /**
  * A listener that knows the plan: it holds whole messages while any message
@@ -93,7 +86,7 @@ t.test('ReplyTrimmer: with nothing to leave out, bytes go on as they came, holdi
 t.test('ReplyTrimmer: random bytes, any split: a FrameError or bytes, never a throw', async (t) => {
   fc.assert(
     fc.property(
-      fc.uint8Array({ maxLength: 200 }).chain((b) => splits(Buffer.from(b))),
+      fc.uint8Array({ maxLength: 200 }).chain((b) => splits(Buffer.from(b), 12)),
       fc.boolean(),
       (chunks, whole) => {
         const trimmer = new ReplyTrimmer({ holdsWholeMessages: whole, onReply: () => null });
