@@ -54,6 +54,22 @@ function patch<T extends object>(obj: T, name: string, replacement: (original: (
   };
 }
 
+/**
+ * Makes obj[name] throw `message` on its first call only; calls() counts
+ * every call. Restored at teardown.
+ */
+function failFirst(t: { teardown(fn: () => void): void }, obj: object, name: string, message: string): { calls(): number; restore(): void } {
+  let calls = 0;
+  const restore = patch(obj, name, (original) =>
+    function (this: unknown, ...args: unknown[]) {
+      if (calls++ === 0) throw new Error(message);
+      return original.apply(this, args);
+    },
+  );
+  t.teardown(restore);
+  return { calls: () => calls, restore };
+}
+
 /** A bystander on another service, inside a transaction while the fault happens; checked after. */
 async function bystander() {
   const c = new pg.Client({ connectionString: proxy.url('app') });
@@ -163,36 +179,22 @@ t.test('a failure when the pool hands a server connection over ends that client 
 });
 
 t.test('a failure in the promise continuation of a server login closes that connection; its waiter is served by another', async (t) => {
-  let fired = 0;
-  const restore = patch(Scheduler.prototype, 'opened', (original) =>
-    function (this: unknown, ...args: unknown[]) {
-      if (fired++ === 0) throw new Error('injected fault after a login');
-      return original.apply(this, args);
-    },
-  );
-  t.teardown(restore);
+  const fault = failFirst(t, Scheduler.prototype, 'opened', 'injected fault after a login');
   // A pool key nobody used: its first client waits for a login.
   const c = new pg.Client({ connectionString: proxy.url('victim'), options: '-c search_path=public,after_login' });
   await c.connect();
   t.same((await c.query('select 1 as n')).rows, [{ n: 1 }], 'the waiting client got a server connection all the same');
   await c.end();
-  t.equal(fired >= 2, true, 'a second login was made');
+  t.equal(fault.calls() >= 2, true, 'a second login was made');
   t.equal(proxy.logs.filter((l) => l.where === 'server login').length, 1, 'the failure was logged');
   await assertNoLeaks(t, proxy.app);
 });
 
 t.test('a failure in the pool sweep is logged and the next sweep runs', async (t) => {
-  let fired = 0;
-  const restore = patch(Scheduler.prototype, 'sweep', (original) =>
-    function (this: unknown, ...args: unknown[]) {
-      if (fired++ === 0) throw new Error('injected fault in the sweep');
-      return original.apply(this, args);
-    },
-  );
-  t.teardown(restore);
+  const fault = failFirst(t, Scheduler.prototype, 'sweep', 'injected fault in the sweep');
   await sleep(200);
   t.equal(proxy.logs.filter((l) => l.where === 'sweep').length, 1, 'logged once');
-  t.ok(fired > 2, 'the sweep went on');
+  t.ok(fault.calls() > 2, 'the sweep went on');
   await servesOn(t, 'app');
 });
 
@@ -211,52 +213,31 @@ t.test('a failure in the startup-timeout sweep ends that client only', async (t)
 });
 
 t.test('a failure in a reset after a session-mode client leaves closes that server connection, and frees its slot', async (t) => {
-  let fired = 0;
-  const restore = patch(ServerStatements.prototype, 'clear', (original) =>
-    function (this: unknown, ...args: unknown[]) {
-      if (fired++ === 0) throw new Error('injected fault after a reset');
-      return original.apply(this, args);
-    },
-  );
-  t.teardown(restore);
+  const fault = failFirst(t, ServerStatements.prototype, 'clear', 'injected fault after a reset');
   const c = new pg.Client({ connectionString: proxy.url('sess') });
   await c.connect();
   await c.query('select 1');
   await c.end();
   await sleep(100);
-  t.equal(fired, 1, 'the fault fired');
+  t.equal(fault.calls(), 1, 'the fault fired');
   t.ok(proxy.logs.some((l) => String(l.msg).includes('after a reset')), 'logged');
   await assertNoLeaks(t, proxy.app);
-  restore();
+  fault.restore();
   await servesOn(t, 'sess');
 });
 
 t.test('a failure while reading a server login closes that server connection; the client is served by the next one', async (t) => {
-  let fired = 0;
-  const restore = patch(ServerConnection.prototype, 'onControlData', (original) =>
-    function (this: unknown, ...args: unknown[]) {
-      if (fired++ === 0) throw new Error('injected fault in a login read');
-      return original.apply(this, args);
-    },
-  );
-  t.teardown(restore);
+  const fault = failFirst(t, ServerConnection.prototype, 'onControlData', 'injected fault in a login read');
   const c = new pg.Client({ connectionString: proxy.url('victim'), options: '-c search_path=public,login_read' });
   await c.connect();
   t.same((await c.query('select 1 as n')).rows, [{ n: 1 }]);
   await c.end();
-  t.ok(fired >= 2, 'a second login was made');
+  t.ok(fault.calls() >= 2, 'a second login was made');
   await assertNoLeaks(t, proxy.app);
 });
 
 t.test('a failure when accepting a connection closes that connection only', async (t) => {
-  let fired = 0;
-  const restore = patch(SessionRegistry.prototype, 'nextProcessId', (original) =>
-    function (this: unknown, ...args: unknown[]) {
-      if (fired++ === 0) throw new Error('injected fault in accept');
-      return original.apply(this, args);
-    },
-  );
-  t.teardown(restore);
+  const fault = failFirst(t, SessionRegistry.prototype, 'nextProcessId', 'injected fault in accept');
   const { closed, socket } = await rawConnect(proxy.port);
   socket.write(startupPacket({ user: 'app' }));
   await closed;
