@@ -223,7 +223,7 @@ export function rowShape(buf: Buffer, start: number, end: number): string {
   let i = start + 7;
   let shape = `${n}`;
   for (let k = 0; k < n; k++) {
-    const nameEnd = buf.indexOf(0, i);
+    const nameEnd = stringEnd(buf, i) - 1;
     if (nameEnd < 0 || nameEnd + 19 > end) return '?';
     shape += `\u0001${buf.toString('utf8', i, nameEnd)}\u0000${buf.readUInt32BE(nameEnd + 7)}\u0000${buf.readInt32BE(nameEnd + 13)}`;
     i = nameEnd + 19;

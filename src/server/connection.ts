@@ -120,20 +120,13 @@ export class ServerConnection implements AsyncWriter {
         this.control = null;
         c.reject(new ServerLoginError(`upstream ${login.host}:${login.port}: ${this.closeCause}`, true));
       }
-      // The pool and the owner are error boundaries of their own; these
-      // three run whatever one of them does.
-      try {
-        this.onSocketClose();
-      } finally {
-        try {
-          if (was !== 'connecting' && was !== 'login') this.owner?.onServerClose(this.closeCause);
-        } finally {
-          // After the open() promise has settled, so a failed login is classified
-          // (backoff, or failing its waiters) before its slot is handed out again.
-          const cause = this.closeCause;
-          setImmediate(() => this.onClosed(cause));
-        }
-      }
+      // The pool's callbacks and the owner's are error boundaries of their own: none of these throws.
+      this.onSocketClose();
+      if (was !== 'connecting' && was !== 'login') this.owner?.onServerClose(this.closeCause);
+      // After the open() promise has settled, so a failed login is classified
+      // (backoff, or failing its waiters) before its slot is handed out again.
+      const cause = this.closeCause;
+      setImmediate(() => this.onClosed(cause));
     });
   }
 

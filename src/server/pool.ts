@@ -272,49 +272,49 @@ export class ServerPool {
   }
 
   private runOne(a: Action): void {
-  switch (a.kind) {
-    case 'assign': {
-      const h = (a.waiter as HandledWaiter).handlers ?? undefined;
-      const conn = this.conns.get(a.connId)!;
-      if (!conn.usable) {
-        // Went bad while idle (closed, or the server spoke unprompted):
-        // close it and put the waiter back at the head of its queue.
-        if (h) this.scheduler.requeue(a.waiter);
-        this.release(conn, false);
+    switch (a.kind) {
+      case 'assign': {
+        const h = (a.waiter as HandledWaiter).handlers ?? undefined;
+        const conn = this.conns.get(a.connId)!;
+        if (!conn.usable) {
+          // Went bad while idle (closed, or the server spoke unprompted):
+          // close it and put the waiter back at the head of its queue.
+          if (h) this.scheduler.requeue(a.waiter);
+          this.release(conn, false);
+          break;
+        }
+        takeHandlers(a.waiter);
+        this.stats.waited(a.waiter.service, a.waitedMs);
+        if (h) h.onAssign(conn, a.waitedMs);
+        else this.release(conn, true); // the waiter left in the same tick
         break;
       }
-      takeHandlers(a.waiter);
-      this.stats.waited(a.waiter.service, a.waitedMs);
-      if (h) h.onAssign(conn, a.waitedMs);
-      else this.release(conn, true); // the waiter left in the same tick
-      break;
-    }
-    case 'open':
-      this.open(a.connId, a.service, a.key);
-      break;
-    case 'close':
-      this.conns.get(a.connId)?.terminate(a.reason);
-      break;
-    case 'reject': {
-      const h = takeHandlers(a.waiter);
-      const facts = {
-        service: a.facts.service,
-        budget: a.facts.budget,
-        inUse: a.facts.held,
-        waiting: a.facts.waiting,
-      };
-      const svc = this.services.get(a.waiter.service);
-      const fields: ErrorFields =
-        a.reason === 'queue_full'
-          ? clientErrors.queueFull(facts, svc?.queue.maxWaiting ?? 0)
-          : clientErrors.queueTimeout(facts, a.waitedMs, this.lastUpstreamError ?? undefined);
-      this.log.warn(
-        { ...a.facts, reason: a.reason, waitedMs: a.waitedMs },
-        a.reason === 'queue_full' ? 'client rejected: queue full' : 'client rejected: queue timeout',
-      );
-      h?.onReject(errorResponse(fields), a.reason);
-      break;
-    }
+      case 'open':
+        this.open(a.connId, a.service, a.key);
+        break;
+      case 'close':
+        this.conns.get(a.connId)?.terminate(a.reason);
+        break;
+      case 'reject': {
+        const h = takeHandlers(a.waiter);
+        const facts = {
+          service: a.facts.service,
+          budget: a.facts.budget,
+          inUse: a.facts.held,
+          waiting: a.facts.waiting,
+        };
+        const svc = this.services.get(a.waiter.service);
+        const fields: ErrorFields =
+          a.reason === 'queue_full'
+            ? clientErrors.queueFull(facts, svc?.queue.maxWaiting ?? 0)
+            : clientErrors.queueTimeout(facts, a.waitedMs, this.lastUpstreamError ?? undefined);
+        this.log.warn(
+          { ...a.facts, reason: a.reason, waitedMs: a.waitedMs },
+          a.reason === 'queue_full' ? 'client rejected: queue full' : 'client rejected: queue timeout',
+        );
+        h?.onReject(errorResponse(fields), a.reason);
+        break;
+      }
   }
   }
 
