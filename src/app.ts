@@ -31,7 +31,14 @@ export async function startPgbudget(config: Config, log: Logger): Promise<Runnin
     metrics,
   );
   const address = await proxy.listen();
-  await admin.listen({ host: config.admin.host, port: config.admin.port });
+  try {
+    await admin.listen({ host: config.admin.host, port: config.admin.port });
+  } catch (err) {
+    // Never half started: without its admin address the proxy stops again.
+    await proxy.shutdown();
+    await admin.close().catch(() => undefined);
+    throw new Error(`cannot listen on the admin address ${config.admin.host}:${config.admin.port}: ${(err as Error).message}`);
+  }
   const adminAddress = admin.server.address() as AddressInfo;
   return {
     proxy,

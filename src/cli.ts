@@ -89,22 +89,27 @@ async function main(): Promise<number> {
     );
   }
 
+  // Reloads run one at a time, in the order the signals came: two SIGHUPs
+  // close together apply in order, and the file as it is last read wins.
+  let reloads: Promise<void> = Promise.resolve();
+  const reload = async (): Promise<void> => {
+    try {
+      const next = await loadConfigFile(configPath!);
+      const notes = app.proxy.reload(withOverrides(next));
+      if (!levelOverride) log.level = next.logLevel;
+      log.info({ notes, services: next.services.map((s) => ({ name: s.name, budget: s.budget })) }, 'config reloaded');
+    } catch (err) {
+      // An entry point: whatever fails in a reload is logged, and the running config stays.
+      const problems = err instanceof ConfigError ? err.problems : [(err as Error)?.message ?? String(err)];
+      log.error({ problems }, 'config reload rejected; keeping the running config');
+    }
+  };
   process.on('SIGHUP', () => {
     if (!configPath) {
       log.warn('SIGHUP ignored: no config file to reload');
       return;
     }
-    // An entry point: whatever fails in a reload is logged, and the running config stays.
-    loadConfigFile(configPath)
-      .then((next) => {
-        const notes = app.proxy.reload(withOverrides(next));
-        if (!levelOverride) log.level = next.logLevel;
-        log.info({ notes, services: next.services.map((s) => ({ name: s.name, budget: s.budget })) }, 'config reloaded');
-      })
-      .catch((err: Error) => {
-        const problems = err instanceof ConfigError ? err.problems : [err?.message ?? String(err)];
-        log.error({ problems }, 'config reload rejected; keeping the running config');
-      });
+    reloads = reloads.then(reload);
   });
 
   return new Promise<number>((resolve) => {

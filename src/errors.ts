@@ -97,6 +97,31 @@ export const clientErrors = {
     detail: 'pgbudget: the statement was still waiting for a server connection and never ran',
   }),
 
+  /** 57P05 idle_session_timeout: clientIdleTimeoutMs, in PostgreSQL's own words (idle_session_timeout). */
+  idleSessionTimeout: (): ErrorFields => ({
+    severity: 'FATAL',
+    code: '57P05',
+    message: 'terminating connection due to idle-session timeout',
+  }),
+
+  /** 25P03 idle_in_transaction_session_timeout: idleInTransactionTimeoutMs, in PostgreSQL's own words. */
+  idleInTransactionTimeout: (): ErrorFields => ({
+    severity: 'FATAL',
+    code: '25P03',
+    message: 'terminating connection due to idle-in-transaction timeout',
+  }),
+
+  /**
+   * 57014 query_canceled: queryTimeoutMs. The server reports the cancel
+   * pgbudget sent as "due to user request"; the client gets what
+   * statement_timeout would have said.
+   */
+  statementTimeout: (): ErrorFields => ({
+    severity: 'ERROR',
+    code: '57014',
+    message: 'canceling statement due to statement timeout',
+  }),
+
   /** 57P01 admin_shutdown: the proxy is shutting down. */
   shuttingDown: (): ErrorFields => ({
     severity: 'FATAL',

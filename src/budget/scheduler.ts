@@ -137,6 +137,22 @@ export class Scheduler {
     return [...this.services.keys()];
   }
 
+  /**
+   * A service removed from the config, once its clients are gone: its idle
+   * connections close, and when it holds none and nobody waits, it is
+   * forgotten (returns true). Until then its budget stays as it was.
+   */
+  retire(name: string, now: number, actions: Action[]): boolean {
+    const s = this.services.get(name);
+    if (!s) return true;
+    for (const conn of [...s.idle]) this.startClosing(s, conn, 'removed_service', actions);
+    if (s.held > 0 || s.waiters.size > 0) return false;
+    this.services.delete(name);
+    if (this.turn >= this.services.size) this.turn = 0;
+    this.dispatch(now, actions);
+    return true;
+  }
+
   /** Upstream backoff: opening stays paused until `until`. */
   pauseOpening(until: number): void {
     this.noOpenBefore = Math.max(this.noOpenBefore, until);

@@ -9,6 +9,8 @@ export type RejectReason =
   | 'protocol_violation'
   | 'startup_timeout'
   | 'shutdown'
+  | 'client_idle_timeout'
+  | 'idle_in_transaction_timeout'
   | 'internal_error';
 
 export const REJECT_REASONS: readonly RejectReason[] = [
@@ -19,6 +21,8 @@ export const REJECT_REASONS: readonly RejectReason[] = [
   'protocol_violation',
   'startup_timeout',
   'shutdown',
+  'client_idle_timeout',
+  'idle_in_transaction_timeout',
   'internal_error',
 ];
 
@@ -41,6 +45,8 @@ export interface ServiceStats {
   serverConnectErrors: number;
   serversOpened: number;
   serversClosed: number;
+  /** Statements cancelled by queryTimeoutMs. */
+  queryTimeouts: number;
   rejections: Record<RejectReason, number>;
   /** Clients pinned to their server connection in transaction mode, by what kept session state. */
   pins: Record<string, number>;
@@ -63,6 +69,7 @@ export class Stats {
         serverConnectErrors: 0,
         serversOpened: 0,
         serversClosed: 0,
+        queryTimeouts: 0,
         rejections: Object.fromEntries(REJECT_REASONS.map((r) => [r, 0])) as Record<RejectReason, number>,
         pins: {},
         wait: { buckets: new Array<number>(QUEUE_WAIT_BUCKETS.length + 1).fill(0), sumSeconds: 0, count: 0 },

@@ -24,7 +24,7 @@ import type { Accepted } from '../io/reads.js';
 import { MessageAssembler } from '../protocol/assembler.js';
 import { FrameError, FrameScanner } from '../protocol/framing.js';
 import { DROP, ReplyTrimmer, type ReplyListener } from '../protocol/replies.js';
-import { buildQuery, frontendProblem, readParse, readQuery } from '../protocol/messages.js';
+import { buildQuery, frontendProblem, readParse, readQuery, rewordError } from '../protocol/messages.js';
 import { parseStartupPacket, startupPacketLength, StartupPacketError, TERMINATE_BEFORE_STARTUP } from '../protocol/startup.js';
 import { sliceOf } from '../protocol/views.js';
 import type { ServerConnection, ServerOwner } from '../server/connection.js';
@@ -43,6 +43,15 @@ export interface SessionContext {
   /** The live sessions, by the BackendKeyData process id we gave them (cancel requests, shutdown). */
   readonly sessions: SessionRegistry<ClientSession>;
   readonly shuttingDown: boolean;
+  /** The timeouts that apply to a service's clients now (a reload changes them for clients already connected). */
+  timeouts(service: string): SessionTimeouts;
+}
+
+/** Timeouts in ms, 0 for off (config: clientIdleTimeoutMs, idleInTransactionTimeoutMs, queryTimeoutMs). */
+export interface SessionTimeouts {
+  readonly clientIdleTimeoutMs: number;
+  readonly idleInTransactionTimeoutMs: number;
+  readonly queryTimeoutMs: number;
 }
 
 type State = 'startup' | 'idle' | 'waiting' | 'linked' | 'closed';
@@ -78,6 +87,12 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   private assigning: ServerConnection | null = null;
   /** Out of the registry and the counters (forget()). */
   private forgotten = false;
+  /** When the client last sent something or the server last became ready (ms since the epoch): idle timeouts count from here. */
+  private quietSince: number;
+  /** When the statement now running on the server was sent or became next in line; 0 when none runs. */
+  private statementSince = 0;
+  /** queryTimeoutMs cancelled the running statement: its 57014 is worded as statement_timeout's. */
+  private timedOut = false;
 
   // Protocol position, from header-only scanning of both directions.
   /** ReadyForQuery messages still owed by the server (one per Query, Sync, FunctionCall). */
@@ -135,11 +150,12 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     const cfg = ctx.config();
     this.clientScanner = new FrameScanner((type, _first, end) => this.onClientMessage(type, end), cfg.maxMessageBytes);
     this.replies = new ReplyTrimmer(this);
-    this.socket = clientConn(accepted, this);
+    this.socket = clientConn(accepted, this, { keepAliveMs: cfg.tcpKeepaliveMs });
     // Registered once nothing here can fail: a session that could not start is never listed.
     ctx.sessions.add(this);
     this.startupTimeoutMs = cfg.startupTimeoutMs;
     this.startupDeadline = this.connectedAt + cfg.startupTimeoutMs;
+    this.quietSince = this.connectedAt;
   }
 
   // ---- entry points ----
@@ -224,15 +240,16 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   }
 
   /**
-   * Called by the proxy's periodic sweep (not a timer per client: arming and
-   * clearing one cost more than the rest of the accept path together).
+   * Called by the proxy's periodic sweep for every session (not a timer per
+   * client: arming and clearing one cost more than the rest of the accept
+   * path together): the startup deadline, the idle timeouts, the query timeout.
    */
-  checkStartupTimeout(now: number): void {
-    if (this.startupDeadline === 0 || now < this.startupDeadline) return;
+  checkTimeouts(now: number): void {
+    if (this.state === 'closed') return;
     try {
-      this.startupTimedOut();
+      this.timeouts(now);
     } catch (err) {
-      this.failed(err, 'startup timeout');
+      this.failed(err, 'timeout sweep');
     }
   }
 
@@ -331,10 +348,60 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     }
   }
 
+  private timeouts(now: number): void {
+    if (this.startupDeadline !== 0) {
+      if (now >= this.startupDeadline) this.startupTimedOut();
+      return;
+    }
+    if (this.service === null || this.state === 'waiting') return;
+    const limits = this.ctx.timeouts(this.service.name);
+    // The server owes nothing and the client is silent: it is the client's turn.
+    const clientsTurn = this.expectedReady === 0 && !this.inCopy;
+    if (this.txStatus !== TxStatus.Idle) {
+      const limit = limits.idleInTransactionTimeoutMs;
+      if (limit > 0 && clientsTurn && now - this.quietSince >= limit) this.idleTimedOut('idle_in_transaction_timeout');
+    } else if (clientsTurn && !this.extendedOpen) {
+      const limit = limits.clientIdleTimeoutMs;
+      if (limit > 0 && now - this.quietSince >= limit) this.idleTimedOut('client_idle_timeout');
+    }
+    const limit = limits.queryTimeoutMs;
+    if (limit > 0 && this.statementSince !== 0 && !this.timedOut && this.state === 'linked' && now - this.statementSince >= limit) {
+      this.cancelForTimeout();
+    }
+  }
+
   private startupTimedOut(): void {
     this.startupDeadline = 0;
     this.stats().rejections.startup_timeout++;
     this.fatal(clientErrors.startupTimeout(this.startupTimeoutMs), 'startup timeout');
+  }
+
+  /**
+   * FATAL as PostgreSQL's own idle_session_timeout or
+   * idle_in_transaction_session_timeout ends a session. Inside a
+   * transaction the server connection is closed, never reused, so the
+   * server rolls the transaction back; its slot comes back when it has closed.
+   */
+  private idleTimedOut(reason: 'client_idle_timeout' | 'idle_in_transaction_timeout'): void {
+    this.stats().rejections[reason]++;
+    const fields = reason === 'client_idle_timeout' ? clientErrors.idleSessionTimeout() : clientErrors.idleInTransactionTimeout();
+    this.fatal(fields, reason === 'client_idle_timeout' ? 'idle-session timeout' : 'idle-in-transaction timeout');
+  }
+
+  /**
+   * queryTimeoutMs: the running statement is cancelled with the server's
+   * cancel key, as the client's own cancel would be; the 57014 that comes
+   * back is reworded as statement_timeout's (see onReply).
+   */
+  private cancelForTimeout(): void {
+    const conn = this.server;
+    if (!conn) return;
+    this.timedOut = true;
+    // The reworded error must be seen whole, in session mode too.
+    this.replies.trims = true;
+    const statement = this.statementSince;
+    this.stats().queryTimeouts++;
+    this.ctx.pool.cancelQuery(conn, () => this.server === conn && this.statementSince === statement && this.expectedReady > 0);
   }
 
   get serviceName(): string {
@@ -485,6 +552,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   private clientData(chunk: Buffer): void {
     if (this.state === 'startup') return this.onStartupData(chunk);
     if (this.state === 'closed') return;
+    this.quietSince = Date.now();
     if (this.assembler) return this.onClientMessages(chunk);
     this.terminateEnd = -1;
     const frameError = this.clientScanner.scan(chunk);
@@ -699,14 +767,14 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     switch (type) {
       case Frontend.Query:
         this.syncsSinceExecute = 0;
-        this.expectedReady++;
+        if (this.expectedReady++ === 0) this.statementSince = this.quietSince;
         break;
       case Frontend.FunctionCall:
-        this.expectedReady++;
+        if (this.expectedReady++ === 0) this.statementSince = this.quietSince;
         break;
       case Frontend.Sync:
         if (this.clientCopyIn) break; // ignored by the server during COPY FROM STDIN
-        this.expectedReady++;
+        if (this.expectedReady++ === 0) this.statementSince = this.quietSince;
         this.syncsSinceExecute++;
         this.extendedOpen = false;
         break;
@@ -752,7 +820,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
 
   /** ReplyListener: while the proxy's own answers are due, they are read whole. */
   get holdsWholeMessages(): boolean {
-    return this.prepared.expectsOwnReplies;
+    return this.prepared.expectsOwnReplies || this.timedOut;
   }
 
   /** ReplyListener: one server message; null forwards it, DROP leaves it out, other bytes replace it. */
@@ -769,13 +837,19 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
       case Backend.NoData:
         if (this.assembler && this.server && this.prepared.onDescription(type, bytes, start, end, this.server.statements)) return DROP;
         break;
-      case Backend.ErrorResponse:
+      case Backend.ErrorResponse: {
         // The proxy's failing statement: the client gets the error PostgreSQL itself would send.
-        if (this.server) return this.prepared.onError(this.server.statements);
-        break;
+        const instead = this.server ? this.prepared.onError(this.server.statements) : null;
+        if (instead !== null || !this.timedOut || start < 0) return instead;
+        return rewordError(bytes, start, end, QUERY_CANCELED, STATEMENT_TIMEOUT.message);
+      }
       case Backend.ReadyForQuery:
         if (this.server) this.prepared.onReadyForQuery(this.server.statements);
         if (this.expectedReady > 0) this.expectedReady--;
+        // The next statement in line starts now; the idle timeouts count from here when none is.
+        this.quietSince = Date.now();
+        this.statementSince = this.expectedReady > 0 ? this.quietSince : 0;
+        this.timedOut = false;
         this.txStatus = first;
         this.inCopy = false;
         if (first === TxStatus.Idle) this.stats().transactions++;
@@ -847,6 +921,8 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     conn.owner = this;
     this.state = 'linked';
     this.lastServerType = 0;
+    // Time in the queue is not the statement's: queryTimeoutMs counts from here.
+    if (this.statementSince !== 0) this.statementSince = Date.now();
     const pending = this.pending;
     this.pending = [];
     this.pendingBytes = 0;
@@ -893,6 +969,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     this.pendingBytes = 0;
     this.special = null;
     this.expectedReady = 0;
+    this.statementSince = 0;
     this.prepared.resetPending();
     this.state = 'idle';
     this.socket.write(Buffer.concat(replies));
@@ -1005,6 +1082,9 @@ const EMPTY = Buffer.alloc(0);
 const ENCRYPTION_REFUSED = Buffer.from('N');
 
 const READY_IDLE = readyForQuery('I');
+
+const QUERY_CANCELED = '57014';
+const STATEMENT_TIMEOUT = clientErrors.statementTimeout();
 
 /**
  * AuthenticationOk and the server's ParameterStatus messages, the part of a

@@ -23,6 +23,10 @@ export interface ServiceConfig {
   poolMode: PoolMode;
   onSessionState: OnSessionState;
   queue: { maxWaiting: number; timeoutMs: number };
+  /** This service's own value, or the global one (0: off). */
+  idleInTransactionTimeoutMs: number;
+  /** This service's own value, or the global one (0: off). */
+  queryTimeoutMs: number;
   password?: string;
   passwordEnv?: string;
 }
@@ -44,6 +48,14 @@ export interface Config {
   serverLifetimeMs: number;
   maxMessageBytes: number;
   maxPreparedStatements: number;
+  /** TCP keepalive idle time on client and server sockets (0: off). */
+  tcpKeepaliveMs: number;
+  /** A client outside any transaction that sends nothing this long is closed with 57P05 (0: off). */
+  clientIdleTimeoutMs: number;
+  /** A client inside a transaction that sends nothing this long is closed with 25P03 (0: off). */
+  idleInTransactionTimeoutMs: number;
+  /** A statement running this long is cancelled with the server's cancel key (0: off). */
+  queryTimeoutMs: number;
   upstream: UpstreamConfig;
   defaultService?: string;
   services: ServiceConfig[];
@@ -59,6 +71,10 @@ export const DEFAULTS = {
   serverLifetimeMs: 3_600_000,
   maxMessageBytes: 256 * 1024 * 1024,
   maxPreparedStatements: 100,
+  tcpKeepaliveMs: 30_000,
+  clientIdleTimeoutMs: 0,
+  idleInTransactionTimeoutMs: 0,
+  queryTimeoutMs: 0,
   upstream: { host: '127.0.0.1', port: 5432, maxConnections: 40, connectTimeoutMs: 5_000 },
   service: { poolMode: 'session' as PoolMode, onSessionState: 'pin' as OnSessionState, queue: { maxWaiting: 1000, timeoutMs: 30_000 } },
 } as const;
@@ -155,23 +171,47 @@ const TOP_FIELDS = [
   'serverLifetimeMs',
   'maxMessageBytes',
   'maxPreparedStatements',
+  'tcpKeepaliveMs',
+  'clientIdleTimeoutMs',
+  'idleInTransactionTimeoutMs',
+  'queryTimeoutMs',
   'upstream',
   'defaultService',
   'services',
 ] as const;
 const UPSTREAM_FIELDS = ['host', 'port', 'maxConnections', 'connectTimeoutMs'] as const;
-const SERVICE_FIELDS = ['name', 'match', 'budget', 'poolMode', 'onSessionState', 'queue', 'password', 'passwordEnv'] as const;
+const SERVICE_FIELDS = [
+  'name',
+  'match',
+  'budget',
+  'poolMode',
+  'onSessionState',
+  'queue',
+  'idleInTransactionTimeoutMs',
+  'queryTimeoutMs',
+  'password',
+  'passwordEnv',
+] as const;
 const MATCH_FIELDS = ['user', 'database', 'applicationName'] as const;
 const QUEUE_FIELDS = ['maxWaiting', 'timeoutMs'] as const;
 
 const POSITIVE = 'a positive integer';
 const NON_NEGATIVE = 'a non-negative integer';
+const OFF_OR_MS = 'a non-negative integer (milliseconds; 0 is off)';
 
 /** Validates a parsed document and fills in defaults; throws ConfigError listing every problem. */
 export function validateConfig(raw: unknown): Config {
   const c = new Checker();
   const top = c.object('(top level)', raw ?? {}) ?? {};
   c.known('', top, TOP_FIELDS);
+  const idleInTransactionTimeoutMs = c.int(
+    'idleInTransactionTimeoutMs',
+    top.idleInTransactionTimeoutMs,
+    DEFAULTS.idleInTransactionTimeoutMs,
+    0,
+    OFF_OR_MS,
+  );
+  const queryTimeoutMs = c.int('queryTimeoutMs', top.queryTimeoutMs, DEFAULTS.queryTimeoutMs, 0, OFF_OR_MS);
 
   const upRaw = top.upstream === undefined ? {} : c.object('upstream', top.upstream) ?? {};
   c.known('upstream', upRaw, UPSTREAM_FIELDS);
@@ -216,6 +256,14 @@ export function validateConfig(raw: unknown): Config {
           maxWaiting: c.int(`${path}.queue.maxWaiting`, queueRaw.maxWaiting, dq.maxWaiting, 0, NON_NEGATIVE),
           timeoutMs: c.int(`${path}.queue.timeoutMs`, queueRaw.timeoutMs, dq.timeoutMs, 1, POSITIVE),
         },
+        idleInTransactionTimeoutMs: c.int(
+          `${path}.idleInTransactionTimeoutMs`,
+          o.idleInTransactionTimeoutMs,
+          idleInTransactionTimeoutMs,
+          0,
+          OFF_OR_MS,
+        ),
+        queryTimeoutMs: c.int(`${path}.queryTimeoutMs`, o.queryTimeoutMs, queryTimeoutMs, 0, OFF_OR_MS),
       };
       if (o.password !== undefined) svc.password = c.string(`${path}.password`, o.password);
       if (o.passwordEnv !== undefined) svc.passwordEnv = c.string(`${path}.passwordEnv`, o.passwordEnv);
@@ -254,6 +302,10 @@ export function validateConfig(raw: unknown): Config {
       1,
       POSITIVE,
     ),
+    tcpKeepaliveMs: c.int('tcpKeepaliveMs', top.tcpKeepaliveMs, DEFAULTS.tcpKeepaliveMs, 0, OFF_OR_MS),
+    clientIdleTimeoutMs: c.int('clientIdleTimeoutMs', top.clientIdleTimeoutMs, DEFAULTS.clientIdleTimeoutMs, 0, OFF_OR_MS),
+    idleInTransactionTimeoutMs,
+    queryTimeoutMs,
     upstream,
     services,
   };

@@ -97,10 +97,13 @@ class RawConn implements ClientConn, AsyncWriter {
     private readonly server: net.Server,
     private readonly handler: ClientConnHandler,
     private readonly b: StreamBinding,
+    keepAliveMs: number,
   ) {
     // Counted like the sockets net.Server makes itself: server.close() waits for it.
     (server as unknown as ServerCounts)._connections++;
     handle.setNoDelay(true);
+    // As net.Socket.setKeepAlive does it: whole seconds, at least one.
+    if (keepAliveMs > 0) handle.setKeepAlive(true, Math.max(1, Math.floor(keepAliveMs / 1000)));
     handle.useUserBuffer(READ_BUFFER);
     handle.onread = () => this.onRead();
     const err = handle.readStart();
@@ -228,8 +231,10 @@ class SocketConn implements ClientConn {
   constructor(
     private readonly socket: net.Socket,
     handler: ClientConnHandler,
+    keepAliveMs: number,
   ) {
     socket.setNoDelay(true);
+    if (keepAliveMs > 0) socket.setKeepAlive(true, keepAliveMs);
     socket.on('drain', () => handler.onClientDrain());
     socket.on('error', (err) => handler.onClientError(err.message));
     socket.on('close', () => handler.onClientClose());
@@ -274,18 +279,21 @@ class SocketConn implements ClientConn {
 export interface ClientConnOptions {
   /** Use the raw handle where possible (the default); false forces a net.Socket. */
   raw?: boolean;
+  /** TCP keepalive idle time (0 or absent: off), so a client host that vanished is noticed. */
+  keepAliveMs?: number;
 }
 
 /** The connection for an accepted client, its events going to `handler`. */
 export function clientConn(accepted: Accepted, handler: ClientConnHandler, options: ClientConnOptions = {}): ClientConn {
+  const keepAliveMs = options.keepAliveMs ?? 0;
   if ('socket' in accepted) {
-    const conn = new SocketConn(accepted.socket, handler);
+    const conn = new SocketConn(accepted.socket, handler, keepAliveMs);
     accepted.socket.on('data', (chunk: Buffer) => handler.onClientData(chunk));
     accepted.socket.resume();
     return conn;
   }
   if (binding && options.raw !== false && isTcpHandle(accepted.handle)) {
-    return new RawConn(accepted.handle, accepted.server, handler, binding);
+    return new RawConn(accepted.handle, accepted.server, handler, binding, keepAliveMs);
   }
   const socketOptions = {
     handle: accepted.handle,
@@ -300,7 +308,7 @@ export function clientConn(accepted: Accepted, handler: ClientConnHandler, optio
   internals._server = accepted.server;
   internals.server = accepted.server;
   (accepted.server as unknown as ServerCounts)._connections++;
-  return new SocketConn(socket, handler);
+  return new SocketConn(socket, handler, keepAliveMs);
 }
 
 /** Whether accepted connections are served as raw handles on this Node.js. */

@@ -22,6 +22,8 @@ export interface TcpHandle {
   readStop(): number;
   useUserBuffer(buf: Uint8Array): void;
   setNoDelay(on: boolean): number;
+  /** TCP keepalive, the idle time in seconds (what net.Socket.setKeepAlive passes it). */
+  setKeepAlive(on: boolean, delaySeconds: number): number;
   writeBuffer(req: WriteReq, data: Buffer): number;
   shutdown(req: ShutdownReq): number;
   close(cb: (this: TcpHandle) => void): void;
@@ -89,7 +91,8 @@ export function isTcpHandle(handle: unknown): handle is TcpHandle {
     typeof h.writeBuffer === 'function' &&
     typeof h.shutdown === 'function' &&
     typeof h.close === 'function' &&
-    typeof h.setNoDelay === 'function';
+    typeof h.setNoDelay === 'function' &&
+    typeof h.setKeepAlive === 'function';
   if (ok) checkedPrototype = proto;
   return ok;
 }

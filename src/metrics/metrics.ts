@@ -64,6 +64,7 @@ export class Metrics {
     counterPerService('pgbudget_server_connect_errors_total', 'Failed attempts to open a server connection.', (s) => s.serverConnectErrors);
     counterPerService('pgbudget_server_connections_opened_total', 'Server connections opened.', (s) => s.serversOpened);
     counterPerService('pgbudget_server_connections_closed_total', 'Server connections closed.', (s) => s.serversClosed);
+    counterPerService('pgbudget_query_timeouts_total', 'Statements cancelled because they ran longer than queryTimeoutMs.', (s) => s.queryTimeouts);
     new client.Counter({
       name: 'pgbudget_rejections_total',
       help: 'Clients refused or disconnected by the proxy, by reason (queue_timeout counts queue timeouts).',

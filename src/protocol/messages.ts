@@ -9,6 +9,8 @@
 // passes has every field the readers below look for. The readers never
 // throw either: on a message that was not checked they read what is there.
 
+import { MEMO_MAX_BYTES } from './views.js';
+
 /** The offset just past the terminator of the string at `offset`, or -1 when it has none. */
 function stringEnd(buf: Buffer, offset: number): number {
   const n = buf.length;
@@ -139,7 +141,8 @@ export function readParse(msg: Buffer): ParseMessage {
   const [name, q] = readCString(msg, 5);
   const [query, t] = readCString(msg, q);
   const parsed = { name, query, paramTypes: msg.subarray(t) };
-  lastParse = { msg, parsed };
+  // Never a large message: the memo would keep its memory alive.
+  lastParse = msg.buffer.byteLength <= MEMO_MAX_BYTES ? { msg, parsed } : null;
   return parsed;
 }
 
@@ -197,7 +200,7 @@ export function buildTarget(type: 'D' | 'C', kind: 'S' | 'P', name: string): Buf
 export function readQuery(msg: Buffer): string {
   if (lastQuery?.msg === msg) return lastQuery.sql;
   const sql = readCString(msg, 5)[0];
-  lastQuery = { msg, sql };
+  lastQuery = msg.buffer.byteLength <= MEMO_MAX_BYTES ? { msg, sql } : null;
   return sql;
 }
 
@@ -230,3 +233,27 @@ export function rowShape(buf: Buffer, start: number, end: number): string {
   }
   return shape;
 }
+
+/**
+ * The ErrorResponse ('E') at [start, end) of `buf` with its message field
+ * ('M') replaced, when its SQLSTATE ('C') is `code`; null when it is not,
+ * or when its fields do not parse. Every other field (severity, file, line,
+ * routine) is kept as the server sent it.
+ */
+export function rewordError(buf: Buffer, start: number, end: number, code: string, message: string): Buffer | null {
+  const fields: Buffer[] = [];
+  let matched = false;
+  let i = start + 5;
+  while (i < end && buf[i] !== 0) {
+    const valueEnd = buf.indexOf(0, i + 1);
+    if (valueEnd < 0 || valueEnd >= end) return null;
+    if (buf[i] === 0x43) matched = buf.toString('latin1', i + 1, valueEnd) === code;
+    fields.push(buf[i] === 0x4d ? cstr(`M${message}`) : buf.subarray(i, valueEnd + 1));
+    i = valueEnd + 1;
+  }
+  if (!matched || i >= end) return null;
+  fields.push(ZERO);
+  return build(0x45, fields);
+}
+
+const ZERO = Buffer.from([0]);

@@ -19,9 +19,16 @@ let lastOffset = 0;
 export function sliceOf(chunk: Buffer, start: number, end: number): Buffer {
   if (!usable) return chunk.subarray(start, end);
   if (chunk !== lastChunk) {
+    const memory = chunk.buffer;
+    // A large chunk (a long message put together whole) is not kept alive
+    // by the memo after its reader is done with it.
+    if (memory.byteLength > MEMO_MAX_BYTES) return new FastBuffer!(memory, chunk.byteOffset + start, end - start);
     lastChunk = chunk;
-    lastArrayBuffer = chunk.buffer;
+    lastArrayBuffer = memory;
     lastOffset = chunk.byteOffset;
   }
   return new FastBuffer!(lastArrayBuffer, lastOffset + start, end - start);
 }
+
+/** The largest memory the memo keeps alive: a socket read is at most 64 KiB. */
+export const MEMO_MAX_BYTES = 64 * 1024;

@@ -3,7 +3,7 @@
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { Stats, UNMATCHED } from '../budget/stats.js';
-import { ClientSession, type SessionContext } from '../client/session.js';
+import { ClientSession, type SessionContext, type SessionTimeouts } from '../client/session.js';
 import { overcommitWarning, type Config } from '../config/schema.js';
 import { ServerPool } from '../server/pool.js';
 import { SessionRegistry } from '../client/registry.js';
@@ -20,6 +20,7 @@ export interface ServiceSnapshot {
   serverConnectErrors: number;
   serversOpened: number;
   serversClosed: number;
+  queryTimeouts: number;
   rejections: Record<string, number>;
   pins: Record<string, number>;
 }
@@ -38,7 +39,9 @@ export class Proxy {
   private readonly sessions = new SessionRegistry<ClientSession>();
   private readonly ctx: SessionContext;
   private shuttingDown = false;
-  private startupSweep: NodeJS.Timeout | null = null;
+  private sessionSweep: NodeJS.Timeout | null = null;
+  /** Each service's timeouts; a removed service's stay for the clients it still has. */
+  private readonly timeouts = new Map<string, SessionTimeouts>();
 
   constructor(
     private config: Config,
@@ -55,7 +58,9 @@ export class Proxy {
       get shuttingDown() {
         return self.shuttingDown;
       },
+      timeouts: (service) => self.timeouts.get(service) ?? NO_TIMEOUTS,
     };
+    this.setTimeouts(config);
     for (const s of config.services) this.stats.service(s.name);
     this.server = net.createServer();
     const warning = overcommitWarning(config);
@@ -74,16 +79,17 @@ export class Proxy {
           (accepted) => this.accept(accepted),
           (err) => this.log.warn({ err: err.message }, 'could not accept a client connection'),
         );
-        // Startup deadlines are checked here, for all clients at once (each session is its own error boundary).
-        this.startupSweep = setInterval(() => {
+        // Startup deadlines, idle and query timeouts are checked here, for
+        // all clients at once (each session is its own error boundary).
+        this.sessionSweep = setInterval(() => {
           const now = Date.now();
           try {
-            this.sessions.forEach((s) => s.checkStartupTimeout(now));
+            this.sessions.forEach((s) => s.checkTimeouts(now));
           } catch (err) {
-            this.log.error({ err }, 'pgbudget: internal error in the startup sweep');
+            this.log.error({ err }, 'pgbudget: internal error in the session sweep');
           }
-        }, STARTUP_SWEEP_MS);
-        this.startupSweep.unref();
+        }, SESSION_SWEEP_MS);
+        this.sessionSweep.unref();
         resolve(this.server.address() as net.AddressInfo);
       });
     });
@@ -96,6 +102,17 @@ export class Proxy {
     } catch (err) {
       this.log.error({ err }, 'pgbudget: could not start a client session; connection closed');
       closeAccepted(accepted);
+    }
+  }
+
+  /** Services in `config` get its timeouts; removed ones keep theirs. */
+  private setTimeouts(config: Config): void {
+    for (const s of config.services) {
+      this.timeouts.set(s.name, {
+        clientIdleTimeoutMs: config.clientIdleTimeoutMs,
+        idleInTransactionTimeoutMs: s.idleInTransactionTimeoutMs,
+        queryTimeoutMs: s.queryTimeoutMs,
+      });
     }
   }
 
@@ -128,6 +145,7 @@ export class Proxy {
     try {
       for (const s of kept.services) this.stats.service(s.name);
       this.pool.applyConfig(kept);
+      this.setTimeouts(kept);
     } catch (err) {
       // Half applied is worse than not at all: back to the running config.
       this.config = previous;
@@ -158,6 +176,7 @@ export class Proxy {
         serverConnectErrors: st.serverConnectErrors,
         serversOpened: st.serversOpened,
         serversClosed: st.serversClosed,
+        queryTimeouts: st.queryTimeouts,
         rejections: { ...st.rejections },
         pins: { ...st.pins },
       });
@@ -173,33 +192,49 @@ export class Proxy {
 
   /**
    * Stops accepting, lets clients inside a transaction finish (up to
-   * shutdownTimeoutMs), then closes everything.
+   * shutdownTimeoutMs), then closes everything. Bounded: at most
+   * shutdownTimeoutMs plus SHUTDOWN_GRACE_MS for each of the closing steps,
+   * whatever a peer does; what is still open then is logged and left to
+   * the process exit.
    */
   async shutdown(): Promise<void> {
     if (this.shuttingDown) return;
     this.shuttingDown = true;
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const s of this.sessions.values()) s.shutdown();
-    const deadline = Date.now() + this.config.shutdownTimeoutMs;
-    while (this.sessions.size > 0 && Date.now() < deadline) await sleep(20);
+    await until(() => this.sessions.size === 0, this.config.shutdownTimeoutMs);
     for (const s of this.sessions.values()) s.forceClose();
-    while (this.sessions.size > 0) await sleep(10);
-    // Session-mode clients leave via DISCARD ALL; let those resets finish.
-    const resetDeadline = Date.now() + 2000;
-    while (this.pool.scheduler.totalHeld > this.pool.scheduler.idleConnIds().length && Date.now() < resetDeadline) {
-      await sleep(10);
+    if (!(await until(() => this.sessions.size === 0, SHUTDOWN_GRACE_MS))) {
+      this.log.error({ sessions: this.sessions.size }, 'pgbudget: client sessions still open after the shutdown grace period');
     }
+    // Session-mode clients leave via DISCARD ALL; let those resets finish.
+    const sched = this.pool.scheduler;
+    await until(() => sched.totalHeld <= sched.idleConnIds().length, SHUTDOWN_GRACE_MS);
     this.pool.closeIdle();
-    const closeDeadline = Date.now() + 5000;
-    while (this.pool.openConnections > 0 && Date.now() < closeDeadline) await sleep(10);
+    await until(() => this.pool.openConnections === 0, SHUTDOWN_GRACE_MS);
     this.pool.stop();
-    if (this.startupSweep) clearInterval(this.startupSweep);
-    await closed;
+    if (this.sessionSweep) clearInterval(this.sessionSweep);
+    await Promise.race([closed, new Promise((r) => setTimeout(r, SHUTDOWN_GRACE_MS).unref())]);
   }
 }
 
-/** How often startup deadlines are checked: a client past its deadline is closed at most this much later. */
-const STARTUP_SWEEP_MS = 100;
+/** How long each closing step of a shutdown may take after the drain (resets, closes). */
+const SHUTDOWN_GRACE_MS = 3000;
+
+/** Resolves true once `done()` holds, or false after `ms`. */
+async function until(done: () => boolean, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (!done()) {
+    if (Date.now() >= deadline) return false;
+    await sleep(10);
+  }
+  return true;
+}
+
+/** How often every session's deadlines are checked: the timeouts' resolution. */
+const SESSION_SWEEP_MS = 100;
+
+const NO_TIMEOUTS: SessionTimeouts = { clientIdleTimeoutMs: 0, idleInTransactionTimeoutMs: 0, queryTimeoutMs: 0 };
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));

@@ -35,6 +35,8 @@ export interface ServerLogin {
   service: string;
   connectTimeoutMs: number;
   maxPreparedStatements: number;
+  /** TCP keepalive idle time (0: off), so a server host that vanished is noticed. */
+  keepAliveMs: number;
 }
 
 /**
@@ -107,7 +109,14 @@ export class ServerConnection implements AsyncWriter {
     readonly login: ServerLogin,
   ) {
     this.statements = new ServerStatements(login.maxPreparedStatements);
-    this.socket = net.connect({ host: login.host, port: login.port, noDelay: true, onread: readsTo((chunk) => this.onRead(chunk)) });
+    this.socket = net.connect({
+      host: login.host,
+      port: login.port,
+      noDelay: true,
+      keepAlive: login.keepAliveMs > 0,
+      keepAliveInitialDelay: login.keepAliveMs,
+      onread: readsTo((chunk) => this.onRead(chunk)),
+    });
     this.socket.on('drain', () => this.owner?.onServerDrain());
     this.socket.on('error', (err) => {
       this.closeCause = err.message;

@@ -9,6 +9,7 @@ import type { Config, ServiceConfig } from '../config/schema.js';
 import { cancelRequest, errorResponse, type ErrorFields } from '../protocol/encode.js';
 import { clientErrors } from '../errors.js';
 import { ServerConnection, ServerLoginError } from './connection.js';
+import { WelcomeCache, type Welcome } from './welcomes.js';
 
 export type RejectedBecause = 'queue_full' | 'queue_timeout' | 'server_login' | 'internal_error';
 
@@ -54,8 +55,10 @@ export function parsePoolKey(key: string): { user: string; database: string; par
 export class ServerPool {
   readonly scheduler: Scheduler;
   private readonly conns = new Map<number, ServerConnection>();
-  private readonly welcomes = new Map<string, [string, string][]>();
+  private readonly welcomes = new WelcomeCache(MAX_WELCOMES);
   private services = new Map<string, ServiceConfig>();
+  /** Services removed by a reload that still have clients or connections. */
+  private readonly retired = new Set<string>();
   private backoffMs = 0;
   /** Why the upstream could not be reached, while it cannot. */
   lastUpstreamError: string | null = null;
@@ -69,7 +72,14 @@ export class ServerPool {
   ) {
     this.scheduler = new Scheduler(this.poolLimits(config));
     this.applyConfig(config);
-    this.timer = setInterval(() => this.guard('sweep', () => this.run(this.scheduler.sweep(Date.now()))), SWEEP_MS);
+    this.timer = setInterval(
+      () =>
+        this.guard('sweep', () => {
+          this.run(this.scheduler.sweep(Date.now()));
+          this.retireRemoved();
+        }),
+      SWEEP_MS,
+    );
     this.timer.unref();
   }
 
@@ -80,18 +90,36 @@ export class ServerPool {
     const next = new Map(config.services.map((s) => [s.name, s]));
     for (const s of config.services) {
       this.scheduler.setService(s.name, { budget: s.budget, maxWaiting: s.queue.maxWaiting, timeoutMs: s.queue.timeoutMs });
+      this.retired.delete(s.name);
     }
-    // A removed service keeps its clients until they leave; its connections
-    // close as they are released, and nobody new can join it.
+    // A removed service keeps its connected clients, under its last budget,
+    // until they leave (matching sends nobody new to it); then its
+    // connections close and it is forgotten (retireRemoved).
     for (const name of this.scheduler.serviceNames()) {
       if (!next.has(name)) {
-        this.scheduler.setService(name, { budget: 0, maxWaiting: 0, timeoutMs: 1 });
+        this.retired.add(name);
         const old = this.services.get(name);
         if (old) next.set(name, old);
       }
     }
     this.services = next;
     this.run(this.scheduler.sweep(Date.now()));
+  }
+
+  /** Removed services whose last client has left: their idle connections close, then they are forgotten. */
+  private retireRemoved(): void {
+    if (this.retired.size === 0) return;
+    const now = Date.now();
+    for (const name of this.retired) {
+      if (this.stats.service(name).clientsConnected > 0) continue;
+      const actions: Action[] = [];
+      if (this.scheduler.retire(name, now, actions)) {
+        this.retired.delete(name);
+        this.services.delete(name);
+        this.log.info({ service: name }, 'removed service has no clients left: forgotten');
+      }
+      this.run(actions);
+    }
   }
 
   private poolLimits(config: Config) {
@@ -103,7 +131,7 @@ export class ServerPool {
   }
 
   /** ParameterStatus values of the first server connection for this user and database. */
-  welcome(key: string): [string, string][] | undefined {
+  welcome(key: string): Welcome | undefined {
     return this.welcomes.get(key);
   }
 
@@ -332,6 +360,7 @@ export class ServerPool {
       service,
       connectTimeoutMs,
       maxPreparedStatements: this.config.maxPreparedStatements,
+      keepAliveMs: this.config.tcpKeepaliveMs,
       password: () => (svc?.passwordEnv ? process.env[svc.passwordEnv] : svc?.password),
     });
     this.conns.set(connId, conn);
@@ -376,13 +405,7 @@ export class ServerPool {
     this.backoffMs = 0;
     this.lastUpstreamError = null;
     this.lastUpstreamOkAt = Date.now();
-    if (!this.welcomes.has(key)) {
-      this.welcomes.set(key, conn.params);
-      // Keys come from what clients send (search_path, TimeZone…): the oldest
-      // go, so that no stream of new values grows this without bound. A key
-      // that lost its welcome learns it again from its next login.
-      if (this.welcomes.size > MAX_WELCOMES) this.welcomes.delete(this.welcomes.keys().next().value!);
-    }
+    this.welcomes.remember(key, conn.params);
     this.log.info({ service, conn: connId, pid: conn.processId, user, database }, 'server connection opened');
     this.run(this.scheduler.opened(connId, Date.now()));
   }

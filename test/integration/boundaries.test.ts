@@ -198,7 +198,7 @@ t.test('a failure in the pool sweep is logged and the next sweep runs', async (t
   await servesOn(t, 'app');
 });
 
-t.test('a failure in the startup-timeout sweep ends that client only', async (t) => {
+t.test('a failure in the timeout sweep ends that client only', async (t) => {
   const restore = patch(clientErrors, 'startupTimeout', () => () => {
     throw new Error('injected fault in the startup sweep');
   });
@@ -206,7 +206,7 @@ t.test('a failure in the startup-timeout sweep ends that client only', async (t)
   const { closed, received } = await rawConnect(proxy.port);
   await closed;
   t.same(errorFields(received())?.C, 'XX000', 'the silent client got XX000 once its deadline passed');
-  const hits = proxy.logs.filter((l) => l.where === 'startup timeout');
+  const hits = proxy.logs.filter((l) => l.where === 'timeout sweep');
   t.equal(hits.length, 1, 'logged once');
   restore();
   await servesOn(t, 'app');

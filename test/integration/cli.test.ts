@@ -169,3 +169,60 @@ t.test('with no upstream configured, pgbudget starts an embedded PostgreSQL and 
   child.kill('SIGTERM');
   t.equal(await exited, 0, 'SIGTERM stops the proxy and the embedded database, exit 0');
 });
+
+t.test('SIGHUPs close together apply in order: the file as last written wins', async (t) => {
+  const config = (budget: number) => ({
+    services: [{ name: 'app', match: { user: 'app' }, budget, poolMode: 'transaction' }],
+  });
+  const p = await spawnProxy(t, cluster, config(1));
+  const outcomes = () => p.logs.filter((l) => /config reloaded|config reload rejected/.test(l)).length;
+  for (let round = 0; round < 8; round++) {
+    const before = outcomes();
+    const last = 2 + (round % 3);
+    await p.writeConfig(config(7));
+    p.proc.kill('SIGHUP');
+    await p.writeConfig(config(last));
+    p.proc.kill('SIGHUP');
+    const deadline = Date.now() + 5000;
+    while (outcomes() < before + 2 && Date.now() < deadline) await sleep(10);
+    t.equal(outcomes(), before + 2, `round ${round}: both reloads ran`);
+    const status = JSON.parse((await scrape(p.adminPort, '/status')).body);
+    t.equal(status.services[0].budget, last, `round ${round}: the last file (budget ${last}) wins`);
+  }
+  p.proc.kill('SIGTERM');
+  t.equal(await p.exited, 0);
+});
+
+t.test('an admin address that cannot be bound: exit 1 naming it, never half started', async (t) => {
+  const net = await import('node:net');
+  const taken = net.createServer();
+  await new Promise<void>((r) => taken.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => taken.close());
+  const port = (taken.address() as { port: number }).port;
+  const r = await run(process.execPath, [cli, '--upstream', `postgres://127.0.0.1:${cluster.port}`, '--listen', '127.0.0.1:0', '--admin', `127.0.0.1:${port}`], {
+    timeoutMs: 20_000,
+  });
+  t.equal(r.code, 1, 'exits non-zero');
+  t.match(r.stderr, `pgbudget: cannot start: cannot listen on the admin address 127.0.0.1:${port}: `);
+  t.match(r.stderr, /EADDRINUSE/);
+  t.notMatch(r.stdout, /pgbudget ready/);
+});
+
+t.test('the shutdown drain has a bound: a transaction that never ends is cut at shutdownTimeoutMs', async (t) => {
+  const p = await spawnProxy(t, cluster, {
+    shutdownTimeoutMs: 500,
+    services: [{ name: 'app', match: { user: 'app' }, budget: 2, poolMode: 'transaction' }],
+  });
+  const c = new pg.Client({ connectionString: p.url('app') });
+  const gone = new Promise<void>((r) => c.on('end', () => r()));
+  c.on('error', () => undefined);
+  await c.connect();
+  await c.query('begin');
+  const started = Date.now();
+  p.proc.kill('SIGTERM');
+  t.equal(await p.exited, 0, 'exit code 0');
+  const took = Date.now() - started;
+  t.ok(took >= 500 && took < 4000, `exited ${took} ms after SIGTERM (shutdownTimeoutMs 500)`);
+  await gone;
+  t.equal(await cluster.countClientBackends({ applicationName: 'pgbudget:app' }), 0, 'its server connection was closed');
+});

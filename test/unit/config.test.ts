@@ -20,7 +20,41 @@ t.test('defaults are filled in', async (t) => {
   t.same(c.admin, { host: '127.0.0.1', port: 9187 });
   t.same(c.upstream, { host: '127.0.0.1', port: 5432, maxConnections: 40, connectTimeoutMs: 5000 });
   t.equal(c.startupTimeoutMs, 10000);
-  t.same(c.services[0], { name: 'web', match: {}, budget: 5, poolMode: 'session', onSessionState: 'pin', queue: { maxWaiting: 1000, timeoutMs: 30000 } });
+  t.same(c.services[0], {
+    name: 'web',
+    match: {},
+    budget: 5,
+    poolMode: 'session',
+    onSessionState: 'pin',
+    queue: { maxWaiting: 1000, timeoutMs: 30000 },
+    idleInTransactionTimeoutMs: 0,
+    queryTimeoutMs: 0,
+  });
+  t.equal(c.tcpKeepaliveMs, 30000);
+  t.equal(c.clientIdleTimeoutMs, 0, 'off');
+  t.equal(c.idleInTransactionTimeoutMs, 0, 'off');
+  t.equal(c.queryTimeoutMs, 0, 'off');
+});
+
+t.test('timeouts: global values, per-service overrides, and 0 for off', async (t) => {
+  const c = validateConfig({
+    tcpKeepaliveMs: 0,
+    clientIdleTimeoutMs: 60000,
+    idleInTransactionTimeoutMs: 5000,
+    queryTimeoutMs: 2000,
+    services: [
+      { name: 'web', budget: 5 },
+      { name: 'batch', budget: 2, idleInTransactionTimeoutMs: 0, queryTimeoutMs: 600000 },
+    ],
+  });
+  t.equal(c.tcpKeepaliveMs, 0);
+  t.equal(c.clientIdleTimeoutMs, 60000);
+  t.same([c.services[0].idleInTransactionTimeoutMs, c.services[0].queryTimeoutMs], [5000, 2000], 'the global values');
+  t.same([c.services[1].idleInTransactionTimeoutMs, c.services[1].queryTimeoutMs], [0, 600000], 'its own values');
+  t.same(problems({ ...minimal, queryTimeoutMs: -1 }), ['queryTimeoutMs: must be a non-negative integer (milliseconds; 0 is off) (got -1)']);
+  t.same(problems({ services: [{ name: 'a', budget: 1, idleInTransactionTimeoutMs: '5s' }] }), [
+    'services[0].idleInTransactionTimeoutMs: must be a non-negative integer (milliseconds; 0 is off) (got "5s")',
+  ]);
 });
 
 t.test('the documented example is valid', async (t) => {

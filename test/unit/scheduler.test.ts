@@ -260,3 +260,25 @@ t.test('takeIdleNow: an idle connection of the key when nobody waits, else 0 and
   t.equal(s.takeIdleNow('a', K), 0, 'a waiter ahead: the fast path declines');
   t.equal(s.counts('a').active, 1);
 });
+
+t.test('a removed service keeps its budget until retired, then closes its idle connections and is forgotten', async (t) => {
+  const s = make(10, { a: 2, b: 2 });
+  const r = [s.acquire('a', K, 0), s.acquire('a', K, 0)];
+  const given = assigns(openAll(s, r.flatMap((x) => x.actions)));
+  t.equal(given.length, 2, 'served under its budget');
+  s.release(given[0].connId, 1, true);
+  // Still in use by a client: not forgotten; the idle one closes.
+  const first: Action[] = [];
+  t.notOk(s.retire('a', 2, first), 'kept while it holds a connection in use');
+  t.same(first.map((a) => a.kind === 'close' && a.reason), ['removed_service']);
+  t.ok(s.hasService('a'));
+  s.release(given[1].connId, 3, true);
+  const second: Action[] = [];
+  t.notOk(s.retire('a', 4, second), 'kept while connections are closing');
+  for (const a of [...first, ...second]) if (a.kind === 'close') s.closed(a.connId, 5);
+  t.ok(s.retire('a', 6, []), 'forgotten once it holds nothing');
+  t.notOk(s.hasService('a'));
+  t.equal(s.totalHeld, 0);
+  const other = s.acquire('b', K, 7);
+  t.same(kinds(other.actions), ['open'], 'the other service goes on');
+});
