@@ -96,8 +96,15 @@ t.test('the database full (too many clients) is retried, not passed on', async (
     services: [{ name: 'app', match: { user: 'app' }, budget: 2, poolMode: 'transaction', queue: { timeoutMs: 10_000 } }],
   });
   const pending = psql(proxy.url('app'), 'select 9');
-  await sleep(800);
-  t.ok(proxy.proxy.snapshot().services[0].serverConnectErrors >= 1, 'the proxy met "too many clients" and retried');
+  await sleep(1500);
+  const refused = proxy.proxy.snapshot();
+  const attempts = refused.services[0].serverConnectErrors;
+  // Backoff doubles from 100 ms: about 4 attempts in 1.5 s, not one per sweep (30).
+  t.ok(attempts >= 2 && attempts <= 8, `the proxy met "too many clients" and retried with backoff (${attempts} attempts in 1.5 s)`);
+  t.match(refused.upstream.lastError, /too many clients|remaining connection slots/, 'the refusal is reported');
+  const { body } = await scrape(proxy.adminAddress.port);
+  t.equal(metric(body, 'pgbudget_server_connect_errors_total{service="app"}'), attempts, 'and counted in the metrics');
+  t.equal(metric(body, 'pgbudget_clients_waiting{service="app"}'), 1, 'the client waits in its queue meanwhile');
   await Promise.all(hogs.splice(0, 3).map((h) => h.end()));
   const r = await pending;
   t.equal(r.stdout.trim(), '9', r.stderr);

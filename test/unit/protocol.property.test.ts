@@ -1,7 +1,7 @@
 // Property-based tests for everything that reads bytes from a peer: the
 // header-only scanner, the whole-message assembler, the startup-phase
 // packets (startup, SSL, GSSENC, cancel), the frontend message checks and
-// readers, and the SQL word scan. Inputs are random bytes, random mutations
+// readers, the SQL word scan, and the rewording of a server's error. Inputs are random bytes, random mutations
 // of valid streams, and random chunk splits. The only failure any of them
 // may report is its declared protocol error, and none keeps more than one
 // message's worth of bytes.
@@ -19,8 +19,10 @@ import {
   readParse,
   readQuery,
   readTarget,
+  rewordError,
   rewriteBindStatement,
 } from '../../src/protocol/messages.js';
+import { errorResponse } from '../../src/protocol/encode.js';
 import { parseStartupPacket, startupPacketLength, StartupPacketError, TERMINATE_BEFORE_STARTUP } from '../../src/protocol/startup.js';
 import { messageSqlWords } from '../../src/client/sqlWords.js';
 import { splits } from '../helpers/arbitraries.js';
@@ -313,6 +315,43 @@ t.test('SQL word scan: any bytes, never throws, same answer on a copy', async (t
     fc.property(hostileMessage, (m) => {
       const w = messageSqlWords(m);
       return Number.isInteger(w) && w === messageSqlWords(Buffer.from(m));
+    }),
+    RUNS,
+  );
+});
+
+/** ErrorResponse fields as a server sends them: a few known letters with text values. */
+const errorFields = fc.record({
+  severity: fc.constantFrom('ERROR', 'FATAL'),
+  code: fc.constantFrom('57014', '25P02', '42601', 'XX000'),
+  message: fc.string({ maxLength: 60 }).map((s) => s.replace(/\0/g, '')),
+  detail: fc.option(fc.string({ maxLength: 30 }).map((s) => s.replace(/\0/g, '')), { nil: undefined }),
+  file: fc.option(fc.constant('postgres.c'), { nil: undefined }),
+  routine: fc.option(fc.constant('ProcessInterrupts'), { nil: undefined }),
+});
+
+t.test('rewordError: the message replaced only for its SQLSTATE, every other field kept', async (t) => {
+  fc.assert(
+    fc.property(errorFields, fc.string({ maxLength: 40 }).map((s) => s.replace(/\0/g, '')), (fields, replacement) => {
+      const original = errorResponse(fields);
+      // Inside a larger chunk, as the reply trimmer hands it over.
+      const chunk = Buffer.concat([Buffer.from('Z\0\0\0\x05I'), original, Buffer.from('Z\0\0\0\x05I')]);
+      const out = rewordError(chunk, 6, 6 + original.length, '57014', replacement);
+      if (fields.code !== '57014') return out === null;
+      return out !== null && out.equals(errorResponse({ ...fields, message: replacement }));
+    }),
+    RUNS,
+  );
+});
+
+t.test('rewordError: any bytes, never throws, and returns null or one whole ErrorResponse', async (t) => {
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 80 }), fc.nat(90), fc.nat(90), (bytes, a, b) => {
+      const buf = Buffer.from(bytes);
+      const start = Math.min(a, buf.length);
+      const end = Math.min(Math.max(start, b), buf.length);
+      const out = rewordError(buf, start, end, '57014', 'reworded');
+      return out === null || (out[0] === 0x45 && out.readInt32BE(1) === out.length - 1 && out[out.length - 1] === 0);
     }),
     RUNS,
   );
