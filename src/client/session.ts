@@ -357,7 +357,8 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     const limits = this.ctx.timeouts(this.service.name);
     // The server owes nothing and the client is silent: it is the client's turn.
     const clientsTurn = this.expectedReady === 0 && !this.inCopy;
-    if (this.txStatus !== TxStatus.Idle) {
+    // An extended-protocol batch not yet ended by a Sync holds its server connection as a transaction would.
+    if (this.txStatus !== TxStatus.Idle || (this.extendedOpen && this.state === 'linked')) {
       const limit = limits.idleInTransactionTimeoutMs;
       if (limit > 0 && clientsTurn && now - this.quietSince >= limit) this.idleTimedOut('idle_in_transaction_timeout');
     } else if (clientsTurn && !this.extendedOpen) {
@@ -802,6 +803,8 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   // ---- server → client ----
 
   private serverData(chunk: Buffer): void {
+    // Answers to a batch the client has not ended with a Sync (Execute, Flush): the server's turn, not an idle client.
+    if (this.extendedOpen) this.quietSince = Date.now();
     const data = this.replies.push(chunk);
     if (data instanceof FrameError) {
       this.poisoned = true;

@@ -5,7 +5,7 @@
 import t from 'tap';
 import pg from 'pg';
 import { withCluster } from '../helpers/cluster.js';
-import { assertNoLeaks, metric, run, scrape, sleep, startProxy } from '../helpers/proxy.js';
+import { assertNoLeaks, errorFields, frontend, metric, rawClient, run, scrape, sleep, startProxy } from '../helpers/proxy.js';
 
 const cluster = await withCluster(t, { maxConnections: 20, users: ['tx', 'sess', 'lax'] });
 await cluster.query('create table if not exists marks (who text)');
@@ -56,6 +56,27 @@ for (const user of ['tx', 'sess']) {
     await assertNoLeaks(t, proxy);
   });
 }
+
+t.test('an extended batch left without its Sync holds a server connection: idle in a transaction too', async (t) => {
+  const c = rawClient(proxy.port);
+  await c.login('tx');
+  // Parse, Bind, Execute and Flush: the server answers, then waits for a Sync that never comes.
+  c.socket.write(
+    Buffer.concat([
+      frontend('P', '\0select 1\0\0\0'),
+      frontend('B', '\0\0\0\0\0\0\0\0'),
+      frontend('E', '\0\0\0\0\0'),
+      frontend('H'),
+    ]),
+  );
+  await c.until(() => c.count('C') === 1);
+  const started = Date.now();
+  await c.closed;
+  t.ok(Date.now() - started >= 350, 'closed after the limit');
+  const e = c.messages.find((m) => m.type === 'E');
+  t.match(errorFields(frontend('E', e!.body)), { C: '25P03', S: 'FATAL' });
+  await assertNoLeaks(t, proxy);
+});
 
 t.test('a client that keeps working inside its transaction is not idle', async (t) => {
   const { c, errors } = await connect('tx');
