@@ -87,6 +87,8 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   private assigning: ServerConnection | null = null;
   /** Out of the registry and the counters (forget()). */
   private forgotten = false;
+  /** This connection carried a CancelRequest: it closes once the cancel has been passed on. */
+  private cancelling = false;
   /** When the client last sent something or the server last became ready (ms since the epoch): idle timeouts count from here. */
   private quietSince: number;
   /** When the statement now running on the server was sent or became next in line; 0 when none runs. */
@@ -253,11 +255,15 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     }
   }
 
-  /** A CancelRequest (from another connection) named this session. */
-  cancelRequested(secretKey: number): void {
+  /**
+   * A CancelRequest (from another connection) named this session; `done`
+   * runs once the cancel has reached the server, or is not going to.
+   */
+  cancelRequested(secretKey: number, done: () => void): void {
     try {
-      this.cancel(secretKey);
+      this.cancel(secretKey, done);
     } catch (err) {
+      done();
       this.failed(err, 'cancel request');
     }
   }
@@ -402,7 +408,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     this.replies.trims = true;
     const statement = this.statementSince;
     this.stats().queryTimeouts++;
-    this.ctx.pool.cancelQuery(conn, () => this.server === conn && this.statementSince === statement && this.expectedReady > 0);
+    this.ctx.pool.cancelQuery(conn, () => this.server === conn && this.statementSince === statement && this.expectedReady > 0, NOTHING);
   }
 
   get serviceName(): string {
@@ -463,11 +469,20 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
           // Encryption comes in a later version: answer "not supported", the client goes on in plain text.
           this.socket.write(ENCRYPTION_REFUSED);
           continue;
-        case 'cancel':
-          this.ctx.sessions.get(parsed.processId)?.cancelRequested(parsed.secretKey);
+        case 'cancel': {
+          // PostgreSQL closes a cancel connection once it has signalled the
+          // backend, and libpq's PQcancel waits for that close: so does the
+          // proxy, so a cancel that arrives late can never hit the client's
+          // next statement. Bounded by the upstream cancel's own timeout.
+          this.clearStartupDeadline();
+          this.cancelling = true;
           this.closeReason = 'cancel request';
-          this.socket.destroy();
+          const target = this.ctx.sessions.get(parsed.processId);
+          const close = () => this.destroySocket();
+          if (target && target !== this) target.cancelRequested(parsed.secretKey, close);
+          else close();
           return;
+        }
         case 'startup':
           this.startupBuf = null;
           if (parsed.minorVersion !== 0 || parsed.protocolOptions.length > 0) {
@@ -551,7 +566,8 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   // ---- client → server ----
 
   private clientData(chunk: Buffer): void {
-    if (this.state === 'startup') return this.onStartupData(chunk);
+    // Nothing may follow a CancelRequest: whatever does is ignored until the connection closes.
+    if (this.state === 'startup') return this.cancelling ? undefined : this.onStartupData(chunk);
     if (this.state === 'closed') return;
     this.quietSince = Date.now();
     if (this.assembler) return this.onClientMessages(chunk);
@@ -948,12 +964,15 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   }
 
   /** Called on the target session of a CancelRequest: only a query in flight is cancelled. */
-  private cancel(secretKey: number): void {
-    if (secretKey !== this.secretKey || this.expectedReady === 0) return;
-    if (this.state === 'waiting' && this.waiter && this.service) return this.cancelQueued();
+  private cancel(secretKey: number, done: () => void): void {
+    if (secretKey !== this.secretKey || this.expectedReady === 0) return done();
+    if (this.state === 'waiting' && this.waiter && this.service) {
+      this.cancelQueued();
+      return done();
+    }
     const conn = this.server;
-    if (!conn) return;
-    this.ctx.pool.cancelQuery(conn, () => this.server === conn && this.expectedReady > 0);
+    if (!conn) return done();
+    this.ctx.pool.cancelQuery(conn, () => this.server === conn && this.expectedReady > 0, done);
   }
 
   /**
@@ -1087,6 +1106,7 @@ const ENCRYPTION_REFUSED = Buffer.from('N');
 const READY_IDLE = readyForQuery('I');
 
 const QUERY_CANCELED = '57014';
+const NOTHING = (): void => {};
 const STATEMENT_TIMEOUT = clientErrors.statementTimeout();
 
 /**

@@ -60,6 +60,8 @@ export class ServerPool {
   /** Services removed by a reload that still have clients or connections. */
   private readonly retired = new Set<string>();
   private backoffMs = 0;
+  /** Until when opening is paused by the last backoff; failures before then are of the same attempt. */
+  private backoffUntil = 0;
   /** Why the upstream could not be reached, while it cannot. */
   lastUpstreamError: string | null = null;
   private lastUpstreamOkAt = 0;
@@ -181,9 +183,11 @@ export class ServerPool {
    * Forwards a client's cancel to the server connection it holds. The
    * request goes out only if `stillWanted()` holds once the cancel socket is
    * connected, which narrows the window in which a server connection, handed
-   * to another client meanwhile, could get someone else's cancel.
+   * to another client meanwhile, could get someone else's cancel. `done`
+   * runs once the cancel connection has closed (the postmaster closes it
+   * after signalling the backend), failed, or timed out.
    */
-  cancelQuery(conn: ServerConnection, stillWanted: () => boolean): void {
+  cancelQuery(conn: ServerConnection, stillWanted: () => boolean, done: () => void): void {
     const { host, port } = this.config.upstream;
     let sent = false;
     let settled = false;
@@ -214,7 +218,10 @@ export class ServerPool {
       this.release(conn, reusable);
     };
     s.on('error', (err) => this.log.warn({ err: err.message }, 'cancel request to upstream failed'));
-    s.on('close', (hadError) => this.guard('cancel request closed', () => settle(!hadError), () => conn.destroy('internal error after a cancel')));
+    s.on('close', (hadError) => {
+      this.guard('cancel request closed', () => settle(!hadError), () => conn.destroy('internal error after a cancel'));
+      this.guard('cancel request answered', done);
+    });
     s.setTimeout(5000, () => {
       settle(false);
       s.destroy();
@@ -403,6 +410,7 @@ export class ServerPool {
     const connId = conn.id;
     stats.serversOpened++;
     this.backoffMs = 0;
+    this.backoffUntil = 0;
     this.lastUpstreamError = null;
     this.lastUpstreamOkAt = Date.now();
     this.welcomes.remember(key, conn.params);
@@ -417,9 +425,16 @@ export class ServerPool {
     stats.serverConnectErrors++;
     const loginErr = err instanceof ServerLoginError ? err : new ServerLoginError(err.message, true);
     if (loginErr.transient) {
-      this.backoffMs = Math.min(Math.max(this.backoffMs * 2, BACKOFF_MIN_MS), BACKOFF_MAX_MS);
+      // Doubled once per round of attempts, not per failed connection: a
+      // dozen opens that fail together (a restart) are one failure, else the
+      // backoff would reach its 5 s cap within a millisecond.
+      const now = Date.now();
+      if (now >= this.backoffUntil) {
+        this.backoffMs = Math.min(Math.max(this.backoffMs * 2, BACKOFF_MIN_MS), BACKOFF_MAX_MS);
+        this.backoffUntil = now + this.backoffMs;
+        this.scheduler.pauseOpening(this.backoffUntil);
+      }
       this.lastUpstreamError = loginErr.message;
-      this.scheduler.pauseOpening(Date.now() + this.backoffMs);
       this.log.warn({ service, err: loginErr.message, retryInMs: this.backoffMs }, 'server connection failed');
     } else {
       // The server refused these credentials for good: every client waiting
