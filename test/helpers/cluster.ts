@@ -68,6 +68,13 @@ export interface Cluster {
   stop(): Promise<void>;
   /** start again on the same port after stop() */
   start(): Promise<void>;
+  /**
+   * pg_ctl restart -m mode on the same port (waits until it accepts
+   * connections again). `fast` terminates backends (57P01) and checkpoints;
+   * `immediate` kills them at once and the start runs crash recovery. A
+   * stopped cluster is just started.
+   */
+  restart(mode: 'fast' | 'immediate'): Promise<void>;
   /** stop if running and rm -rf the temp dir; idempotent */
   destroy(): Promise<void>;
 }
@@ -542,6 +549,22 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
     running = false;
   };
 
+  /** start on the same port after a stop; retries briefly in case something grabbed the port meanwhile */
+  const startAgain = async (): Promise<void> => {
+    let detail = '';
+    for (let attempt = 1; attempt <= START_ATTEMPTS; attempt++) {
+      const res = await pgCtlStart();
+      if (res.ok) {
+        running = true;
+        return;
+      }
+      detail = res.detail;
+      if (!res.portInUse) break;
+      await sleep(250 * attempt);
+    }
+    throw new Error(`cluster helper: postgres failed to restart on port ${port}:\n${detail}`);
+  };
+
   const destroyImpl = async (): Promise<void> => {
     if (destroyed) return;
     try {
@@ -651,19 +674,28 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
       serial(async () => {
         if (destroyed) throw new Error('cluster helper: start() after destroy()');
         if (running) return;
-        // same port; retry briefly in case something grabbed it meanwhile
-        let detail = '';
-        for (let attempt = 1; attempt <= START_ATTEMPTS; attempt++) {
-          const res = await pgCtlStart();
-          if (res.ok) {
-            running = true;
-            return;
+        await startAgain();
+      }),
+    restart: (mode) =>
+      serial(async () => {
+        if (destroyed) throw new Error('cluster helper: restart() after destroy()');
+        if (!running) return startAgain();
+        const logOffset = await fileSize(logFile);
+        try {
+          // -l: the new postmaster must not inherit our stdout pipe (execFile would wait for it to exit)
+          await runServerCmd(bin.pgCtl, ['-D', dataDir, '-l', logFile, '-m', mode, '-w', '-t', '30', 'restart'], {
+            cwd: rootDir,
+            timeoutMs: 45_000,
+          });
+        } catch (err) {
+          // stopped but not started again (say the port was taken in between): start as start() does
+          if (!existsSync(path.join(dataDir, 'postmaster.pid'))) {
+            running = false;
+            return startAgain();
           }
-          detail = res.detail;
-          if (!res.portInUse) break;
-          await sleep(250 * attempt);
+          const log = await readFrom(logFile, logOffset);
+          throw new Error(`cluster helper: pg_ctl restart -m ${mode} failed: ${errText(err)}\n--- tail of ${logFile} ---\n${tail(log)}`);
         }
-        throw new Error(`cluster helper: postgres failed to restart on port ${port}:\n${detail}`);
       }),
     destroy: () => serial(destroyImpl),
   };
