@@ -99,7 +99,12 @@ function sessionTag(c: pg.Client): string {
 /** The SQLSTATE of a query that was cancelled. */
 const CANCELLED = '57014';
 
-/** A CancelRequest for this client's backend key, sent to the proxy on a connection of its own. */
+/**
+ * A CancelRequest for this client's backend key, sent on a connection of
+ * its own, resolving once the other end has closed that connection: as
+ * libpq's PQcancel does (it writes the request, does not half-close, and
+ * waits for EOF), so that the cancel cannot hit the query sent next.
+ */
 export function sendCancel(port: number, c: pg.Client): Promise<void> {
   const { processID, secretKey } = c as unknown as { processID: number; secretKey: number };
   const b = Buffer.alloc(16);
@@ -108,7 +113,8 @@ export function sendCancel(port: number, c: pg.Client): Promise<void> {
   b.writeInt32BE(processID | 0, 8);
   b.writeInt32BE(secretKey | 0, 12);
   return new Promise((resolve) => {
-    const s = net.connect({ host: '127.0.0.1', port }, () => s.end(b));
+    const s = net.connect({ host: '127.0.0.1', port }, () => s.write(b));
+    s.setTimeout(10_000, () => s.destroy());
     s.on('error', () => resolve());
     s.on('close', () => resolve());
   });
