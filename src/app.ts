@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { buildAdmin } from './admin/server.js';
-import type { Config } from './config/schema.js';
+import type { Config } from './types/config.js';
 import { Metrics } from './metrics/metrics.js';
 import { Proxy } from './proxy/proxy.js';
 

@@ -1,7 +1,7 @@
 // Admin HTTP: /metrics, /healthz, /readyz, /status. Reads snapshots only.
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Metrics } from '../metrics/metrics.js';
-import type { ProxySnapshot } from '../proxy/proxy.js';
+import type { ProxySnapshot } from '../types/snapshot.js';
 
 export interface AdminSource {
   snapshot(): ProxySnapshot;

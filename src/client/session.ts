@@ -6,7 +6,8 @@ import { randomInt } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Waiter } from '../budget/scheduler.js';
 import { UNMATCHED, type ServiceStats, type Stats } from '../budget/stats.js';
-import { matchService, type Config, type ServiceConfig } from '../config/schema.js';
+import type { Config, ServiceConfig } from '../types/config.js';
+import { matchService } from './match.js';
 import { clientErrors } from '../errors.js';
 import { Backend, Frontend, TxStatus } from '../protocol/codes.js';
 import {

@@ -1,65 +1,18 @@
 // The configuration: its shape, every default, and validation that names the
 // exact field that is wrong. Pure: parsing text and reading files is load.ts.
 
-export type PoolMode = 'session' | 'transaction';
-export type OnSessionState = 'pin' | 'error';
-export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+import type {
+  Config,
+  HostPort,
+  LogLevel,
+  OnSessionState,
+  PoolMode,
+  ServiceConfig,
+  ServiceMatch,
+  UpstreamConfig,
+} from '../types/config.js';
 
-export interface HostPort {
-  host: string;
-  port: number;
-}
-
-export interface ServiceMatch {
-  user?: string;
-  database?: string;
-  applicationName?: string;
-}
-
-export interface ServiceConfig {
-  name: string;
-  match: ServiceMatch;
-  budget: number;
-  poolMode: PoolMode;
-  onSessionState: OnSessionState;
-  queue: { maxWaiting: number; timeoutMs: number };
-  /** This service's own value, or the global one (0: off). */
-  idleInTransactionTimeoutMs: number;
-  /** This service's own value, or the global one (0: off). */
-  queryTimeoutMs: number;
-  password?: string;
-  passwordEnv?: string;
-}
-
-export interface UpstreamConfig {
-  host: string;
-  port: number;
-  maxConnections: number;
-  connectTimeoutMs: number;
-}
-
-export interface Config {
-  listen: HostPort;
-  admin: HostPort;
-  logLevel: LogLevel;
-  startupTimeoutMs: number;
-  shutdownTimeoutMs: number;
-  serverIdleTimeoutMs: number;
-  serverLifetimeMs: number;
-  maxMessageBytes: number;
-  maxPreparedStatements: number;
-  /** TCP keepalive idle time on client and server sockets (0: off). */
-  tcpKeepaliveMs: number;
-  /** A client outside any transaction that sends nothing this long is closed with 57P05 (0: off). */
-  clientIdleTimeoutMs: number;
-  /** A client inside a transaction that sends nothing this long is closed with 25P03 (0: off). */
-  idleInTransactionTimeoutMs: number;
-  /** A statement running this long is cancelled with the server's cancel key (0: off). */
-  queryTimeoutMs: number;
-  upstream: UpstreamConfig;
-  defaultService?: string;
-  services: ServiceConfig[];
-}
+export type { Config, HostPort, LogLevel, OnSessionState, PoolMode, ServiceConfig, ServiceMatch, UpstreamConfig };
 
 export const DEFAULTS = {
   listen: '127.0.0.1:6432',
@@ -322,21 +275,4 @@ export function overcommitWarning(config: Config): string | null {
     `service budgets add up to ${sum}, more than upstream.maxConnections ${config.upstream.maxConnections}: ` +
     `the cap still holds; freed capacity is shared round-robin among waiting services`
   );
-}
-
-/** The first service whose every given match key equals the client's startup parameter. */
-export function matchService(
-  config: Config,
-  params: { user: string; database: string; applicationName: string },
-): ServiceConfig | undefined {
-  const hit = config.services.find(
-    (s) =>
-      (s.match.user === undefined || s.match.user === params.user) &&
-      (s.match.database === undefined || s.match.database === params.database) &&
-      (s.match.applicationName === undefined || s.match.applicationName === params.applicationName),
-  );
-  if (hit) return hit;
-  return config.defaultService === undefined
-    ? undefined
-    : config.services.find((s) => s.name === config.defaultService);
 }

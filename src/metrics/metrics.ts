@@ -3,7 +3,7 @@
 // bucket counts the core keeps (see Stats.waited).
 import client from 'prom-client';
 import { QUEUE_WAIT_BUCKETS, REJECT_REASONS, UNMATCHED, type Stats } from '../budget/stats.js';
-import type { ProxySnapshot } from '../proxy/proxy.js';
+import type { ProxySnapshot } from '../types/snapshot.js';
 
 export interface MetricsSource {
   snapshot(): ProxySnapshot;

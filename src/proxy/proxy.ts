@@ -4,33 +4,12 @@ import net from 'node:net';
 import type { Logger } from 'pino';
 import { Stats, UNMATCHED } from '../budget/stats.js';
 import { ClientSession, type SessionContext, type SessionTimeouts } from '../client/session.js';
-import { overcommitWarning, type Config } from '../config/schema.js';
+import { overcommitWarning } from '../config/schema.js';
+import type { Config } from '../types/config.js';
+import type { ProxySnapshot, ServiceSnapshot } from '../types/snapshot.js';
 import { ServerPool } from '../server/pool.js';
 import { SessionRegistry } from '../client/registry.js';
 import { acceptRaw, closeAccepted, type Accepted } from '../io/reads.js';
-
-export interface ServiceSnapshot {
-  name: string;
-  poolMode: string;
-  budget: number;
-  serverConnections: { active: number; idle: number; opening: number; closing: number; total: number };
-  clients: { connected: number; waiting: number };
-  oldestWaitSeconds: number;
-  transactions: number;
-  serverConnectErrors: number;
-  serversOpened: number;
-  serversClosed: number;
-  queryTimeouts: number;
-  rejections: Record<string, number>;
-  pins: Record<string, number>;
-}
-
-export interface ProxySnapshot {
-  upstream: { host: string; port: number; maxConnections: number; serverConnections: number; lastError: string | null };
-  services: ServiceSnapshot[];
-  unmatched: { rejections: Record<string, number> };
-  shuttingDown: boolean;
-}
 
 export class Proxy {
   readonly stats = new Stats();

@@ -5,7 +5,7 @@ import net from 'node:net';
 import type { Logger } from 'pino';
 import { Scheduler, type Action, type Waiter } from '../budget/scheduler.js';
 import type { Stats } from '../budget/stats.js';
-import type { Config, ServiceConfig } from '../config/schema.js';
+import type { Config, ServiceConfig } from '../types/config.js';
 import { cancelRequest, errorResponse, type ErrorFields } from '../protocol/encode.js';
 import { clientErrors } from '../errors.js';
 import { ServerConnection, ServerLoginError } from './connection.js';

@@ -1,6 +1,7 @@
 import t from 'tap';
 import { configFromUpstreamUrl } from '../../src/config/load.js';
-import { ConfigError, matchService, overcommitWarning, validateConfig } from '../../src/config/schema.js';
+import { matchService } from '../../src/client/match.js';
+import { ConfigError, overcommitWarning, validateConfig } from '../../src/config/schema.js';
 
 const minimal = { services: [{ name: 'web', budget: 5 }] };
 

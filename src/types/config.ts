@@ -1,0 +1,63 @@
+// The shape of a validated configuration, shared by every layer. Imports
+// nothing: client/ and server/ read these types without depending on
+// config/, which parses and validates them (config/schema.ts).
+
+export type PoolMode = 'session' | 'transaction';
+export type OnSessionState = 'pin' | 'error';
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+export interface ServiceMatch {
+  user?: string;
+  database?: string;
+  applicationName?: string;
+}
+
+export interface ServiceConfig {
+  name: string;
+  match: ServiceMatch;
+  budget: number;
+  poolMode: PoolMode;
+  onSessionState: OnSessionState;
+  queue: { maxWaiting: number; timeoutMs: number };
+  /** This service's own value, or the global one (0: off). */
+  idleInTransactionTimeoutMs: number;
+  /** This service's own value, or the global one (0: off). */
+  queryTimeoutMs: number;
+  password?: string;
+  passwordEnv?: string;
+}
+
+export interface UpstreamConfig {
+  host: string;
+  port: number;
+  maxConnections: number;
+  connectTimeoutMs: number;
+}
+
+export interface Config {
+  listen: HostPort;
+  admin: HostPort;
+  logLevel: LogLevel;
+  startupTimeoutMs: number;
+  shutdownTimeoutMs: number;
+  serverIdleTimeoutMs: number;
+  serverLifetimeMs: number;
+  maxMessageBytes: number;
+  maxPreparedStatements: number;
+  /** TCP keepalive idle time on client and server sockets (0: off). */
+  tcpKeepaliveMs: number;
+  /** A client outside any transaction that sends nothing this long is closed with 57P05 (0: off). */
+  clientIdleTimeoutMs: number;
+  /** A client inside a transaction that sends nothing this long is closed with 25P03 (0: off). */
+  idleInTransactionTimeoutMs: number;
+  /** A statement running this long is cancelled with the server's cancel key (0: off). */
+  queryTimeoutMs: number;
+  upstream: UpstreamConfig;
+  defaultService?: string;
+  services: ServiceConfig[];
+}
