@@ -224,6 +224,9 @@ export class Scheduler {
     conn.idleSince = now;
     s.idle.push(conn);
     const actions: Action[] = [];
+    // Opened under a budget (or cap) that a reload has lowered since: it
+    // closes instead of being handed out, as a released one would.
+    if (s.held - s.closing > s.limits.budget || this.overCap()) this.startClosing(s, conn, 'over_budget', actions);
     this.dispatch(now, actions);
     return actions;
   }
