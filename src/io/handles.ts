@@ -48,7 +48,14 @@ export interface ShutdownReq {
   oncomplete: (this: ShutdownReq, status: number) => void;
 }
 
+/**
+ * PGBUDGET_IO=portable: no Node internals at all; every connection is an
+ * ordinary net.Socket (the fallback path, run by CI like the fast one).
+ */
+export const portableOnly = process.env.PGBUDGET_IO === 'portable';
+
 function loadBinding(): StreamBinding | null {
+  if (portableOnly) return null;
   try {
     const b = (process as unknown as { binding(name: string): Partial<StreamBinding> }).binding('stream_wrap');
     if (

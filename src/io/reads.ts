@@ -4,7 +4,7 @@
 // cut the proxy's user CPU from about 24 to 15 µs per transaction in a bare
 // forwarding loop. pause(), resume(), 'end' and 'close' behave as usual.
 import net from 'node:net';
-import { copyOut } from './handles.js';
+import { copyOut, portableOnly } from './handles.js';
 
 // One read buffer for every socket: reads complete one at a time on the
 // event-loop thread and each is copied out before the callback returns, so
@@ -46,7 +46,7 @@ interface ServerInternals {
  */
 export function acceptRaw(server: net.Server, accept: (a: Accepted) => void, onError: (err: Error) => void): void {
   const handle = (server as unknown as ServerInternals)._handle;
-  if (!handle || typeof handle.onconnection !== 'function') {
+  if (portableOnly || !handle || typeof handle.onconnection !== 'function') {
     server.on('connection', (socket) => accept({ socket }));
     return;
   }

@@ -9,7 +9,9 @@
 const FastBuffer = ((Buffer as unknown as Record<symbol, unknown>)[Symbol.species] ?? null) as
   | (new (buffer: ArrayBufferLike, byteOffset: number, length: number) => Buffer)
   | null;
-const usable = typeof FastBuffer === 'function' && new FastBuffer(new ArrayBuffer(1), 0, 1) instanceof Buffer;
+// PGBUDGET_IO=portable (see io/handles.ts) leaves this out too.
+const usable =
+  process.env.PGBUDGET_IO !== 'portable' && typeof FastBuffer === 'function' && new FastBuffer(new ArrayBuffer(1), 0, 1) instanceof Buffer;
 
 let lastChunk: Buffer | null = null;
 let lastArrayBuffer: ArrayBufferLike = new ArrayBuffer(0);

@@ -226,3 +226,33 @@ t.test('the shutdown drain has a bound: a transaction that never ends is cut at 
   await gone;
   t.equal(await cluster.countClientBackends({ applicationName: 'pgbudget:app' }), 0, 'its server connection was closed');
 });
+
+t.test('PGBUDGET_IO=portable uses no Node internals: it runs under --throw-deprecation and serves clients', async (t) => {
+  // Through env -u: tap's process-on-spawn puts NODE_OPTIONS back into every
+  // spawn, and its hook calls process.binding itself.
+  const child = spawn(
+    'env',
+    ['-u', 'NODE_OPTIONS', process.execPath, '--pending-deprecation', '--throw-deprecation', cli, '--upstream', `postgres://127.0.0.1:${cluster.port}`, '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0'],
+    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PGBUDGET_IO: 'portable' } },
+  );
+  const exited = new Promise<number | null>((r) => child.on('exit', r));
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  let out = '';
+  const ready = await new Promise<string>((resolve, reject) => {
+    child.stdout.on('data', (d) => {
+      out += d;
+      const line = out.split('\n').find((l) => l.includes('pgbudget ready'));
+      if (line) resolve(line);
+    });
+    let err = '';
+    child.stderr.on('data', (d) => (err += d));
+    child.on('exit', (code) => reject(new Error(`exited ${code} before ready: ${out}${err}`)));
+  });
+  const port = JSON.parse(ready).listen.split(':').pop();
+  const r = await psql(`postgres://app@127.0.0.1:${port}/postgres`, 'select 40 + 2');
+  t.equal(r.stdout.trim(), '42', r.stderr);
+  child.kill('SIGTERM');
+  t.equal(await exited, 0, 'SIGTERM exits 0; no deprecation was thrown');
+});
