@@ -366,14 +366,11 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     const clientsTurn = this.expectedReady === 0 && !this.inCopy;
     // An extended-protocol batch not yet ended by a Sync holds its server connection as a transaction would.
     if (this.txStatus !== TxStatus.Idle || (this.extendedOpen && this.state === 'linked')) {
-      const limit = limits.idleInTransactionTimeoutMs;
-      if (limit > 0 && clientsTurn && now - this.quietSince >= limit) this.idleTimedOut('idle_in_transaction_timeout');
-    } else if (clientsTurn && !this.extendedOpen) {
-      const limit = limits.clientIdleTimeoutMs;
-      if (limit > 0 && now - this.quietSince >= limit) this.idleTimedOut('client_idle_timeout');
+      if (clientsTurn && expired(limits.idleInTransactionTimeoutMs, this.quietSince, now)) this.idleTimedOut('idle_in_transaction_timeout');
+    } else if (clientsTurn && !this.extendedOpen && expired(limits.clientIdleTimeoutMs, this.quietSince, now)) {
+      this.idleTimedOut('client_idle_timeout');
     }
-    const limit = limits.queryTimeoutMs;
-    if (limit > 0 && this.statementSince !== 0 && !this.timedOut && this.state === 'linked' && now - this.statementSince >= limit) {
+    if (this.statementSince !== 0 && !this.timedOut && this.state === 'linked' && expired(limits.queryTimeoutMs, this.statementSince, now)) {
       this.cancelForTimeout();
     }
   }
@@ -1094,6 +1091,11 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   }
 }
 
+
+/** A timeout that is on (over 0) and has run out since `since`. */
+function expired(limitMs: number, since: number, now: number): boolean {
+  return limitMs > 0 && now - since >= limitMs;
+}
 
 function statusLetter(status: number): 'I' | 'T' | 'E' {
   return status === TxStatus.InTransaction ? 'T' : status === TxStatus.Failed ? 'E' : 'I';
