@@ -226,7 +226,7 @@ export class Scheduler {
     const actions: Action[] = [];
     // Opened under a budget (or cap) that a reload has lowered since: it
     // closes instead of being handed out, as a released one would.
-    if (s.held - s.closing > s.limits.budget || this.overCap()) this.startClosing(s, conn, 'over_budget', actions);
+    if (this.overBudget(s) || this.overCap()) this.startClosing(s, conn, 'over_budget', actions);
     this.dispatch(now, actions);
     return actions;
   }
@@ -243,7 +243,7 @@ export class Scheduler {
     const actions: Action[] = [];
     const reason: CloseReason | null = !reusable
       ? 'not_reusable'
-      : s.held - s.closing > s.limits.budget || this.overCap()
+      : this.overBudget(s) || this.overCap()
         ? 'over_budget'
         : now - conn.createdAt >= this.limits.lifetimeMs
           ? 'lifetime'
@@ -333,7 +333,7 @@ export class Scheduler {
       for (const conn of [...s.idle]) {
         if (now - conn.idleSince >= this.limits.idleTimeoutMs) this.startClosing(s, conn, 'idle_timeout', actions);
         else if (now - conn.createdAt >= this.limits.lifetimeMs) this.startClosing(s, conn, 'lifetime', actions);
-        else if (s.held - s.closing > s.limits.budget) this.startClosing(s, conn, 'over_budget', actions);
+        else if (this.overBudget(s)) this.startClosing(s, conn, 'over_budget', actions);
       }
     }
     // A cap lowered by a reload: close idle connections, oldest first.
@@ -402,6 +402,11 @@ export class Scheduler {
   }
 
   /** More connections than the cap, not counting those already closing. */
+  /** Holds more than its budget, not counting connections already closing (a reload lowered it). */
+  private overBudget(s: ServiceState): boolean {
+    return s.held - s.closing > s.limits.budget;
+  }
+
   private overCap(): boolean {
     let closing = 0;
     for (const s of this.services.values()) closing += s.closing;
