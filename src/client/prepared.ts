@@ -31,7 +31,7 @@ import {
 } from '../protocol/messages.js';
 import { clientErrors } from '../errors.js';
 import { errorResponse } from '../protocol/encode.js';
-import { SERVER_STATEMENT_PREFIX, type ServerStatements } from '../server/statements.js';
+import { SERVER_STATEMENT_PREFIX, type ServerStatements } from './serverStatements.js';
 import { stripSql } from './sessionState.js';
 import { DROP_WORD, messageSqlWords } from './sqlWords.js';
 

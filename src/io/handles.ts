@@ -76,6 +76,21 @@ function loadBinding(): StreamBinding | null {
 /** The binding, or null where this Node.js does not expose it. */
 export const binding = loadBinding();
 
+// Whether new connections take the fast path. The checks above see only
+// that the internals exist; the start-up self-test (io/selfTest.ts) sees
+// whether they still mean what this code assumes, and turns it off if not.
+let fast = binding !== null;
+
+/** New connections use the raw handle and direct reads and writes. */
+export function fastIo(): boolean {
+  return fast;
+}
+
+/** From now on every new connection is an ordinary net.Socket. */
+export function useSocketsOnly(): void {
+  fast = false;
+}
+
 // Read once: the binding object is in dictionary mode, and a property load
 // on it from the hot path was a generic (uncached) lookup.
 const streamState = binding?.streamBaseState ?? new Int32Array(8);

@@ -3,7 +3,7 @@
 // inside one chunk are returned as views of it; only a message that spans
 // chunks is copied together.
 import { FrameError } from './framing.js';
-import { sliceOf } from './views.js';
+import { sliceOf } from '../io/views.js';
 
 export class MessageAssembler {
   private parts: Buffer[] = [];

@@ -9,7 +9,7 @@
 // passes has every field the readers below look for. The readers never
 // throw either: on a message that was not checked they read what is there.
 
-import { MEMO_MAX_BYTES } from './views.js';
+import { MEMO_MAX_BYTES } from '../io/views.js';
 
 /** The offset just past the terminator of the string at `offset`, or -1 when it has none. */
 function stringEnd(buf: Buffer, offset: number): number {

@@ -3,13 +3,14 @@
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { Stats, UNMATCHED } from '../budget/stats.js';
-import { ClientSession, type SessionContext, type SessionTimeouts } from '../client/session.js';
+import { ClientSession, type SessionContext, type SessionTimeouts } from './session.js';
 import { overcommitWarning } from '../config/schema.js';
 import type { Config } from '../types/config.js';
 import type { ProxySnapshot, ServiceSnapshot } from '../types/snapshot.js';
 import { ServerPool } from '../server/pool.js';
 import { SessionRegistry } from '../client/registry.js';
-import { acceptRaw, closeAccepted, type Accepted } from '../io/reads.js';
+import { acceptRaw, closeAccepted, type Accepted } from '../io/accept.js';
+import { checkFastPath } from '../io/selfTest.js';
 
 export class Proxy {
   readonly stats = new Stats();
@@ -47,7 +48,9 @@ export class Proxy {
   }
 
   /** Starts listening; resolves with the bound address (port 0 picks a free port). */
-  listen(): Promise<net.AddressInfo> {
+  async listen(): Promise<net.AddressInfo> {
+    const problem = await checkFastPath();
+    if (problem !== null) this.log.warn({ problem }, 'pgbudget: the fast I/O path failed its self-test; using portable I/O (net.Socket)');
     return new Promise((resolve, reject) => {
       this.server.once('error', reject);
       this.server.listen(this.config.listen.port, this.config.listen.host, () => {

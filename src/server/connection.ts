@@ -1,8 +1,6 @@
 // One server connection: TCP to the upstream, login (cleartext, md5,
 // SCRAM-SHA-256), then either forwarding raw chunks to the client that owns
 // it, or running the proxy's own queries (reset) when nobody does.
-import net from 'node:net';
-import { getSystemErrorName } from 'node:util';
 // Without the .js: older ESM resolvers (tap's ts-node loader) map "./dist/*" first.
 import { Parser } from 'pg-protocol/dist/parser';
 import { serialize } from 'pg-protocol/dist/serializer';
@@ -11,10 +9,8 @@ import { Backend } from '../protocol/codes.js';
 import { errorResponse, startupMessage, type ErrorFields } from '../protocol/encode.js';
 import { FrameScanner } from '../protocol/framing.js';
 import { clientErrors } from '../errors.js';
-import { binding, copyOut, isTcpHandle, readBytes, writeTo, type AsyncWriter, type TcpHandle } from '../io/handles.js';
-import { READ_BUFFER, readsTo } from '../io/reads.js';
+import { connectTransport, type ConnectHandler, type SocketTransport } from '../io/socket.js';
 import { md5Password, ScramClient } from './scram.js';
-import { ServerStatements } from './statements.js';
 
 /** Who receives the server's bytes while linked. */
 export interface ServerOwner {
@@ -34,7 +30,6 @@ export interface ServerLogin {
   password: () => string | undefined;
   service: string;
   connectTimeoutMs: number;
-  maxPreparedStatements: number;
   /** TCP keepalive idle time (0: off), so a server host that vanished is noticed. */
   keepAliveMs: number;
 }
@@ -67,16 +62,14 @@ interface Control {
   onMessage: (msg: BackendMessage, raw: Buffer) => void;
 }
 
-export class ServerConnection implements AsyncWriter {
-  readonly socket: net.Socket;
+export class ServerConnection implements ConnectHandler {
+  private readonly transport: SocketTransport;
   readonly createdAt = Date.now();
   processId = 0;
   secretKey = 0;
   /** ParameterStatus values the server reported at login, in order. */
   readonly params: [string, string][] = [];
   owner: ServerOwner | null = null;
-  /** Prepared statements the proxy made on this connection (transaction mode). */
-  readonly statements: ServerStatements;
   /** Set when the server sent an error while idle: the connection is not reused. */
   broken = false;
   /**
@@ -98,45 +91,53 @@ export class ServerConnection implements AsyncWriter {
     if (type === Backend.ErrorResponse) this.markBroken();
   });
   onClosed: (cause: string) => void = () => {};
-  /** The socket's TCP handle, written and read directly once logged in (io/handles.ts); else null. */
-  private direct: TcpHandle | null = null;
-  /** Bytes of direct writes that went asynchronous and have not completed. */
-  private directQueued = 0;
-  private directNeedDrain = false;
 
   constructor(
     readonly id: number,
     readonly login: ServerLogin,
   ) {
-    this.statements = new ServerStatements(login.maxPreparedStatements);
-    this.socket = net.connect({
-      host: login.host,
-      port: login.port,
-      noDelay: true,
-      keepAlive: login.keepAliveMs > 0,
-      keepAliveInitialDelay: login.keepAliveMs,
-      onread: readsTo((chunk) => this.onRead(chunk)),
-    });
-    this.socket.on('drain', () => this.owner?.onServerDrain());
-    this.socket.on('error', (err) => {
-      this.closeCause = err.message;
-    });
-    this.socket.on('close', () => {
-      const was = this.phase;
-      this.phase = 'closed';
-      if (this.control) {
-        const c = this.control;
-        this.control = null;
-        c.reject(new ServerLoginError(`upstream ${login.host}:${login.port}: ${this.closeCause}`, true));
-      }
-      // The pool's callbacks and the owner's are error boundaries of their own: none of these throws.
-      this.onSocketClose();
-      if (was !== 'connecting' && was !== 'login') this.owner?.onServerClose(this.closeCause);
-      // After the open() promise has settled, so a failed login is classified
-      // (backoff, or failing its waiters) before its slot is handed out again.
-      const cause = this.closeCause;
-      setImmediate(() => this.onClosed(cause));
-    });
+    this.transport = connectTransport({ host: login.host, port: login.port, keepAliveMs: login.keepAliveMs }, this);
+  }
+
+  // ---- transport events ----
+
+  onConnect(): void {
+    this.phase = 'login';
+    const { login } = this;
+    this.transport.write(
+      startupMessage({
+        client_encoding: 'UTF8',
+        ...login.params,
+        user: login.user,
+        database: login.database,
+        application_name: login.applicationName,
+      }),
+    );
+  }
+
+  onDrain(): void {
+    this.owner?.onServerDrain();
+  }
+
+  onError(message: string): void {
+    this.closeCause = message;
+  }
+
+  onClose(): void {
+    const was = this.phase;
+    this.phase = 'closed';
+    if (this.control) {
+      const c = this.control;
+      this.control = null;
+      c.reject(new ServerLoginError(`upstream ${this.login.host}:${this.login.port}: ${this.closeCause}`, true));
+    }
+    // The pool's callbacks and the owner's are error boundaries of their own: none of these throws.
+    this.onSocketClose();
+    if (was !== 'connecting' && was !== 'login') this.owner?.onServerClose(this.closeCause);
+    // After the open() promise has settled, so a failed login is classified
+    // (backoff, or failing its waiters) before its slot is handed out again.
+    const cause = this.closeCause;
+    setImmediate(() => this.onClosed(cause));
   }
 
   get ready(): boolean {
@@ -148,7 +149,7 @@ export class ServerConnection implements AsyncWriter {
    * server, and not in the middle of a message it sent unprompted.
    */
   get usable(): boolean {
-    return this.phase === 'ready' && !this.broken && !this.socket.destroyed && this.idleScanner.atBoundary;
+    return this.phase === 'ready' && !this.broken && this.transport.writable && this.idleScanner.atBoundary;
   }
 
   private markBroken(): void {
@@ -162,14 +163,14 @@ export class ServerConnection implements AsyncWriter {
     const { login } = this;
     const timer = setTimeout(() => {
       this.closeCause = `connect timeout after ${login.connectTimeoutMs} ms`;
-      this.socket.destroy();
+      this.transport.destroy();
     }, login.connectTimeoutMs);
     return new Promise<void>((resolve, reject) => {
       let scram: ScramClient | null = null;
       const fail = (err: ServerLoginError) => {
         this.control = null;
         reject(err);
-        this.socket.destroy();
+        this.transport.destroy();
       };
       const ourError = (fields: ErrorFields) =>
         fail(new ServerLoginError(fields.message, false, errorResponse(fields)));
@@ -187,7 +188,7 @@ export class ServerConnection implements AsyncWriter {
               if (pw === undefined) return ourError(clientErrors.noServerPassword(login.service, m.name.slice(14)));
               const reply =
                 m.name === 'authenticationMD5Password' ? md5Password(login.user, pw, m.salt as Buffer) : pw;
-              this.socket.write(serialize.password(reply));
+              this.transport.write(serialize.password(reply));
               return;
             }
             case 'authenticationSASL': {
@@ -198,12 +199,12 @@ export class ServerConnection implements AsyncWriter {
               const pw = login.password();
               if (pw === undefined) return ourError(clientErrors.noServerPassword(login.service, 'SCRAM-SHA-256'));
               scram = new ScramClient(pw);
-              this.socket.write(serialize.sendSASLInitialResponseMessage('SCRAM-SHA-256', scram.clientFirst()));
+              this.transport.write(serialize.sendSASLInitialResponseMessage('SCRAM-SHA-256', scram.clientFirst()));
               return;
             }
             case 'authenticationSASLContinue':
               try {
-                this.socket.write(serialize.sendSCRAMClientFinalMessage(scram!.clientFinal(m.data as string)));
+                this.transport.write(serialize.sendSCRAMClientFinalMessage(scram!.clientFinal(m.data as string)));
               } catch (err) {
                 return ourError(clientErrors.serverProtocolViolation((err as Error).message));
               }
@@ -226,7 +227,6 @@ export class ServerConnection implements AsyncWriter {
               this.control = null;
               this.phase = 'ready';
               clearTimeout(timer);
-              this.goDirect();
               resolve();
               return;
             case 'error': {
@@ -241,18 +241,6 @@ export class ServerConnection implements AsyncWriter {
           }
         },
       };
-      this.socket.once('connect', () => {
-        this.phase = 'login';
-        this.socket.write(
-          startupMessage({
-            client_encoding: 'UTF8',
-            ...login.params,
-            user: login.user,
-            database: login.database,
-            application_name: login.applicationName,
-          }),
-        );
-      });
     }).finally(() => clearTimeout(timer));
   }
 
@@ -263,8 +251,8 @@ export class ServerConnection implements AsyncWriter {
    */
   query(sql: string, timeoutMs = 5000): Promise<void> {
     if (this.phase !== 'ready' || this.owner) return Promise.reject(new Error('connection not available'));
-    // A reply is read only while the socket flows.
-    this.socket.resume();
+    // A reply is read only while the connection flows.
+    this.transport.resume();
     return new Promise<void>((resolve, reject) => {
       let failure: Error | null = null;
       const timer = setTimeout(() => {
@@ -290,78 +278,38 @@ export class ServerConnection implements AsyncWriter {
           }
         },
       };
-      this.socket.write(serialize.query(sql));
+      this.transport.write(serialize.query(sql));
     });
   }
 
-  /**
-   * Forwarding no longer goes through net.Socket: reads of data skip net's
-   * onStreamRead (end of stream and errors still go to it, so 'close' and
-   * 'error' come as before), and writes skip its Writable whenever that has
-   * nothing queued, which keeps the order of bytes (libuv queues writes in
-   * the order they are made). Under pgbench -S this took about 4k of 24k
-   * instructions per transaction off.
-   */
-  private goDirect(): void {
-    const handle = (this.socket as unknown as { _handle?: unknown })._handle;
-    if (!binding || !isTcpHandle(handle)) return;
-    const conn = this;
-    const viaNet = handle.onread;
-    handle.onread = function (this: TcpHandle, arrayBuffer) {
-      const n = readBytes();
-      if (n <= 0) return viaNet.call(this, arrayBuffer);
-      // Node reads into READ_BUFFER (the onread option of readsTo): copy out before the next read.
-      conn.onRead(copyOut(READ_BUFFER, n));
-    };
-    this.direct = handle;
-  }
-
+  /** Forwards client bytes; false when the client should wait for onServerDrain. */
   write(chunk: Buffer): boolean {
-    const handle = this.direct;
-    if (handle === null || this.socket.writableLength !== 0 || this.socket.destroyed || this.socket.writableEnded) {
-      return this.socket.write(chunk);
-    }
-    const r = writeTo(binding!, handle, chunk, this);
-    if (r < 0) {
-      this.socket.destroy(new Error(`write ${getSystemErrorName(r)}`));
-      return false;
-    }
-    if (r > 0) {
-      this.directQueued += chunk.length;
-      if (this.directQueued >= this.socket.writableHighWaterMark) this.directNeedDrain = true;
-    }
-    return !this.directNeedDrain;
+    return this.transport.write(chunk);
   }
 
-  /** A direct write that went asynchronous has completed (io/handles.ts). */
-  afterWrite(bytes: number, status: number): void {
-    this.directQueued -= bytes;
-    if (this.socket.destroyed) return;
-    if (status < 0) {
-      this.socket.destroy(new Error(`write ${getSystemErrorName(status)}`));
-      return;
-    }
-    if (this.directNeedDrain && this.directQueued === 0) {
-      this.directNeedDrain = false;
-      this.owner?.onServerDrain();
-    }
+  pause(): void {
+    this.transport.pause();
+  }
+
+  resume(): void {
+    if (this.transport.isPaused()) this.transport.resume();
   }
 
   /** Polite close: Terminate, then end. The slot is freed on 'close'. */
   terminate(reason: string): void {
     this.closeCause = reason;
-    if (this.phase === 'ready' && !this.socket.destroyed) {
-      this.socket.end(serialize.end());
+    if (this.phase === 'ready' && this.transport.writable) {
+      this.transport.end(serialize.end());
       // A server that does not close its side promptly is not waited for.
-      setTimeout(() => this.socket.destroy(), 5000).unref();
+      setTimeout(() => this.transport.destroy(), 5000).unref();
     } else {
-      this.socket.destroy();
+      this.transport.destroy();
     }
   }
 
   destroy(reason: string): void {
     this.closeCause = reason;
-    this.socket.destroy();
+    this.transport.destroy();
   }
 
   /**
@@ -370,15 +318,15 @@ export class ServerConnection implements AsyncWriter {
    * own queries, the idle scan) ends this server connection, and its
    * owner, if any, sees it close (08006).
    */
-  private onRead(chunk: Buffer): void {
+  onData(chunk: Buffer): void {
     try {
-      this.onData(chunk);
+      this.route(chunk);
     } catch (err) {
       this.destroy(`internal error reading from the server: ${(err as Error)?.message ?? err}`);
     }
   }
 
-  private onData(chunk: Buffer): void {
+  private route(chunk: Buffer): void {
     if (this.control) return this.onControlData(chunk);
     if (this.owner) return this.owner.onServerData(chunk);
     // Nobody owns it: the server spoke unprompted (a notice, a parameter
@@ -408,7 +356,7 @@ export class ServerConnection implements AsyncWriter {
       }
       if (!this.control) {
         // Control ended (ready or failed); anything after belongs to forwarding.
-        if (buf.length > 0 && this.phase === 'ready') this.onData(Buffer.from(buf));
+        if (buf.length > 0 && this.phase === 'ready') this.route(Buffer.from(buf));
         buf = Buffer.alloc(0);
         break;
       }

@@ -142,22 +142,32 @@ export class ServerPool {
    * returns. The waiter identifies a queued request (to cancel it).
    */
   acquire(service: string, key: string, handlers: WaitHandlers): Waiter | null {
-    // Fast path, the common case under load: an idle connection and nobody
-    // ahead in the queue. No waiter, no action list.
-    const idleId = this.scheduler.takeIdleNow(service, key);
-    if (idleId !== 0) {
-      const conn = this.conns.get(idleId)!;
-      if (conn.usable) {
-        this.stats.waited(service, 0);
-        handlers.onAssign(conn, 0);
-        return null;
-      }
-      this.release(conn, false); // went bad while idle: close it, then the usual path
+    const conn = this.takeIdle(service, key);
+    if (conn !== null) {
+      handlers.onAssign(conn, 0);
+      return null;
     }
     const { waiter, actions } = this.scheduler.acquire(service, key, Date.now());
     (waiter as HandledWaiter).handlers = handlers;
     this.run(actions);
     return waiter;
+  }
+
+  /**
+   * The fast path, the common case under load: an idle connection for
+   * `key`, taken at once if nobody is ahead in the queue; else null. No
+   * waiter, no action list, no callback.
+   */
+  takeIdle(service: string, key: string): ServerConnection | null {
+    const idleId = this.scheduler.takeIdleNow(service, key);
+    if (idleId === 0) return null;
+    const conn = this.conns.get(idleId)!;
+    if (conn.usable) {
+      this.stats.waited(service, 0);
+      return conn;
+    }
+    this.release(conn, false); // went bad while idle: close it; the caller takes the usual path
+    return null;
   }
 
   /** The client left while waiting. */
@@ -174,8 +184,8 @@ export class ServerPool {
       conn.releaseAfterCancel = (conn.releaseAfterCancel ?? true) && reusable;
       return;
     }
-    const ok = reusable && conn.usable && conn.socket.writable;
-    if (conn.socket.isPaused()) conn.socket.resume();
+    const ok = reusable && conn.usable;
+    conn.resume();
     this.run(this.scheduler.release(conn.id, Date.now(), ok));
   }
 
@@ -366,7 +376,6 @@ export class ServerPool {
       applicationName: `pgbudget:${service}`,
       service,
       connectTimeoutMs,
-      maxPreparedStatements: this.config.maxPreparedStatements,
       keepAliveMs: this.config.tcpKeepaliveMs,
       password: () => (svc?.passwordEnv ? process.env[svc.passwordEnv] : svc?.password),
     });

@@ -8,7 +8,8 @@
 //   node build/test/bench/floor.js <listen port> <postgres port>
 import net from 'node:net';
 import { binding, copyOut, readBytes, writeTo, type AsyncWriter, type TcpHandle } from '../../src/io/handles.js';
-import { READ_BUFFER, acceptRaw } from '../../src/io/reads.js';
+import { READ_BUFFER } from '../../src/io/reads.js';
+import { acceptRaw } from '../../src/io/accept.js';
 
 const [listenPort, upstreamPort] = process.argv.slice(2).map(Number);
 if (!binding) throw new Error('this Node.js has no stream_wrap binding: no floor to measure');

@@ -9,13 +9,13 @@ import pg from 'pg';
 import { pino } from 'pino';
 import { startPgbudget } from '../../src/app.js';
 import { Scheduler } from '../../src/budget/scheduler.js';
-import { ClientSession } from '../../src/client/session.js';
+import { ClientSession } from '../../src/proxy/session.js';
+import { ServerPool } from '../../src/server/pool.js';
 import { SessionRegistry } from '../../src/client/registry.js';
 import { validateConfig } from '../../src/config/schema.js';
 import { clientErrors } from '../../src/errors.js';
 import { PreparedStatements } from '../../src/client/prepared.js';
 import { ServerConnection } from '../../src/server/connection.js';
-import { ServerStatements } from '../../src/server/statements.js';
 import { withCluster, type Cluster } from '../helpers/cluster.js';
 import { assertNoLeaks, errorFields, frontend, proxyConfig, rawClient, rawConnect, simpleQuery, sleep } from '../helpers/proxy.js';
 import { startupPacket } from '../helpers/wire.js';
@@ -216,10 +216,11 @@ t.test('a failure in the timeout sweep ends that client only', async (t) => {
 });
 
 t.test('a failure in a reset after a session-mode client leaves closes that server connection, and frees its slot', async (t) => {
-  const fault = failFirst(t, ServerStatements.prototype, 'clear', 'injected fault after a reset');
   const c = new pg.Client({ connectionString: proxy.url('sess') });
   await c.connect();
   await c.query('select 1');
+  // The first release from here on is the one after the reset (DISCARD ALL) succeeded.
+  const fault = failFirst(t, ServerPool.prototype, 'release', 'injected fault after a reset');
   await c.end();
   await sleep(100);
   t.equal(fault.calls(), 1, 'the fault fired');
@@ -249,7 +250,7 @@ t.test('a failure when accepting a connection closes that connection only', asyn
 });
 
 t.test('a failure while handling a cancel request ends the session it named, nobody else', async (t) => {
-  const restore = patch(ClientSession.prototype, 'cancel', () => () => {
+  const restore = patch(ClientSession.prototype, 'cancelOwn', () => () => {
     throw new Error('injected fault in a cancel');
   });
   t.teardown(restore);

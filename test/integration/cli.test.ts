@@ -227,13 +227,12 @@ t.test('the shutdown drain has a bound: a transaction that never ends is cut at 
   t.equal(await cluster.countClientBackends({ applicationName: 'pgbudget:app' }), 0, 'its server connection was closed');
 });
 
-t.test('PGBUDGET_IO=portable uses no Node internals: it runs under --throw-deprecation and serves clients', async (t) => {
-  // Through env -u: tap's process-on-spawn puts NODE_OPTIONS back into every
-  // spawn, and its hook calls process.binding itself.
+/** Starts the CLI through `env -u NODE_OPTIONS` (tap's process-on-spawn puts NODE_OPTIONS back into every spawn, and its hook calls process.binding itself). */
+async function startBare(t: { teardown(fn: () => unknown): void }, nodeArgs: string[], env: NodeJS.ProcessEnv = {}) {
   const child = spawn(
     'env',
-    ['-u', 'NODE_OPTIONS', process.execPath, '--pending-deprecation', '--throw-deprecation', cli, '--upstream', `postgres://127.0.0.1:${cluster.port}`, '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0'],
-    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PGBUDGET_IO: 'portable' } },
+    ['-u', 'NODE_OPTIONS', process.execPath, ...nodeArgs, cli, '--upstream', `postgres://127.0.0.1:${cluster.port}`, '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0'],
+    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } },
   );
   const exited = new Promise<number | null>((r) => child.on('exit', r));
   t.teardown(() => {
@@ -250,9 +249,38 @@ t.test('PGBUDGET_IO=portable uses no Node internals: it runs under --throw-depre
     child.stderr.on('data', (d) => (err += d));
     child.on('exit', (code) => reject(new Error(`exited ${code} before ready: ${out}${err}`)));
   });
-  const port = JSON.parse(ready).listen.split(':').pop();
+  const port = Number(JSON.parse(ready).listen.split(':').pop());
+  return { child, exited, port, output: () => out };
+}
+
+t.test('PGBUDGET_IO=portable uses no Node internals: it runs under --throw-deprecation and serves clients', async (t) => {
+  const { child, exited, port } = await startBare(t, ['--pending-deprecation', '--throw-deprecation'], { PGBUDGET_IO: 'portable' });
   const r = await psql(`postgres://app@127.0.0.1:${port}/postgres`, 'select 40 + 2');
   t.equal(r.stdout.trim(), '42', r.stderr);
   child.kill('SIGTERM');
   t.equal(await exited, 0, 'SIGTERM exits 0; no deprecation was thrown');
+});
+
+t.test('fast-path internals that changed meaning fail the start-up self-test: one warning, then portable I/O, same results', async (t) => {
+  // A future Node.js where the TCP handle ignores the read buffer it is
+  // given: every check of what exists still passes, and reads would come
+  // from a stale buffer.
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'pgbudget-selftest-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const patch = path.join(dir, 'patch.mjs');
+  await writeFile(patch, "process.binding('tcp_wrap').TCP.prototype.useUserBuffer = function () {};\n");
+  const { child, exited, port, output } = await startBare(t, ['--import', patch]);
+  const warnings = output().split('\n').filter((l) => l.includes('self-test'));
+  t.equal(warnings.length, 1, 'one log line');
+  t.match(JSON.parse(warnings[0]), { level: 40, problem: /came back changed/ }, 'a warning that says what was wrong');
+  const url = `postgres://app@127.0.0.1:${port}/postgres`;
+  const r = await psql(url, "select md5(string_agg(g::text, ',')) from generate_series(1, 200000) g");
+  const direct = await psql(`postgres://app@127.0.0.1:${cluster.port}/postgres`, "select md5(string_agg(g::text, ',')) from generate_series(1, 200000) g");
+  t.equal(r.stdout, direct.stdout, r.stderr);
+  const big = await psql(url, "select length(string_agg(repeat('x', 1000), '')) from generate_series(1, 3000)");
+  t.equal(big.stdout.trim(), '3000000', big.stderr);
+  const rows = await psql(url, 'select g from generate_series(1, 50000) g');
+  t.equal(rows.stdout.trim().split('\n').length, 50000, 'a 50,000-row result arrives whole');
+  child.kill('SIGTERM');
+  t.equal(await exited, 0);
 });

@@ -257,7 +257,7 @@ t.test('startup parameters hold on whichever server connection a client gets', a
 });
 
 t.test('review findings: unnamed statements, skipped Parses, refusals, DEALLOCATE, reserved names', async (t) => {
-  const { SERVER_STATEMENT_PREFIX } = await import('../../src/server/statements.js');
+  const { SERVER_STATEMENT_PREFIX } = await import('../../src/client/serverStatements.js');
   const one = await startProxy(t, cluster, {
     maxPreparedStatements: 2,
     services: [

@@ -6,7 +6,7 @@ import vm from 'node:vm';
 import { Scheduler, type Action } from '../../src/budget/scheduler.js';
 import { readParse, readQuery } from '../../src/protocol/messages.js';
 import { parseStartupPacket } from '../../src/protocol/startup.js';
-import { sliceOf } from '../../src/protocol/views.js';
+import { sliceOf } from '../../src/io/views.js';
 import { poolKey } from '../../src/server/pool.js';
 import { WelcomeCache } from '../../src/server/welcomes.js';
 import { msg, startupPacket } from '../helpers/wire.js';

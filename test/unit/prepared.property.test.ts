@@ -13,7 +13,7 @@ import fc from 'fast-check';
 import t from 'tap';
 import { PreparedStatements } from '../../src/client/prepared.js';
 import { buildParse, buildQuery, buildTarget, readBindStatement, readParse, readTarget } from '../../src/protocol/messages.js';
-import { ServerStatements } from '../../src/server/statements.js';
+import { ServerStatements } from '../../src/client/serverStatements.js';
 import { msg } from '../helpers/wire.js';
 
 const NAMES = ['', 'a', 'b', 'c'];

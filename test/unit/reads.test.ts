@@ -1,12 +1,13 @@
-// io/reads.ts and io/clientConn.ts: accepted connections taken as raw
-// handles, served either as the bare handle or as one net.Socket, with the
+// io/accept.ts, io/raw.ts and io/socket.ts: accepted connections taken as
+// raw handles, served either as the bare handle or as one net.Socket, with the
 // same behaviour: every byte read in order, writes with backpressure and
 // drain, end() that delivers its last bytes, errors and close reported once,
 // and server.close() waiting for each connection.
 import net from 'node:net';
 import t from 'tap';
-import { clientConn, rawConnectionsAvailable, type ClientConn, type ClientConnHandler } from '../../src/io/clientConn.js';
-import { acceptRaw, type Accepted } from '../../src/io/reads.js';
+import { acceptRaw, clientTransport, type Accepted } from '../../src/io/accept.js';
+import { binding } from '../../src/io/handles.js';
+import type { Transport, TransportHandler } from '../../src/io/transport.js';
 
 async function listening(server: net.Server): Promise<number> {
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -14,28 +15,28 @@ async function listening(server: net.Server): Promise<number> {
 }
 
 /** A handler that records what happened; `onData` decides what to do with reads. */
-class Recorder implements ClientConnHandler {
-  conn!: ClientConn;
+class Recorder implements TransportHandler {
+  conn!: Transport;
   chunks: Buffer[] = [];
   drains = 0;
   errors: string[] = [];
   closes = 0;
   closed: Promise<void>;
   private markClosed!: () => void;
-  constructor(private readonly onData: (r: Recorder, chunk: Buffer) => void = () => {}) {
+  constructor(private readonly handle: (r: Recorder, chunk: Buffer) => void = () => {}) {
     this.closed = new Promise((r) => (this.markClosed = r));
   }
-  onClientData(chunk: Buffer): void {
+  onData(chunk: Buffer): void {
     this.chunks.push(chunk);
-    this.onData(this, chunk);
+    this.handle(this, chunk);
   }
-  onClientDrain(): void {
+  onDrain(): void {
     this.drains++;
   }
-  onClientError(message: string): void {
+  onError(message: string): void {
     this.errors.push(message);
   }
-  onClientClose(): void {
+  onClose(): void {
     this.closes++;
     this.markClosed();
   }
@@ -60,7 +61,7 @@ async function rig(raw: boolean, onData?: (r: Recorder, chunk: Buffer) => void):
     (a) => {
       accepted.push(a);
       const rec = new Recorder(onData);
-      rec.conn = clientConn(a, rec, { raw });
+      rec.conn = clientTransport(a, rec, { raw });
       const w = waiting.shift();
       if (w) w(rec);
       else ready.push(rec);
@@ -104,7 +105,7 @@ function readAll(client: net.Socket, bytes: number): Promise<Buffer> {
 const closeServer = (server: net.Server) => new Promise<void>((r) => server.close(() => r()));
 
 t.test('the raw handle is used where Node has the binding', async (t) => {
-  t.ok(rawConnectionsAvailable, 'Node.js 20+ exposes stream_wrap: the fast path is what runs in production');
+  t.ok(binding !== null, 'Node.js 20+ exposes stream_wrap: the fast path is what runs in production');
 });
 
 for (const raw of [true, false]) {
@@ -247,7 +248,7 @@ for (const raw of [true, false]) {
 t.test('an ordinary accepted socket is read through data events', async (t) => {
   const server = net.createServer((socket) => {
     const rec = new Recorder((r, chunk) => r.conn.write(chunk));
-    rec.conn = clientConn({ socket }, rec);
+    rec.conn = clientTransport({ socket }, rec);
   });
   const port = await listening(server);
   const client = await connect(port);

@@ -1,6 +1,6 @@
 import t from 'tap';
 import { copyOut } from '../../src/io/handles.js';
-import { sliceOf } from '../../src/protocol/views.js';
+import { sliceOf } from '../../src/io/views.js';
 
 // Buffers made every way the proxy makes them: from the shared pool, on their
 // own, on the V8 heap (small Buffer.alloc), from strings, concatenated, and

@@ -7,34 +7,25 @@ import type { Logger } from 'pino';
 import type { Waiter } from '../budget/scheduler.js';
 import { UNMATCHED, type ServiceStats, type Stats } from '../budget/stats.js';
 import type { Config, ServiceConfig } from '../types/config.js';
-import { matchService } from './match.js';
+import { matchService } from '../client/match.js';
 import { clientErrors } from '../errors.js';
 import { Backend, Frontend, TxStatus } from '../protocol/codes.js';
-import {
-  authenticationOk,
-  BACKEND_KEY_DATA_BYTES,
-  errorResponse,
-  negotiateProtocolVersion,
-  parameterStatus,
-  readyForQuery,
-  writeBackendKeyData,
-  type ErrorFields,
-} from '../protocol/encode.js';
-import { clientConn, type ClientConn, type ClientConnHandler } from '../io/clientConn.js';
-import type { Accepted } from '../io/reads.js';
+import { errorResponse, readyForQuery, type ErrorFields } from '../protocol/encode.js';
+import { clientTransport, type Accepted } from '../io/accept.js';
+import type { Transport, TransportHandler } from '../io/transport.js';
 import { MessageAssembler } from '../protocol/assembler.js';
 import { FrameError, FrameScanner } from '../protocol/framing.js';
-import { DROP, ReplyTrimmer, type ReplyListener } from '../protocol/replies.js';
-import { buildQuery, frontendProblem, readParse, readQuery, rewordError } from '../protocol/messages.js';
-import { parseStartupPacket, startupPacketLength, StartupPacketError, TERMINATE_BEFORE_STARTUP } from '../protocol/startup.js';
-import { sliceOf } from '../protocol/views.js';
+import { ReplyTrimmer, type ReplyListener } from '../protocol/replies.js';
+import { frontendProblem, rewordError } from '../protocol/messages.js';
 import type { ServerConnection, ServerOwner } from '../server/connection.js';
 import { poolKey, type RejectedBecause, type ServerPool, type WaitHandlers } from '../server/pool.js';
-import { SERVER_STATEMENT_PREFIX } from '../server/statements.js';
-import { PreparedStatements, raiseStatement, type CompletionKind } from './prepared.js';
-import type { SessionRegistry } from './registry.js';
-import { RESERVED_MARK, SESSION_WORD } from './sqlWords.js';
-import { detectSessionState, type SessionStateReason } from './sessionState.js';
+import { readHandshake, type HandshakeListener } from '../client/handshake.js';
+import type { SessionRegistry } from '../client/registry.js';
+import { ServerStatements } from '../client/serverStatements.js';
+import type { SessionStateReason } from '../client/sessionState.js';
+import { StatementLayer } from '../client/statementLayer.js';
+import { TransactionTracker } from '../client/transaction.js';
+import { welcome } from '../client/welcome.js';
 
 export interface SessionContext {
   config(): Config;
@@ -57,7 +48,7 @@ export interface SessionTimeouts {
 
 type State = 'startup' | 'idle' | 'waiting' | 'linked' | 'closed';
 
-export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandler, ReplyListener {
+export class ClientSession implements ServerOwner, WaitHandlers, TransportHandler, ReplyListener, HandshakeListener {
   state: State = 'startup';
   service: ServiceConfig | null = null;
   user = '';
@@ -97,44 +88,16 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   /** queryTimeoutMs cancelled the running statement: its 57014 is worded as statement_timeout's. */
   private timedOut = false;
 
-  // Protocol position, from header-only scanning of both directions.
-  /** ReadyForQuery messages still owed by the server (one per Query, Sync, FunctionCall). */
-  private expectedReady = 0;
-  private txStatus: number = TxStatus.Idle;
-  /** Extended-protocol messages sent since the last Sync. */
-  private extendedOpen = false;
-  private inCopy = false;
-  /** Syncs sent since the last Execute or Query: ignored by the server if that started a COPY FROM STDIN. */
-  private syncsSinceExecute = 0;
-  /** Between the server's CopyInResponse and the client's CopyDone/CopyFail: Syncs are ignored. */
-  private clientCopyIn = false;
-  /** A framing error on either side: the server connection's position is unknown. */
-  private poisoned = false;
+  /** Protocol position, from the message types of both directions. */
+  private readonly tx = new TransactionTracker();
+  /** The proxy's statements on the linked server connection (transaction mode). */
+  private serverStatements: ServerStatements | null = null;
 
   // Transaction mode: whole client messages, prepared statements, session state.
   /** Set at login for transaction mode: client messages are read whole, not just framed. */
   private assembler: MessageAssembler | null = null;
-  private readonly prepared = new PreparedStatements();
-  /**
-   * Held client messages that forward() must not rewrite: a Sync the server
-   * will ignore (UNTOUCHED), or a refused Parse with the SQL that raises its
-   * error. Null, and never looked at, in the usual case.
-   */
-  private special: Map<Buffer, string> | null = null;
-  /** The last chunk that was cut into several messages, none replaced; its first and last views and their count. */
-  private tile: Buffer | null = null;
-  private tileFirst: Buffer | null = null;
-  private tileLast: Buffer | null = null;
-  private tileCount = 0;
-  /** Why this client is pinned to its server connection (session state), or null. */
-  private pinned: SessionStateReason | null = null;
-  /**
-   * Client messages waiting for a shape check (PreparedStatements.rewrite):
-   * a statement was prepared again on this connection, and whether it still
-   * returns rows in the shape the client knows is not yet answered.
-   */
-  private heldForShape: Buffer[] | null = null;
-  private heldBytes = 0;
+  /** Statement checks and rewriting, between the client's messages and the server (transaction mode). */
+  private readonly statementLayer = new StatementLayer();
   /** Offset just past a Terminate in the chunk being scanned, or -1. */
   private terminateEnd = -1;
   private lastServerType = 0;
@@ -142,7 +105,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   /** Server bytes on their way to the client, the answers to the proxy's own requests left out. */
   private readonly replies: ReplyTrimmer;
 
-  private readonly socket: ClientConn;
+  private readonly socket: Transport;
 
   constructor(
     accepted: Accepted,
@@ -153,7 +116,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     const cfg = ctx.config();
     this.clientScanner = new FrameScanner((type, _first, end) => this.onClientMessage(type, end), cfg.maxMessageBytes);
     this.replies = new ReplyTrimmer(this);
-    this.socket = clientConn(accepted, this, { keepAliveMs: cfg.tcpKeepaliveMs });
+    this.socket = clientTransport(accepted, this, { keepAliveMs: cfg.tcpKeepaliveMs });
     // Registered once nothing here can fail: a session that could not start is never listed.
     ctx.sessions.add(this);
     this.startupTimeoutMs = cfg.startupTimeoutMs;
@@ -168,7 +131,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   // shutdown, enters through one of these. Each is an error boundary: what
   // fails inside ends this client and nobody else (see failed()).
 
-  onClientData(chunk: Buffer): void {
+  onData(chunk: Buffer): void {
     try {
       this.clientData(chunk);
     } catch (err) {
@@ -176,19 +139,19 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     }
   }
 
-  onClientDrain(): void {
+  onDrain(): void {
     try {
-      this.server?.socket.resume();
+      this.server?.resume();
     } catch (err) {
       this.failed(err, 'client drain');
     }
   }
 
-  onClientError(message: string): void {
+  onError(message: string): void {
     this.closeReason = `client socket error: ${message}`;
   }
 
-  onClientClose(): void {
+  onClose(): void {
     try {
       this.detach();
     } catch (err) {
@@ -262,7 +225,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
    */
   cancelRequested(secretKey: number, done: () => void): void {
     try {
-      this.cancel(secretKey, done);
+      this.cancelOwn(secretKey, done);
     } catch (err) {
       done();
       this.failed(err, 'cancel request');
@@ -294,7 +257,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
    * here: it is found by checks that return errors (protocolViolation).
    */
   private failed(err: unknown, where: string): void {
-    this.poisoned = true;
+    this.tx.poisoned = true;
     const first = !this.hasFailed;
     this.hasFailed = true;
     let ended = false;
@@ -363,11 +326,11 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     if (this.service === null || this.state === 'waiting') return;
     const limits = this.ctx.timeouts(this.service.name);
     // The server owes nothing and the client is silent: it is the client's turn.
-    const clientsTurn = this.expectedReady === 0 && !this.inCopy;
+    const clientsTurn = this.tx.clientsTurn;
     // An extended-protocol batch not yet ended by a Sync holds its server connection as a transaction would.
-    if (this.txStatus !== TxStatus.Idle || (this.extendedOpen && this.state === 'linked')) {
+    if (this.tx.inTransaction(this.state === 'linked')) {
       if (clientsTurn && expired(limits.idleInTransactionTimeoutMs, this.quietSince, now)) this.idleTimedOut('idle_in_transaction_timeout');
-    } else if (clientsTurn && !this.extendedOpen && expired(limits.clientIdleTimeoutMs, this.quietSince, now)) {
+    } else if (clientsTurn && !this.tx.extendedOpen && expired(limits.clientIdleTimeoutMs, this.quietSince, now)) {
       this.idleTimedOut('client_idle_timeout');
     }
     if (this.statementSince !== 0 && !this.timedOut && this.state === 'linked' && expired(limits.queryTimeoutMs, this.statementSince, now)) {
@@ -406,7 +369,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     this.replies.trims = true;
     const statement = this.statementSince;
     this.stats().queryTimeouts++;
-    this.ctx.pool.cancelQuery(conn, () => this.server === conn && this.statementSince === statement && this.expectedReady > 0, NOTHING);
+    this.ctx.pool.cancelQuery(conn, () => this.server === conn && this.statementSince === statement && this.tx.expectedReady > 0, NOTHING);
   }
 
   get serviceName(): string {
@@ -416,15 +379,11 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   /** Between transactions, with no server work outstanding. */
   get atTransactionBoundary(): boolean {
     return (
-      !this.poisoned &&
-      this.expectedReady === 0 &&
-      this.txStatus === TxStatus.Idle &&
-      !this.extendedOpen &&
-      !this.inCopy &&
+      this.tx.quiet &&
       this.clientScanner.atBoundary &&
       this.replies.atBoundary &&
       this.heldHeader === null &&
-      this.heldForShape === null &&
+      this.statementLayer.held === null &&
       (this.assembler?.atBoundary ?? true)
     );
   }
@@ -432,71 +391,50 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   // ---- startup ----
 
   private onStartupData(chunk: Buffer): void {
-    let buf = this.startupBuf!.length ? Buffer.concat([this.startupBuf!, chunk]) : chunk;
-    for (;;) {
-      let length: number;
-      try {
-        length = startupPacketLength(buf);
-      } catch (err) {
-        return this.protocolViolation((err as Error).message);
-      }
-      if (length === TERMINATE_BEFORE_STARTUP) {
-        // PostgreSQL closes without a word here too.
-        this.closeReason = 'client terminated before startup';
-        this.socket.close();
-        return;
-      }
-      if (length < 0 || buf.length < length) {
-        this.startupBuf = buf;
-        return;
-      }
-      // Usually the chunk is the packet: no views to make.
-      const whole = length === buf.length;
-      const packet = whole ? buf : sliceOf(buf, 0, length);
-      buf = whole ? EMPTY : sliceOf(buf, length, buf.length);
-      let parsed;
-      try {
-        parsed = parseStartupPacket(packet);
-      } catch (err) {
-        if (err instanceof StartupPacketError) return this.protocolViolation(err.message);
-        throw err;
-      }
-      switch (parsed.kind) {
-        case 'ssl':
-        case 'gssenc':
-          // Encryption comes in a later version: answer "not supported", the client goes on in plain text.
-          this.socket.write(ENCRYPTION_REFUSED);
-          continue;
-        case 'cancel': {
-          // PostgreSQL closes a cancel connection once it has signalled the
-          // backend, and libpq's PQcancel waits for that close: so does the
-          // proxy, so a cancel that arrives late can never hit the client's
-          // next statement. Bounded by the upstream cancel's own timeout.
-          this.clearStartupDeadline();
-          this.cancelling = true;
-          this.closeReason = 'cancel request';
-          const target = this.ctx.sessions.get(parsed.processId);
-          const close = () => this.destroySocket();
-          if (target && target !== this) target.cancelRequested(parsed.secretKey, close);
-          else close();
-          return;
-        }
-        case 'startup':
-          this.startupBuf = null;
-          if (parsed.minorVersion !== 0 || parsed.protocolOptions.length > 0) {
-            this.socket.write(negotiateProtocolVersion(0, parsed.protocolOptions));
-          }
-          this.onStartupMessage(parsed.params);
-          // Anything the client pipelined after its startup packet is ordinary traffic.
-          if (buf.length > 0 && this.state !== 'closed') this.clientData(Buffer.from(buf));
-          return;
-      }
-    }
+    this.startupBuf = readHandshake(this.startupBuf!, chunk, this);
+  }
+
+  /** HandshakeListener: bytes the handshake answers with. */
+  answer(bytes: Buffer): void {
+    this.socket.write(bytes);
+  }
+
+  /** HandshakeListener: the startup packet; anything pipelined after it is ordinary traffic. */
+  startup(params: Readonly<Record<string, string>>, rest: Buffer): void {
+    this.onStartupMessage(params);
+    if (rest.length > 0 && this.state !== 'closed') this.clientData(rest);
+  }
+
+  /**
+   * HandshakeListener: PostgreSQL closes a cancel connection once it has
+   * signalled the backend, and libpq's PQcancel waits for that close: so
+   * does the proxy, so a cancel that arrives late can never hit the
+   * client's next statement. Bounded by the upstream cancel's own timeout.
+   */
+  cancel(processId: number, secretKey: number): void {
+    this.clearStartupDeadline();
+    this.cancelling = true;
+    this.closeReason = 'cancel request';
+    const target = this.ctx.sessions.get(processId);
+    const close = () => this.destroySocket();
+    if (target && target !== this) target.cancelRequested(secretKey, close);
+    else close();
+  }
+
+  /** HandshakeListener: a Terminate before startup; PostgreSQL closes without a word here too. */
+  goodbye(): void {
+    this.closeReason = 'client terminated before startup';
+    this.socket.close();
+  }
+
+  /** HandshakeListener: a malformed packet. */
+  violation(what: string): void {
+    this.protocolViolation(what);
   }
 
   /** A malformed packet from the client: 08P01, and the server connection (if any) is not reused. */
   private protocolViolation(what: string): void {
-    this.poisoned = true;
+    this.tx.poisoned = true;
     this.stats().rejections.protocol_violation++;
     this.fatal(clientErrors.protocolViolation(what), `protocol violation: ${what}`);
   }
@@ -585,7 +523,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
       if (partial > 0) data = data.subarray(0, data.length - partial);
     }
     if (data.length > 0) {
-      if (this.state === 'linked') {
+      if (this.state === 'linked' || this.linkIdle()) {
         if (this.server && !this.server.write(data)) this.socket.pause();
       } else {
         this.hold(data);
@@ -628,29 +566,29 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
       // Checked before anything reads it: a malformed message ends the client, with its reason.
       const problem = frontendProblem(msg);
       if (problem !== null) return this.protocolViolation(problem);
-      const ignoredSync = type === Frontend.Sync && this.clientCopyIn;
+      const ignoredSync = type === Frontend.Sync && this.tx.clientCopyIn;
       this.onClientMessage(type, 0);
       if (ignoredSync) {
         // The server ignores it during COPY FROM STDIN: passes untouched, uncounted.
-        (this.special ??= new Map()).set(msg, UNTOUCHED);
+        this.statementLayer.ignoredSync(msg);
       } else if (type === Frontend.Query || type === Frontend.Parse) {
-        const checked = this.checkStatement(msg);
+        const service = this.service!;
+        const checked = this.statementLayer.check(msg, service.name, service.onSessionState);
         if (checked !== msg) {
           messages[i] = checked;
           replaced = true;
+        } else if (this.statementLayer.sessionState !== null) {
+          this.pin(this.statementLayer.sessionState);
         }
       }
     }
     // Several messages that make up the whole chunk, none replaced: if they
     // also go out unchanged, the chunk itself is written (see forward).
     if (messages.length > 1 && fromBoundary && this.assembler!.atBoundary && !terminated && !replaced) {
-      this.tile = chunk;
-      this.tileFirst = messages[0];
-      this.tileLast = messages[messages.length - 1];
-      this.tileCount = messages.length;
+      this.statementLayer.whole(chunk, messages);
     }
     if (messages.length > 0) {
-      if (this.state === 'linked') this.forward(messages);
+      if (this.state === 'linked' || this.linkIdle()) this.forward(messages);
       else {
         for (const m of messages) this.hold(m);
         if (this.state === 'idle') this.requestServer(false);
@@ -670,174 +608,59 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   private forward(messages: Buffer[]): boolean {
     const conn = this.server;
     if (!conn) return true;
-    const waiting = this.heldForShape;
-    if (waiting !== null) {
-      // Behind messages that wait for a shape check: they go after them, in order.
-      for (const m of messages) {
-        waiting.push(m);
-        this.heldBytes += m.length;
-      }
-      if (this.heldBytes > PENDING_LIMIT) this.socket.pause();
+    const bytes = this.statementLayer.toServer(messages, this.serverStatements!);
+    if (bytes === null) {
+      if (this.statementLayer.heldBytes > PENDING_LIMIT) this.socket.pause();
       return true;
     }
-    const out: Buffer[] = [];
-    const special = this.special;
-    for (let i = 0; i < messages.length; i++) {
-      const m = messages[i];
-      if (special !== null && special.has(m)) {
-        const refusal = special.get(m)!;
-        special.delete(m);
-        if (refusal === UNTOUCHED) out.push(m);
-        else this.prepared.refuse(refusal, conn.statements, out);
-      } else if (!this.prepared.rewrite(m, conn.statements, out)) {
-        this.heldForShape = messages.slice(i);
-        break;
-      }
-    }
-    if (special?.size === 0) this.special = null;
-    if (conn.write(this.joined(messages, out))) return true;
+    if (conn.write(bytes)) return true;
     this.socket.pause();
     return false;
   }
 
-  /**
-   * The shape check that held the client's messages is answered. If the
-   * statement now returns rows in another shape, PostgreSQL would refuse its
-   * Bind (or Describe) with 0A000 and skip what follows up to the Sync: so
-   * does the proxy, with PostgreSQL's own error. Else they go on as sent.
-   */
+  /** The shape check that held the client's messages is answered: they go on, or are refused as PostgreSQL would. */
   private resumeHeld(): void {
-    const held = this.heldForShape!;
-    this.heldForShape = null;
-    this.heldBytes = 0;
-    const next = this.prepared.afterShapeCheck(held);
-    // Messages PostgreSQL would skip are never sent: nothing is left to do for them.
-    const special = this.special;
-    if (special !== null && next.length < held.length) for (const m of held) if (!next.includes(m)) special.delete(m);
-    if (this.forward(next) && this.heldForShape === null && this.socket.isPaused()) this.socket.resume();
+    const next = this.statementLayer.afterShapeCheck();
+    if (this.forward(next) && this.statementLayer.held === null && this.socket.isPaused()) this.socket.resume();
   }
 
-  /**
-   * One buffer for the server: the client's own chunk when `out` is exactly
-   * the messages that were cut from it (the usual extended-protocol batch),
-   * else a copy of them all. Identity, not addresses: the first and last
-   * views and the count pin down the tile, since messages keep their order.
-   */
-  private joined(messages: Buffer[], out: Buffer[]): Buffer {
-    const tile = this.tile;
-    const first = this.tileFirst;
-    const last = this.tileLast;
-    // Held no longer than one forward: the chunk is not kept alive while the client idles.
-    this.tile = this.tileFirst = this.tileLast = null;
-    if (out.length === 1) return out[0];
-    if (tile !== null && out.length === this.tileCount && out[0] === first && out[out.length - 1] === last) {
-      let same = out.length === messages.length;
-      for (let i = 0; same && i < out.length; i++) same = out[i] === messages[i];
-      if (same) return tile;
-    }
-    return Buffer.concat(out);
-  }
-
-  /**
-   * Session state in transaction mode: pin the client to its server
-   * connection, or (onSessionState: error) replace the statement with one
-   * that fails with our error, which keeps the protocol in step.
-   */
-  private checkStatement(msg: Buffer): Buffer {
-    // Most statements name none of the words the checks below need: not even decoded.
-    if ((this.prepared.sqlWords(msg) & (SESSION_WORD | RESERVED_MARK)) === 0) return msg;
-    const isQuery = msg[0] === Frontend.Query;
-    const parsed = isQuery ? null : readParse(msg);
-    const sql = isQuery ? readQuery(msg) : parsed!.query;
-    const service = this.service!;
-    // The server holds the proxy's statements for everyone on the connection: SQL must not name them.
-    if (sql.includes('__') && sql.toLowerCase().includes(SERVER_STATEMENT_PREFIX)) return this.refused(msg, clientErrors.reservedStatementName(SERVER_STATEMENT_PREFIX));
-    const reason = detectSessionState(sql);
-    if (!reason) return msg;
-    if (service.onSessionState === 'error') {
-      return this.refused(msg, clientErrors.sessionStateRefused(service.name, SESSION_STATE_WHAT[reason]));
-    }
-    if (!this.pinned) {
-      this.pinned = reason;
-      const pins = this.stats().pins;
-      pins[reason] = (pins[reason] ?? 0) + 1;
-      this.ctx.log.info({ service: service.name, pid: this.processId, reason }, 'client pinned to its server connection');
-    }
-    return msg;
-  }
-
-  /**
-   * A statement replaced by one the server itself fails with our error: a
-   * Query by a failing Query; a Parse by the proxy's own unnamed Parse, Bind
-   * and Execute (see PreparedStatements.refuse), so the protocol stays in step.
-   */
-  private refused(msg: Buffer, e: ErrorFields): Buffer {
-    const raise = raiseStatement(e.code, e.message, e.hint ?? '');
-    if (msg[0] === Frontend.Query) return buildQuery(raise);
-    (this.special ??= new Map()).set(msg, raise);
-    return msg;
+  /** Session state in transaction mode (onSessionState: pin): the client keeps its server connection. */
+  private pin(reason: SessionStateReason): void {
+    if (!this.tx.pin(reason)) return;
+    const pins = this.stats().pins;
+    pins[reason] = (pins[reason] ?? 0) + 1;
+    this.ctx.log.info({ service: this.serviceName, pid: this.processId, reason }, 'client pinned to its server connection');
   }
 
   private onClientMessage(type: number, end: number): void {
-    switch (type) {
-      case Frontend.Query:
-        this.syncsSinceExecute = 0;
-        if (this.expectedReady++ === 0) this.statementSince = this.quietSince;
-        break;
-      case Frontend.FunctionCall:
-        if (this.expectedReady++ === 0) this.statementSince = this.quietSince;
-        break;
-      case Frontend.Sync:
-        if (this.clientCopyIn) break; // ignored by the server during COPY FROM STDIN
-        if (this.expectedReady++ === 0) this.statementSince = this.quietSince;
-        this.syncsSinceExecute++;
-        this.extendedOpen = false;
-        break;
-      case Frontend.Execute:
-        this.syncsSinceExecute = 0;
-        this.extendedOpen = true;
-        break;
-      case Frontend.Parse:
-      case Frontend.Bind:
-      case Frontend.Describe:
-      case Frontend.Close:
-      case Frontend.Flush:
-        this.extendedOpen = true;
-        break;
-      case Frontend.CopyDone:
-      case Frontend.CopyFail:
-        this.clientCopyIn = false;
-        break;
-      case Frontend.Terminate:
-        this.terminateEnd = end;
-        break;
-    }
+    if (this.tx.client(type)) this.statementSince = this.quietSince;
+    else if (type === Frontend.Terminate) this.terminateEnd = end;
   }
 
   // ---- server → client ----
 
   private serverData(chunk: Buffer): void {
     // Answers to a batch the client has not ended with a Sync (Execute, Flush): the server's turn, not an idle client.
-    if (this.extendedOpen) this.quietSince = Date.now();
+    if (this.tx.extendedOpen) this.quietSince = Date.now();
     const data = this.replies.push(chunk);
     if (data instanceof FrameError) {
-      this.poisoned = true;
+      this.tx.poisoned = true;
       this.closeReason = 'server protocol violation';
       return this.fatal(clientErrors.serverProtocolViolation(data.message), this.closeReason);
     }
     // A client socket that is gone cannot drain: never pause the server for it.
-    if (data.length > 0 && !this.socket.write(data) && this.socket.writable) this.server?.socket.pause();
-    if (this.heldForShape !== null && this.prepared.shapeVerdict !== 'waiting') this.resumeHeld();
+    if (data.length > 0 && !this.socket.write(data) && this.socket.writable) this.server?.pause();
+    if (this.statementLayer.answered) this.resumeHeld();
     if (!this.server || !this.atTransactionBoundary) return;
     if (this.ctx.shuttingDown) {
       return this.endForShutdown();
     }
-    if (this.service!.poolMode === 'transaction' && !this.pinned) this.releaseServer(true);
+    if (this.service!.poolMode === 'transaction' && !this.tx.pinned) this.releaseServer(true);
   }
 
   /** ReplyListener: while the proxy's own answers are due, they are read whole. */
   get holdsWholeMessages(): boolean {
-    return this.prepared.expectsOwnReplies || this.timedOut;
+    return this.statementLayer.expectsOwnReplies || this.timedOut;
   }
 
   /** ReplyListener: one server message; null forwards it, DROP leaves it out, other bytes replace it. */
@@ -847,42 +670,34 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
       case Backend.ParseComplete:
       case Backend.BindComplete:
       case Backend.CloseComplete:
-        if (this.assembler && this.prepared.onComplete(COMPLETION[type])) return DROP;
-        break;
       case Backend.ParameterDescription:
       case Backend.RowDescription:
       case Backend.NoData:
-        if (this.assembler && this.server && this.prepared.onDescription(type, bytes, start, end, this.server.statements)) return DROP;
-        break;
+        return this.serverStatements ? this.statementLayer.reply(type, bytes, start, end, this.serverStatements) : null;
       case Backend.ErrorResponse: {
         // The proxy's failing statement: the client gets the error PostgreSQL itself would send.
-        const instead = this.server ? this.prepared.onError(this.server.statements) : null;
+        const instead = this.serverStatements ? this.statementLayer.reply(type, bytes, start, end, this.serverStatements) : null;
         if (instead !== null || !this.timedOut || start < 0) return instead;
         return rewordError(bytes, start, end, QUERY_CANCELED, STATEMENT_TIMEOUT.message);
       }
-      case Backend.ReadyForQuery:
-        if (this.server) this.prepared.onReadyForQuery(this.server.statements);
-        if (this.expectedReady > 0) this.expectedReady--;
+      case Backend.ReadyForQuery: {
+        if (this.serverStatements) this.statementLayer.readyForQuery(this.serverStatements);
+        const more = this.tx.ready(first);
         // The next statement in line starts now; the idle timeouts count from here when none is.
         this.quietSince = Date.now();
-        this.statementSince = this.expectedReady > 0 ? this.quietSince : 0;
+        this.statementSince = more ? this.quietSince : 0;
         this.timedOut = false;
-        this.txStatus = first;
-        this.inCopy = false;
         if (first === TxStatus.Idle) this.stats().transactions++;
         break;
+      }
       case Backend.CopyInResponse:
         // Syncs the client pipelined after the Execute that started this COPY
         // are ignored by the server: they will get no ReadyForQuery.
-        this.expectedReady = Math.max(0, this.expectedReady - this.syncsSinceExecute);
-        this.prepared.dropIgnoredSyncs(this.syncsSinceExecute);
-        this.syncsSinceExecute = 0;
-        this.clientCopyIn = true;
-        this.inCopy = true;
+        this.statementLayer.dropIgnoredSyncs(this.tx.copyIn());
         break;
       case Backend.CopyOutResponse:
       case Backend.CopyBothResponse:
-        this.inCopy = true;
+        this.tx.copyOut();
         break;
     }
     return null;
@@ -892,6 +707,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     // The server went away under the client (terminated, crashed, restarted).
     // If its last word was an ErrorResponse, the client has the reason already.
     this.server = null;
+    this.serverStatements = null;
     const reason = `server connection closed: ${cause}`;
     if (this.lastServerType === Backend.ErrorResponse) {
       this.closeReason = reason;
@@ -909,6 +725,20 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     // The session is its own WaitHandlers: no closures per transaction.
     const waiter = this.ctx.pool.acquire(this.service!.name, this.key, this);
     if (this.state === 'waiting') this.waiter = waiter;
+  }
+
+  /**
+   * The straight path: between transactions, an idle server connection is
+   * taken at once when one is free and nobody is ahead in the queue, and
+   * the client's messages go straight to it. False: the caller holds them
+   * and asks the pool (requestServer).
+   */
+  private linkIdle(): boolean {
+    if (this.state !== 'idle') return false;
+    const conn = this.ctx.pool.takeIdle(this.service!.name, this.key);
+    if (conn === null) return false;
+    this.link(conn);
+    return true;
   }
 
   private assigned(conn: ServerConnection): void {
@@ -935,6 +765,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   private link(conn: ServerConnection): void {
     this.assigning = null;
     this.server = conn;
+    if (this.assembler) this.serverStatements = statementsOn(conn, this.ctx.config().maxPreparedStatements);
     conn.owner = this;
     this.state = 'linked';
     this.lastServerType = 0;
@@ -943,7 +774,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     const pending = this.pending;
     this.pending = [];
     this.pendingBytes = 0;
-    this.prepared.resetPending();
+    this.statementLayer.resetPending();
     if (this.assembler) {
       if ((pending.length === 0 || this.forward(pending)) && this.socket.isPaused()) this.socket.resume();
       return;
@@ -956,21 +787,22 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
   private releaseServer(reusable: boolean): void {
     const conn = this.server!;
     this.server = null;
+    this.serverStatements = null;
     this.state = 'idle';
     this.ctx.pool.release(conn, reusable);
     if (this.socket.isPaused()) this.socket.resume();
   }
 
   /** Called on the target session of a CancelRequest: only a query in flight is cancelled. */
-  private cancel(secretKey: number, done: () => void): void {
-    if (secretKey !== this.secretKey || this.expectedReady === 0) return done();
+  private cancelOwn(secretKey: number, done: () => void): void {
+    if (secretKey !== this.secretKey || this.tx.expectedReady === 0) return done();
     if (this.state === 'waiting' && this.waiter && this.service) {
       this.cancelQueued();
       return done();
     }
     const conn = this.server;
     if (!conn) return done();
-    this.ctx.pool.cancelQuery(conn, () => this.server === conn && this.expectedReady > 0, done);
+    this.ctx.pool.cancelQuery(conn, () => this.server === conn && this.tx.expectedReady > 0, done);
   }
 
   /**
@@ -980,17 +812,16 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
    */
   private cancelQueued(): void {
     const atBoundary = this.assembler ? this.assembler.atBoundary : this.clientScanner.atBoundary && !this.heldHeader;
-    if (!atBoundary || this.extendedOpen) return; // a batch still arriving: let it run and be cancelled there
+    if (!atBoundary || this.tx.extendedOpen) return; // a batch still arriving: let it run and be cancelled there
     this.ctx.pool.cancelWait(this.waiter!);
     this.waiter = null;
     const replies = [errorResponse(clientErrors.queryCanceled())];
-    for (let i = 0; i < this.expectedReady; i++) replies.push(readyForQuery(statusLetter(this.txStatus)));
+    for (let i = 0; i < this.tx.expectedReady; i++) replies.push(readyForQuery(this.tx.statusLetter));
     this.pending = [];
     this.pendingBytes = 0;
-    this.special = null;
-    this.expectedReady = 0;
+    this.statementLayer.reset();
+    this.tx.answered();
     this.statementSince = 0;
-    this.prepared.resetPending();
     this.state = 'idle';
     this.socket.write(Buffer.concat(replies));
     this.socket.resume();
@@ -1029,7 +860,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
       if (conn) {
         conn.owner = null;
         const clean = this.atTransactionBoundary && conn.ready;
-        if (clean && (this.service!.poolMode === 'session' || this.pinned)) this.resetAndRelease(conn);
+        if (clean && (this.service!.poolMode === 'session' || this.tx.pinned)) this.resetAndRelease(conn);
         else this.ctx.pool.release(conn, clean);
         this.server = null;
       }
@@ -1046,7 +877,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, ClientConnHandl
     conn.query('DISCARD ALL').then(
       () => {
         try {
-          conn.statements.clear();
+          statementsOn(conn, 0)?.clear();
           pool.release(conn, true);
         } catch (err) {
           this.ctx.log.error({ err, service: this.serviceName }, 'pgbudget: internal error after a reset; server connection closed');
@@ -1097,86 +928,29 @@ function expired(limitMs: number, since: number, now: number): boolean {
   return limitMs > 0 && now - since >= limitMs;
 }
 
-function statusLetter(status: number): 'I' | 'T' | 'E' {
-  return status === TxStatus.InTransaction ? 'T' : status === TxStatus.Failed ? 'E' : 'I';
-}
-
 const EMPTY = Buffer.alloc(0);
 
-/** The answer to SSLRequest and GSSENCRequest: 'N', not supported. */
-const ENCRYPTION_REFUSED = Buffer.from('N');
-
-const READY_IDLE = readyForQuery('I');
 
 const QUERY_CANCELED = '57014';
 const NOTHING = (): void => {};
 const STATEMENT_TIMEOUT = clientErrors.statementTimeout();
 
-/**
- * AuthenticationOk and the server's ParameterStatus messages, the part of a
- * welcome every client of a pool key shares (application_name is each
- * client's own): encoded once per key, not per login.
- */
-const welcomeBlocks = new WeakMap<[string, string][], Buffer>();
-
 /** The pool key of the last params object seen (startup.ts shares it between identical packets). */
 let lastKeyParams: Readonly<Record<string, string>> | null = null;
 let lastKey = '';
 
-function welcomeBlock(params: [string, string][]): Buffer {
-  const parts = [authenticationOk()];
-  for (const [name, value] of params) if (name !== 'application_name') parts.push(parameterStatus(name, value));
-  return Buffer.concat(parts);
-}
+/**
+ * The proxy's statements on each server connection, kept beside it: the
+ * server layer knows nothing of them. A reset (DISCARD ALL) clears them.
+ */
+const statementsByConn = new WeakMap<ServerConnection, ServerStatements>();
 
-// The last welcome's shared part with its application_name: clients that
-// connect again and again (a connection per request) send the same name, and
-// encoding it anew was a third of the proxy's work in a login.
-let lastWelcomeBlock: Buffer | null = null;
-let lastApplicationName = '';
-let lastWelcomeHead = EMPTY;
-
-/** AuthenticationOk, the server's parameters, the client's application_name, BackendKeyData and ReadyForQuery, in one Buffer. */
-function welcome(params: [string, string][], applicationName: string, processId: number, secretKey: number): Buffer {
-  let block = welcomeBlocks.get(params);
-  if (!block) {
-    block = welcomeBlock(params);
-    welcomeBlocks.set(params, block);
-  }
-  if (block !== lastWelcomeBlock || applicationName !== lastApplicationName) {
-    lastWelcomeBlock = block;
-    lastApplicationName = applicationName;
-    lastWelcomeHead = Buffer.concat([block, parameterStatus('application_name', applicationName)]);
-  }
-  const head = lastWelcomeHead;
-  const out = Buffer.allocUnsafe(head.length + BACKEND_KEY_DATA_BYTES + READY_IDLE.length);
-  head.copy(out, 0);
-  writeBackendKeyData(out, head.length, processId, secretKey);
-  READY_IDLE.copy(out, head.length + BACKEND_KEY_DATA_BYTES);
-  return out;
+/** The statements on `conn`; made (with room for `max`) when there are none yet and max > 0. */
+function statementsOn(conn: ServerConnection, max: number): ServerStatements | null {
+  let st = statementsByConn.get(conn);
+  if (st === undefined && max > 0) statementsByConn.set(conn, (st = new ServerStatements(max)));
+  return st ?? null;
 }
 
 /** Client bytes held while waiting for a server connection before the client is paused. */
 const PENDING_LIMIT = 64 * 1024;
-
-/** In ClientSession.special: forwarded without rewriting or counting (a Sync the server ignores). */
-const UNTOUCHED = '';
-
-
-const COMPLETION: Record<number, CompletionKind> = {
-  [Backend.ParseComplete]: 'parse',
-  [Backend.BindComplete]: 'bind',
-  [Backend.CloseComplete]: 'close',
-};
-
-const SESSION_STATE_WHAT: Record<SessionStateReason, string> = {
-  set: 'SET',
-  listen: 'LISTEN',
-  advisory_lock: 'a session advisory lock',
-  temp_table: 'CREATE TEMP',
-  prepare: 'PREPARE',
-  cursor_with_hold: 'DECLARE … WITH HOLD',
-  load: 'LOAD',
-};
-
-

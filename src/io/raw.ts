@@ -1,67 +1,30 @@
-// A client connection as the session sees it: write, end, destroy, pause and
-// resume, with its events delivered to one handler object.
-//
-// Where Node's stream_wrap binding is there, a connection is its raw TCP
+// The raw-handle transport: an accepted client connection that is its TCP
 // handle and nothing more: no net.Socket, no Duplex state, no EventEmitter.
 // Making and tearing down a net.Socket was most of the proxy's own CPU per
 // connection under pgbench -C (in a bare accept/answer/close loop: about
 // 110 µs of user CPU per connection with net.Socket, 45 µs with the handle).
-// Where the binding is not there, the same interface is served by a
-// net.Socket (read through onread, or through 'data' events).
 import net from 'node:net';
 import { getSystemErrorName } from 'node:util';
-import { binding, copyOut, isTcpHandle, readBytes, writeTo, type AsyncWriter, type ShutdownReq, type StreamBinding, type TcpHandle } from './handles.js';
-import { READ_BUFFER, readsTo, type Accepted } from './reads.js';
+import { copyOut, readBytes, writeTo, type AsyncWriter, type ShutdownReq, type StreamBinding, type TcpHandle } from './handles.js';
+import { READ_BUFFER } from './reads.js';
+import { HIGH_WATER_MARK, type Transport, type TransportHandler } from './transport.js';
 
-/** Receives a client connection's events. Each is called at most once after close, never. */
-export interface ClientConnHandler {
-  onClientData(chunk: Buffer): void;
-  /** Writes queued past the high-water mark have gone out. */
-  onClientDrain(): void;
-  /** A read or write failed; onClientClose follows. */
-  onClientError(message: string): void;
-  /** The connection is closed; called once. */
-  onClientClose(): void;
-}
-
-export interface ClientConn {
-  /** Queues bytes; false when the caller should wait for onClientDrain. */
-  write(data: Buffer): boolean;
-  /** Sends `data` (if any), then closes the sending side; the connection closes when the peer does. */
-  end(data?: Buffer): void;
-  /**
-   * The client said goodbye (Terminate): closes once queued bytes are out,
-   * without shutting down and waiting for the client's end of the stream.
-   */
-  close(): void;
-  /** Closes at once; bytes not yet sent are dropped. */
-  destroy(): void;
-  pause(): void;
-  resume(): void;
-  isPaused(): boolean;
-  /** Neither ended nor closed. */
-  readonly writable: boolean;
-}
-
-/** Bytes queued in user space (the kernel's buffer is full) before write() asks the caller to wait. */
-const HIGH_WATER_MARK = 16 * 1024;
 /** libuv's UV_EOF. */
 const UV_EOF = -4095;
 
-// ---- the raw handle ----
-
-interface ServerCounts {
+/** net.Server's connection count, which server.close() waits on. */
+export interface ServerCounts {
   _connections: number;
   _emitCloseIfDrained?: () => void;
 }
 
 interface ClosingHandle extends TcpHandle {
   /** Set only while closing, for onHandleClose. */
-  conn?: RawConn | null;
+  conn?: RawTransport | null;
 }
 
 interface ClosingShutdown extends ShutdownReq {
-  conn: RawConn | null;
+  conn: RawTransport | null;
 }
 
 function ignoreRead(): void {}
@@ -82,7 +45,9 @@ function onHandleClose(this: TcpHandle): void {
   conn.afterClose();
 }
 
-class RawConn implements ClientConn, AsyncWriter {
+const DETACHED: TransportHandler = { onData() {}, onDrain() {}, onError() {}, onClose() {} };
+
+export class RawTransport implements Transport, AsyncWriter {
   private paused = false;
   private ended = false;
   private closed = false;
@@ -95,7 +60,7 @@ class RawConn implements ClientConn, AsyncWriter {
   constructor(
     private readonly handle: ClosingHandle,
     private readonly server: net.Server,
-    private readonly handler: ClientConnHandler,
+    private handler: TransportHandler,
     private readonly b: StreamBinding,
     keepAliveMs: number,
   ) {
@@ -118,7 +83,7 @@ class RawConn implements ClientConn, AsyncWriter {
     const n = readBytes();
     if (n > 0) {
       // The read buffer is shared by every connection: copy out before it is reused.
-      this.handler.onClientData(copyOut(READ_BUFFER, n));
+      this.handler.onData(copyOut(READ_BUFFER, n));
       return;
     }
     if (n === 0 || this.closed) return;
@@ -149,7 +114,7 @@ class RawConn implements ClientConn, AsyncWriter {
     if (status < 0) return this.fail('write', status);
     if (this.needDrain && this.queued === 0) {
       this.needDrain = false;
-      this.handler.onClientDrain();
+      this.handler.onDrain();
     }
   }
 
@@ -199,12 +164,12 @@ class RawConn implements ClientConn, AsyncWriter {
     const server = this.server as unknown as ServerCounts;
     server._connections--;
     server._emitCloseIfDrained?.();
-    this.handler.onClientClose();
+    this.handler.onClose();
   }
 
   private fail(syscall: string, errno: number): void {
     if (this.closed) return;
-    this.handler.onClientError(`${syscall} ${getSystemErrorName(errno)}`);
+    this.handler.onError(`${syscall} ${getSystemErrorName(errno)}`);
     this.destroy();
   }
 
@@ -223,93 +188,25 @@ class RawConn implements ClientConn, AsyncWriter {
   isPaused(): boolean {
     return this.paused;
   }
-}
 
-// ---- net.Socket ----
-
-class SocketConn implements ClientConn {
-  constructor(
-    private readonly socket: net.Socket,
-    handler: ClientConnHandler,
-    keepAliveMs: number,
-  ) {
-    socket.setNoDelay(true);
-    if (keepAliveMs > 0) socket.setKeepAlive(true, keepAliveMs);
-    socket.on('drain', () => handler.onClientDrain());
-    socket.on('error', (err) => handler.onClientError(err.message));
-    socket.on('close', () => handler.onClientClose());
-  }
-
-  get writable(): boolean {
-    return this.socket.writable;
-  }
-
-  write(data: Buffer): boolean {
-    // As the raw handle: a write after end is dropped, not an 'error' that destroys the socket.
-    if (!this.socket.writable) return false;
-    return this.socket.write(data);
-  }
-
-  end(data?: Buffer): void {
-    if (data) this.socket.end(data);
-    else this.socket.end();
-  }
-
-  close(): void {
-    this.socket.destroySoon();
-  }
-
-  destroy(): void {
-    this.socket.destroy();
-  }
-
-  pause(): void {
-    this.socket.pause();
-  }
-
-  resume(): void {
-    this.socket.resume();
-  }
-
-  isPaused(): boolean {
-    return this.socket.isPaused();
+  detach(): net.Socket {
+    if (this.closed || this.queued !== 0) throw new Error('a closed or writing connection cannot be handed over');
+    this.handle.readStop();
+    this.handle.onread = ignoreRead;
+    this.closed = this.ended = true;
+    this.handler = DETACHED;
+    // The socket takes over the handle and its place in the server's count
+    // (Socket's destroy takes it off), so the count is not bumped again.
+    return socketOverHandle(this.handle, this.server, false);
   }
 }
 
-export interface ClientConnOptions {
-  /** Use the raw handle where possible (the default); false forces a net.Socket. */
-  raw?: boolean;
-  /** TCP keepalive idle time (0 or absent: off), so a client host that vanished is noticed. */
-  keepAliveMs?: number;
-}
-
-/** The connection for an accepted client, its events going to `handler`. */
-export function clientConn(accepted: Accepted, handler: ClientConnHandler, options: ClientConnOptions = {}): ClientConn {
-  const keepAliveMs = options.keepAliveMs ?? 0;
-  if ('socket' in accepted) {
-    const conn = new SocketConn(accepted.socket, handler, keepAliveMs);
-    accepted.socket.on('data', (chunk: Buffer) => handler.onClientData(chunk));
-    accepted.socket.resume();
-    return conn;
-  }
-  if (binding && options.raw !== false && isTcpHandle(accepted.handle)) {
-    return new RawConn(accepted.handle, accepted.server, handler, binding, keepAliveMs);
-  }
-  const socketOptions = {
-    handle: accepted.handle,
-    readable: true,
-    writable: true,
-    onread: readsTo((chunk) => handler.onClientData(chunk)),
-  } as net.SocketConstructorOpts;
-  const socket = new net.Socket(socketOptions);
-  // Counted like the sockets net.Server makes itself: server.close() waits
-  // for it, and Socket's destroy takes it off the count.
+/** One net.Socket over an accepted handle, counted by `server` as its own sockets are. */
+export function socketOverHandle(handle: unknown, server: net.Server, count: boolean, onread?: net.OnReadOpts): net.Socket {
+  const socket = new net.Socket({ handle, readable: true, writable: true, ...(onread ? { onread } : {}) } as net.SocketConstructorOpts);
   const internals = socket as unknown as { _server: net.Server; server: net.Server };
-  internals._server = accepted.server;
-  internals.server = accepted.server;
-  (accepted.server as unknown as ServerCounts)._connections++;
-  return new SocketConn(socket, handler, keepAliveMs);
+  internals._server = server;
+  internals.server = server;
+  if (count) (server as unknown as ServerCounts)._connections++;
+  return socket;
 }
-
-/** Whether accepted connections are served as raw handles on this Node.js. */
-export const rawConnectionsAvailable = binding !== null;

@@ -9,9 +9,20 @@
 const FastBuffer = ((Buffer as unknown as Record<symbol, unknown>)[Symbol.species] ?? null) as
   | (new (buffer: ArrayBufferLike, byteOffset: number, length: number) => Buffer)
   | null;
-// PGBUDGET_IO=portable (see io/handles.ts) leaves this out too.
-const usable =
+// PGBUDGET_IO=portable (see io/handles.ts) leaves this out too, and so does
+// a failed start-up self-test (io/selfTest.ts).
+let usable =
   process.env.PGBUDGET_IO !== 'portable' && typeof FastBuffer === 'function' && new FastBuffer(new ArrayBuffer(1), 0, 1) instanceof Buffer;
+
+/** sliceOf is subarray from now on. */
+export function useSubarrayOnly(): void {
+  usable = false;
+}
+
+/** Whether sliceOf makes its views through Buffer's implementation class. */
+export function fastViews(): boolean {
+  return usable;
+}
 
 let lastChunk: Buffer | null = null;
 let lastArrayBuffer: ArrayBufferLike = new ArrayBuffer(0);
