@@ -121,3 +121,64 @@ t.test('upstream URL gives one default service', async (t) => {
   t.equal(c.services[0].password, 's@cret');
   t.throws(() => configFromUpstreamUrl('mysql://x'), /must start with postgres:\/\//);
 });
+
+t.test('the wording of every kind of problem', async (t) => {
+  t.same(problems({ ...minimal, listen: '' }), ['listen: must be a non-empty string (got "")']);
+  t.same(problems({ ...minimal, admin: 9187 }), ['admin: must be a non-empty string (got 9187)']);
+  t.same(problems({ ...minimal, admin: 'localhost:70000' }), ['admin: must be "host:port" (got "localhost:70000")']);
+  t.same(problems({ ...minimal, listen: ':6432' }), ['listen: must be "host:port" (got ":6432")']);
+  t.same(problems({ ...minimal, logLevel: 'loud' }), ['logLevel: must be one of fatal, error, warn, info, debug, trace, silent (got "loud")']);
+  t.same(problems({ ...minimal, maxMessageBytes: 100 }), ['maxMessageBytes: must be an integer >= 1024 (got 100)']);
+  t.same(problems({ ...minimal, shutdownTimeoutMs: -1 }), ['shutdownTimeoutMs: must be a non-negative integer (got -1)']);
+  t.same(problems({ ...minimal, startupTimeoutMs: 1.5 }), ['startupTimeoutMs: must be a positive integer (got 1.5)']);
+  t.same(problems({ ...minimal, upstream: null }), ['upstream: must be a mapping (got null)']);
+  t.same(problems({ ...minimal, upstream: { port: 70000 } }), ['upstream.port: must be a port number (1-65535) (got 70000)']);
+  t.same(problems({ ...minimal, upstream: { port: 0 } }), ['upstream.port: must be a port number (1-65535) (got 0)']);
+  t.same(problems({ ...minimal, upstream: { host: '' } }), ['upstream.host: must be a non-empty string (got "")']);
+  t.same(problems('services: []'), ['(top level): must be a mapping (got "services: []")', 'services: must be a non-empty list']);
+  t.same(problems(null), ['services: must be a non-empty list']);
+  t.same(problems({ services: 'web' }), ['services: must be a non-empty list (got "web")']);
+  t.same(problems({ services: [5] }), ['services[0]: must be a mapping (got 5)']);
+  t.same(problems({ services: [{ name: 'a' }] }), ['services[0].budget: is required']);
+  t.same(problems({ services: [{ name: '', budget: 1 }] }), ['services[0].name: must be a non-empty string (got "")']);
+  t.same(problems({ services: [{ name: 'a', budget: 1, match: 'a' }] }), ['services[0].match: must be a mapping (got "a")']);
+  t.same(problems({ services: [{ name: 'a', budget: 1, match: { user: null } }] }), [
+    'services[0].match.user: must be a non-empty string (got null)',
+  ]);
+  t.same(problems({ services: [{ name: 'a', budget: 1, queue: { maxWaiting: -1, x: 1 } }] }), [
+    'services[0].queue.x: unknown field',
+    'services[0].queue.maxWaiting: must be a non-negative integer (got -1)',
+  ]);
+  t.same(problems({ services: [{ name: 'a', budget: 1, onSessionState: 3 }] }), [
+    'services[0].onSessionState: must be one of pin, error (got 3)',
+  ]);
+  t.same(problems({ services: [{ name: 'a', budget: 1, password: 'x', passwordEnv: 'PW' }] }), [
+    'services[0].passwordEnv: cannot be set together with password',
+  ]);
+  t.same(problems({ services: [{ name: 'a', budget: 1, passwordEnv: '' }] }), ['services[0].passwordEnv: must be a non-empty string (got "")']);
+  t.same(problems({ ...minimal, defaultService: '' }), ['defaultService: must be a non-empty string (got "")']);
+});
+
+t.test('addresses, and what is passed through as given', async (t) => {
+  const c = validateConfig({
+    ...minimal,
+    listen: '[::1]:0',
+    admin: 'localhost:9000',
+    services: [{ name: 'a', budget: 1, match: { user: 'u', applicationName: 'app' }, passwordEnv: 'PW' }],
+    defaultService: 'a',
+  });
+  t.same(c.listen, { host: '::1', port: 0 });
+  t.same(c.admin, { host: 'localhost', port: 9000 });
+  t.same(c.services[0].match, { user: 'u', applicationName: 'app' });
+  t.equal(c.services[0].passwordEnv, 'PW');
+  t.notOk('password' in c.services[0], 'no password key when none is given');
+  t.equal(c.defaultService, 'a');
+  t.notOk('defaultService' in validateConfig(minimal), 'no defaultService key when none is given');
+});
+
+t.test('the document given is not changed', async (t) => {
+  const raw = { services: [{ name: 'a', budget: 1, queue: {} }], upstream: {} };
+  const copy = structuredClone(raw);
+  validateConfig(raw);
+  t.same(raw, copy);
+});
