@@ -1,6 +1,8 @@
-// The configuration: its shape, every default, and validation that names the
-// exact field that is wrong. Pure: parsing text and reading files is load.ts.
-
+// The configuration, declared once: each field's type, bounds, default and
+// meaning (README.md's table is tested against it). validateConfig checks a
+// parsed document with ajv and words each problem "path: what is wrong (got X)".
+import { Type, type Static, type TProperties, type TSchema } from '@sinclair/typebox';
+import { Ajv, type ErrorObject } from 'ajv';
 import type {
   Config,
   HostPort,
@@ -14,27 +16,165 @@ import type {
 
 export type { Config, HostPort, LogLevel, OnSessionState, PoolMode, ServiceConfig, ServiceMatch, UpstreamConfig };
 
-export const DEFAULTS = {
-  listen: '127.0.0.1:6432',
-  admin: '127.0.0.1:9187',
-  logLevel: 'info' as LogLevel,
-  startupTimeoutMs: 10_000,
-  shutdownTimeoutMs: 30_000,
-  serverIdleTimeoutMs: 600_000,
-  serverLifetimeMs: 3_600_000,
-  maxMessageBytes: 256 * 1024 * 1024,
-  maxPreparedStatements: 100,
-  tcpKeepaliveMs: 30_000,
-  clientIdleTimeoutMs: 0,
-  idleInTransactionTimeoutMs: 0,
-  queryTimeoutMs: 0,
-  upstream: { host: '127.0.0.1', port: 5432, maxConnections: 40, connectTimeoutMs: 5_000 },
-  service: { poolMode: 'session' as PoolMode, onSessionState: 'pin' as OnSessionState, queue: { maxWaiting: 1000, timeoutMs: 30_000 } },
-} as const;
+// Bounds of the integer fields, with the words a problem uses for them ("must be …").
+const POSITIVE = { minimum: 1, mustBe: 'a positive integer' };
+const NON_NEGATIVE = { minimum: 0, mustBe: 'a non-negative integer' };
+const OFF_OR_MS = { minimum: 0, mustBe: 'a non-negative integer (milliseconds; 0 is off)' };
+const PORT = { minimum: 1, maximum: 65535, mustBe: 'a port number (1-65535)' };
+/** Every string field must be non-empty. */
+const NON_EMPTY = { minLength: 1 };
 
-const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
-const POOL_MODES: readonly PoolMode[] = ['session', 'transaction'];
-const ON_SESSION_STATE: readonly OnSessionState[] = ['pin', 'error'];
+/**
+ * A field the file may leave out but a validated Config always has (ajv fills
+ * in its default, or validateConfig does): optional to ajv, required in the type.
+ */
+function defaulted<T extends TSchema>(schema: T): T {
+  return Type.Optional(schema) as unknown as T;
+}
+
+/** A mapping whose unknown fields are errors. */
+function mapping<T extends TProperties>(properties: T, options: { default?: object; description?: string } = {}) {
+  return Type.Object(properties, { additionalProperties: false, ...options });
+}
+
+/** A string that must be one of `values`; the README lists them before the description. */
+function oneOf<T extends string>(values: readonly T[], options: { default: T; description: string }) {
+  return defaulted(Type.Unsafe<T>({ enum: values, ...options }));
+}
+
+/** A "host:port" to listen on. */
+function address(def: string, description: string) {
+  return defaulted(Type.String({ ...NON_EMPTY, format: 'host-port', default: def, description }));
+}
+
+/** A duration in milliseconds, with its default. */
+function ms(bounds: typeof POSITIVE, def: number, description: string) {
+  return defaulted(Type.Integer({ ...bounds, default: def, description }));
+}
+
+const matchKey = (what: string) =>
+  Type.Optional(Type.String({ ...NON_EMPTY, description: `the client's ${what} must equal this` }));
+
+const ServiceSchema = mapping({
+  name: Type.String({ ...NON_EMPTY, description: 'unique; the `service` label of every metric' }),
+  match: defaulted(
+    mapping(
+      {
+        user: matchKey('`user`'),
+        database: matchKey('`database`'),
+        applicationName: matchKey('`application_name`'),
+      },
+      { default: {}, description: 'which clients the service takes; `{}` takes every client' },
+    ),
+  ),
+  budget: Type.Integer({ ...POSITIVE, description: 'the most server connections the service may hold (in use, idle, opening)' }),
+  poolMode: oneOf<PoolMode>(['session', 'transaction'], {
+    default: 'session',
+    description: 'a server connection is held for the whole client session, or for one transaction',
+  }),
+  onSessionState: oneOf<OnSessionState>(['pin', 'error'], {
+    default: 'pin',
+    description: 'transaction mode: `pin` the client to its server connection on session state, or `error`',
+  }),
+  queue: defaulted(
+    mapping(
+      {
+        maxWaiting: defaulted(
+          Type.Integer({ ...NON_NEGATIVE, default: 1000, description: 'clients that may wait; past that, an immediate `53300`' }),
+        ),
+        timeoutMs: ms(POSITIVE, 30_000, 'how long a client may wait for a server connection, then `53300`'),
+      },
+      { default: {} },
+    ),
+  ),
+  idleInTransactionTimeoutMs: defaulted(
+    Type.Integer({ ...OFF_OR_MS, docDefault: 'the global value', description: "this service's own limit (`0`: off)" }),
+  ),
+  queryTimeoutMs: defaulted(
+    Type.Integer({ ...OFF_OR_MS, docDefault: 'the global value', description: "this service's own limit (`0`: off)" }),
+  ),
+  password: Type.Optional(
+    Type.String({ ...NON_EMPTY, description: "password for the server's cleartext, md5 or SCRAM-SHA-256 login" }),
+  ),
+  passwordEnv: Type.Optional(
+    Type.String({ ...NON_EMPTY, description: 'name of an environment variable that holds that password' }),
+  ),
+});
+
+export const ConfigSchema = mapping({
+  listen: address('127.0.0.1:6432', 'where clients connect (`host:port`)'),
+  admin: address('127.0.0.1:9187', 'metrics and health HTTP server'),
+  logLevel: oneOf<LogLevel>(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], {
+    default: 'info',
+    description: '`--log-level` or `PGBUDGET_LOG_LEVEL` override',
+  }),
+  startupTimeoutMs: ms(POSITIVE, 10_000, 'a client that has not sent its startup packet by then is closed (`08P01`)'),
+  shutdownTimeoutMs: ms(NON_NEGATIVE, 30_000, 'on SIGTERM, how long clients inside a transaction may take to finish'),
+  serverIdleTimeoutMs: ms(POSITIVE, 600_000, 'an idle server connection is closed after this long unused'),
+  serverLifetimeMs: ms(POSITIVE, 3_600_000, 'a server connection older than this is closed when next idle'),
+  maxMessageBytes: defaulted(
+    Type.Integer({
+      minimum: 1024,
+      mustBe: 'an integer >= 1024',
+      default: 256 * 1024 * 1024,
+      description: 'a client message longer than this is a protocol violation (`08P01`)',
+    }),
+  ),
+  maxPreparedStatements: defaulted(
+    Type.Integer({
+      ...POSITIVE,
+      default: 100,
+      description: 'per server connection in transaction mode (at least 1); the least recently used are closed',
+    }),
+  ),
+  tcpKeepaliveMs: ms(
+    OFF_OR_MS,
+    30_000,
+    'TCP keepalive idle time on client and server sockets (`0`: off); a peer that vanished without a FIN is noticed after this plus 10 probes 1 s apart',
+  ),
+  clientIdleTimeoutMs: ms(
+    OFF_OR_MS,
+    0,
+    'a client outside any transaction that sends nothing this long is closed with `57P05`, as `idle_session_timeout` would (`0`: off)',
+  ),
+  idleInTransactionTimeoutMs: ms(
+    OFF_OR_MS,
+    0,
+    'a client inside a transaction (status `T` or `E`) that sends nothing this long is closed with `25P03`; its server connection is closed (the server rolls back) and the slot freed (`0`: off)',
+  ),
+  queryTimeoutMs: ms(
+    OFF_OR_MS,
+    0,
+    "a statement running longer (time in the queue not counted) is cancelled with the server's cancel key; the client gets `57014` `canceling statement due to statement timeout` (`0`: off)",
+  ),
+  upstream: defaulted(
+    mapping(
+      {
+        host: defaulted(Type.String({ ...NON_EMPTY, default: '127.0.0.1', description: 'the PostgreSQL server' })),
+        port: defaulted(Type.Integer({ ...PORT, default: 5432, description: "the PostgreSQL server's port" })),
+        maxConnections: defaulted(
+          Type.Integer({ ...POSITIVE, default: 40, description: 'the cap: server connections of all services together' }),
+        ),
+        connectTimeoutMs: ms(POSITIVE, 5_000, 'connect plus login to the server'),
+      },
+      { default: {} },
+    ),
+  ),
+  defaultService: Type.Optional(
+    Type.String({ ...NON_EMPTY, description: 'the service for clients no `match` takes; without it they are refused' }),
+  ),
+  services: Type.Array(ServiceSchema, { minItems: 1, description: 'at least one' }),
+});
+
+/** The document once ajv has passed it and filled in its defaults. */
+type Document = Static<typeof ConfigSchema>;
+
+// Compile-time check that the schema and types/config.ts describe the same
+// Config (every key, its optionality and its type), addresses aside.
+type Full<T> = T extends readonly (infer E)[] ? Full<E>[] : T extends object ? { [K in keyof T]-?: Full<T[K]> } : T;
+type Same<A, B> = [A, Full<A>] extends [B, Full<B>] ? ([B, Full<B>] extends [A, Full<A>] ? true : false) : false;
+const schemaIsConfig: Same<Omit<Document, 'listen' | 'admin'> & { listen: HostPort; admin: HostPort }, Config> = true;
+void schemaIsConfig;
 
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {
@@ -42,229 +182,153 @@ export class ConfigError extends Error {
   }
 }
 
-type Obj = Record<string, unknown>;
-
-/** Collects problems as "path: what is wrong (got X)" instead of stopping at the first. */
-class Checker {
-  readonly problems: string[] = [];
-
-  fail(path: string, what: string, got?: unknown): void {
-    this.problems.push(got === undefined ? `${path}: ${what}` : `${path}: ${what} (got ${show(got)})`);
-  }
-
-  object(path: string, v: unknown): Obj | undefined {
-    if (v !== null && typeof v === 'object' && !Array.isArray(v)) return v as Obj;
-    this.fail(path, 'must be a mapping', v);
-    return undefined;
-  }
-
-  known(path: string, o: Obj, fields: readonly string[]): void {
-    for (const k of Object.keys(o)) if (!fields.includes(k)) this.fail(prefix(path, k), 'unknown field');
-  }
-
-  string(path: string, v: unknown, def?: string): string | undefined {
-    if (v === undefined) {
-      if (def === undefined) this.fail(path, 'is required');
-      return def;
-    }
-    if (typeof v === 'string' && v.length > 0) return v;
-    this.fail(path, 'must be a non-empty string', v);
-    return def;
-  }
-
-  int(path: string, v: unknown, def: number | undefined, min: number, what: string): number {
-    if (v === undefined) {
-      if (def === undefined) this.fail(path, 'is required');
-      return def ?? min;
-    }
-    if (typeof v === 'number' && Number.isInteger(v) && v >= min) return v;
-    this.fail(path, `must be ${what}`, v);
-    return def ?? min;
-  }
-
-  oneOf<T extends string>(path: string, v: unknown, allowed: readonly T[], def: T): T {
-    if (v === undefined) return def;
-    if (typeof v === 'string' && (allowed as readonly string[]).includes(v)) return v as T;
-    this.fail(path, `must be one of ${allowed.join(', ')}`, v);
-    return def;
-  }
-
-  hostPort(path: string, v: unknown, def: string): HostPort {
-    const s = this.string(path, v, def) ?? def;
-    const m = /^(.*):(\d+)$/.exec(s);
-    const port = m ? Number(m[2]) : NaN;
-    if (!m || !m[1] || port > 65535) {
-      this.fail(path, 'must be "host:port"', v);
-      return parseHostPort(def);
-    }
-    return { host: m[1].replace(/^\[(.*)\]$/, '$1'), port };
-  }
-}
-
-function prefix(path: string, k: string): string {
-  return path ? `${path}.${k}` : k;
-}
-
-function show(v: unknown): string {
-  return typeof v === 'string' ? JSON.stringify(v) : v === undefined ? 'nothing' : JSON.stringify(v) ?? String(v);
-}
-
 export function parseHostPort(s: string): HostPort {
   const i = s.lastIndexOf(':');
   return { host: s.slice(0, i).replace(/^\[(.*)\]$/, '$1'), port: Number(s.slice(i + 1)) };
 }
 
-const TOP_FIELDS = [
-  'listen',
-  'admin',
-  'logLevel',
-  'startupTimeoutMs',
-  'shutdownTimeoutMs',
-  'serverIdleTimeoutMs',
-  'serverLifetimeMs',
-  'maxMessageBytes',
-  'maxPreparedStatements',
-  'tcpKeepaliveMs',
-  'clientIdleTimeoutMs',
-  'idleInTransactionTimeoutMs',
-  'queryTimeoutMs',
-  'upstream',
-  'defaultService',
-  'services',
-] as const;
-const UPSTREAM_FIELDS = ['host', 'port', 'maxConnections', 'connectTimeoutMs'] as const;
-const SERVICE_FIELDS = [
-  'name',
-  'match',
-  'budget',
-  'poolMode',
-  'onSessionState',
-  'queue',
-  'idleInTransactionTimeoutMs',
-  'queryTimeoutMs',
-  'password',
-  'passwordEnv',
-] as const;
-const MATCH_FIELDS = ['user', 'database', 'applicationName'] as const;
-const QUEUE_FIELDS = ['maxWaiting', 'timeoutMs'] as const;
+/** "host:port", the host not empty and the port at most 65535 (0: any free port). */
+function isHostPort(s: string): boolean {
+  const m = /^(.+):(\d+)$/.exec(s);
+  return m !== null && Number(m[2]) <= 65535;
+}
 
-const POSITIVE = 'a positive integer';
-const NON_NEGATIVE = 'a non-negative integer';
-const OFF_OR_MS = 'a non-negative integer (milliseconds; 0 is off)';
+// The two annotation keywords are read back from the schema: by the wording
+// below, and by the README's table (docs.ts).
+export const AJV_OPTIONS = {
+  allErrors: true,
+  useDefaults: true,
+  strict: true,
+  keywords: ['mustBe', 'docDefault'],
+  formats: { 'host-port': isHostPort },
+};
+// Compiled once, at load, as cheaply as ajv allows: without checking the
+// schema against JSON Schema's meta-schema (test/unit/config.test.ts
+// does) and without optimising code that runs a few times per process.
+const check = new Ajv({ ...AJV_OPTIONS, validateSchema: false, code: { optimize: false } }).compile<Document>(ConfigSchema);
+
+type Segment = string | number;
+interface Problem {
+  at: Segment[];
+  what: string;
+}
+type Node = { type?: string; properties?: Record<string, Node>; items?: Node; enum?: string[]; mustBe?: string };
+
+/** The schema of the value at `at`, and the position of each step in declaration order (unknown fields first). */
+function walk(at: Segment[]): { node: Node | undefined; rank: number[] } {
+  let node: Node | undefined = ConfigSchema as Node;
+  const rank: number[] = [];
+  for (const seg of at) {
+    if (typeof seg === 'number') {
+      rank.push(seg);
+      node = node?.items;
+    } else {
+      rank.push(Object.keys(node?.properties ?? {}).indexOf(seg));
+      node = node?.properties?.[seg];
+    }
+  }
+  return { node, rank };
+}
+
+// What a value of each kind must be; every string and list in the schema is non-empty.
+const MUST_BE: Record<string, string> = { object: 'a mapping', array: 'a non-empty list', string: 'a non-empty string' };
+const FORMAT_MUST_BE: Record<string, string> = { 'host-port': '"host:port"' };
+
+function mustBe(node: Node | undefined): string {
+  if (node?.mustBe) return node.mustBe;
+  if (node?.enum) return `one of ${node.enum.join(', ')}`;
+  return MUST_BE[node?.type ?? ''] ?? 'valid';
+}
+
+function worded(e: ErrorObject, doc: unknown): Problem {
+  const at: Segment[] = e.instancePath
+    .split('/')
+    .slice(1)
+    .map((s) => (/^\d+$/.test(s) ? Number(s) : s.replace(/~1/g, '/').replace(/~0/g, '~')));
+  if (e.keyword === 'additionalProperties') return { at: [...at, e.params.additionalProperty], what: 'unknown field' };
+  if (e.keyword === 'required') {
+    const field = [...at, e.params.missingProperty as string];
+    // A missing list is worded as an empty one.
+    return { at: field, what: walk(field).node?.type === 'array' ? `must be ${MUST_BE.array}` : 'is required' };
+  }
+  const what = e.keyword === 'format' ? FORMAT_MUST_BE[e.params.format] : mustBe(walk(at).node);
+  const got = at.reduce<unknown>((v, seg) => (v as Record<Segment, unknown>)[seg], doc);
+  return { at, what: `must be ${what} (got ${show(got)})` };
+}
+
+/** The rules a schema cannot say: unique names, one source of password, defaultService names a service. */
+function crossField(doc: Record<string, unknown>): Problem[] {
+  const problems: Problem[] = [];
+  const names = new Set<unknown>();
+  (Array.isArray(doc.services) ? doc.services : []).forEach((s: unknown, i: number) => {
+    if (!isMapping(s)) return;
+    if (isName(s.name)) {
+      if (names.has(s.name)) problems.push({ at: ['services', i, 'name'], what: `must be unique (got ${show(s.name)})` });
+      names.add(s.name);
+    }
+    if (isName(s.password) && isName(s.passwordEnv)) {
+      problems.push({ at: ['services', i, 'passwordEnv'], what: 'cannot be set together with password' });
+    }
+  });
+  if (isName(doc.defaultService) && !names.has(doc.defaultService)) {
+    problems.push({ at: ['defaultService'], what: `must name one of services[].name (got ${show(doc.defaultService)})` });
+  }
+  return problems;
+}
 
 /** Validates a parsed document and fills in defaults; throws ConfigError listing every problem. */
 export function validateConfig(raw: unknown): Config {
-  const c = new Checker();
-  const top = c.object('(top level)', raw ?? {}) ?? {};
-  c.known('', top, TOP_FIELDS);
-  const idleInTransactionTimeoutMs = c.int(
-    'idleInTransactionTimeoutMs',
-    top.idleInTransactionTimeoutMs,
-    DEFAULTS.idleInTransactionTimeoutMs,
-    0,
-    OFF_OR_MS,
-  );
-  const queryTimeoutMs = c.int('queryTimeoutMs', top.queryTimeoutMs, DEFAULTS.queryTimeoutMs, 0, OFF_OR_MS);
+  const problems: Problem[] = [];
+  const top = raw ?? {};
+  // ajv fills in defaults where it checks: on a copy, so that the caller's document stays as it was.
+  let doc: Record<string, unknown> = {};
+  if (isMapping(top)) doc = structuredClone(top);
+  else problems.push({ at: [], what: `must be a mapping (got ${show(top)})` });
+  if (!check(doc)) problems.push(...check.errors!.map((e) => worded(e, doc)));
+  problems.push(...crossField(doc));
+  if (problems.length > 0) throw new ConfigError(inOrder(problems));
+  return filled(doc as Document);
+}
 
-  const upRaw = top.upstream === undefined ? {} : c.object('upstream', top.upstream) ?? {};
-  c.known('upstream', upRaw, UPSTREAM_FIELDS);
-  const d = DEFAULTS.upstream;
-  const upstream: UpstreamConfig = {
-    host: c.string('upstream.host', upRaw.host, d.host) ?? d.host,
-    port: c.int('upstream.port', upRaw.port, d.port, 1, 'a port number (1-65535)'),
-    maxConnections: c.int('upstream.maxConnections', upRaw.maxConnections, d.maxConnections, 1, POSITIVE),
-    connectTimeoutMs: c.int('upstream.connectTimeoutMs', upRaw.connectTimeoutMs, d.connectTimeoutMs, 1, POSITIVE),
-  };
-  if (upstream.port > 65535) c.fail('upstream.port', 'must be a port number (1-65535)', upstream.port);
-
-  const services: ServiceConfig[] = [];
-  if (!Array.isArray(top.services) || top.services.length === 0) {
-    c.fail('services', 'must be a non-empty list', top.services);
-  } else {
-    const names = new Set<string>();
-    top.services.forEach((sv: unknown, i: number) => {
-      const path = `services[${i}]`;
-      const o = c.object(path, sv);
-      if (!o) return;
-      c.known(path, o, SERVICE_FIELDS);
-      const name = c.string(`${path}.name`, o.name) ?? `#${i}`;
-      if (names.has(name)) c.fail(`${path}.name`, 'must be unique', name);
-      names.add(name);
-      const matchRaw = o.match === undefined ? {} : c.object(`${path}.match`, o.match) ?? {};
-      c.known(`${path}.match`, matchRaw, MATCH_FIELDS);
-      const match: ServiceMatch = {};
-      for (const k of MATCH_FIELDS) {
-        if (matchRaw[k] !== undefined) match[k] = c.string(`${path}.match.${k}`, matchRaw[k]);
-      }
-      const queueRaw = o.queue === undefined ? {} : c.object(`${path}.queue`, o.queue) ?? {};
-      c.known(`${path}.queue`, queueRaw, QUEUE_FIELDS);
-      const dq = DEFAULTS.service.queue;
-      const svc: ServiceConfig = {
-        name,
-        match,
-        budget: c.int(`${path}.budget`, o.budget, undefined, 1, POSITIVE),
-        poolMode: c.oneOf(`${path}.poolMode`, o.poolMode, POOL_MODES, DEFAULTS.service.poolMode),
-        onSessionState: c.oneOf(`${path}.onSessionState`, o.onSessionState, ON_SESSION_STATE, DEFAULTS.service.onSessionState),
-        queue: {
-          maxWaiting: c.int(`${path}.queue.maxWaiting`, queueRaw.maxWaiting, dq.maxWaiting, 0, NON_NEGATIVE),
-          timeoutMs: c.int(`${path}.queue.timeoutMs`, queueRaw.timeoutMs, dq.timeoutMs, 1, POSITIVE),
-        },
-        idleInTransactionTimeoutMs: c.int(
-          `${path}.idleInTransactionTimeoutMs`,
-          o.idleInTransactionTimeoutMs,
-          idleInTransactionTimeoutMs,
-          0,
-          OFF_OR_MS,
-        ),
-        queryTimeoutMs: c.int(`${path}.queryTimeoutMs`, o.queryTimeoutMs, queryTimeoutMs, 0, OFF_OR_MS),
-      };
-      if (o.password !== undefined) svc.password = c.string(`${path}.password`, o.password);
-      if (o.passwordEnv !== undefined) svc.passwordEnv = c.string(`${path}.passwordEnv`, o.passwordEnv);
-      if (svc.password !== undefined && svc.passwordEnv !== undefined) {
-        c.fail(`${path}.passwordEnv`, 'cannot be set together with password');
-      }
-      services.push(svc);
-    });
+/** One line per field, in the order the schema declares them; the first problem found for a field wins. */
+function inOrder(problems: Problem[]): string[] {
+  const byPath = new Map<string, { rank: number[]; line: string }>();
+  for (const p of problems) {
+    const path = pathOf(p.at);
+    if (!byPath.has(path)) byPath.set(path, { rank: walk(p.at).rank, line: `${path}: ${p.what}` });
   }
+  return [...byPath.values()].sort((a, b) => compareRanks(a.rank, b.rank)).map((p) => p.line);
+}
 
-  const defaultService =
-    top.defaultService === undefined ? undefined : c.string('defaultService', top.defaultService);
-  if (defaultService !== undefined && !services.some((s) => s.name === defaultService)) {
-    c.fail('defaultService', 'must name one of services[].name', defaultService);
+function compareRanks(a: number[], b: number[]): number {
+  for (let i = 0; i < Math.min(a.length, b.length); i++) if (a[i] !== b[i]) return a[i] - b[i];
+  return a.length - b.length;
+}
+
+/** The global timeouts become each service's own unless it sets one, and addresses are parsed. */
+function filled(doc: Document): Config {
+  for (const s of doc.services) {
+    s.idleInTransactionTimeoutMs ??= doc.idleInTransactionTimeoutMs;
+    s.queryTimeoutMs ??= doc.queryTimeoutMs;
   }
+  return { ...doc, listen: parseHostPort(doc.listen), admin: parseHostPort(doc.admin) };
+}
 
-  const config: Config = {
-    listen: c.hostPort('listen', top.listen, DEFAULTS.listen),
-    admin: c.hostPort('admin', top.admin, DEFAULTS.admin),
-    logLevel: c.oneOf('logLevel', top.logLevel, LOG_LEVELS, DEFAULTS.logLevel),
-    startupTimeoutMs: c.int('startupTimeoutMs', top.startupTimeoutMs, DEFAULTS.startupTimeoutMs, 1, POSITIVE),
-    shutdownTimeoutMs: c.int('shutdownTimeoutMs', top.shutdownTimeoutMs, DEFAULTS.shutdownTimeoutMs, 0, NON_NEGATIVE),
-    serverIdleTimeoutMs: c.int(
-      'serverIdleTimeoutMs',
-      top.serverIdleTimeoutMs,
-      DEFAULTS.serverIdleTimeoutMs,
-      1,
-      POSITIVE,
-    ),
-    serverLifetimeMs: c.int('serverLifetimeMs', top.serverLifetimeMs, DEFAULTS.serverLifetimeMs, 1, POSITIVE),
-    maxMessageBytes: c.int('maxMessageBytes', top.maxMessageBytes, DEFAULTS.maxMessageBytes, 1024, 'an integer >= 1024'),
-    maxPreparedStatements: c.int(
-      'maxPreparedStatements',
-      top.maxPreparedStatements,
-      DEFAULTS.maxPreparedStatements,
-      1,
-      POSITIVE,
-    ),
-    tcpKeepaliveMs: c.int('tcpKeepaliveMs', top.tcpKeepaliveMs, DEFAULTS.tcpKeepaliveMs, 0, OFF_OR_MS),
-    clientIdleTimeoutMs: c.int('clientIdleTimeoutMs', top.clientIdleTimeoutMs, DEFAULTS.clientIdleTimeoutMs, 0, OFF_OR_MS),
-    idleInTransactionTimeoutMs,
-    queryTimeoutMs,
-    upstream,
-    services,
-  };
-  if (defaultService !== undefined) config.defaultService = defaultService;
-  if (c.problems.length > 0) throw new ConfigError(c.problems);
-  return config;
+function pathOf(at: Segment[]): string {
+  if (at.length === 0) return '(top level)';
+  return at.map((s, i) => (typeof s === 'number' ? `[${s}]` : i === 0 ? s : `.${s}`)).join('');
+}
+
+function isMapping(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+function isName(v: unknown): v is string {
+  return typeof v === 'string' && v.length > 0;
+}
+
+function show(v: unknown): string {
+  return typeof v === 'string' ? JSON.stringify(v) : v === undefined ? 'nothing' : JSON.stringify(v) ?? String(v);
 }
 
 /** Budgets that add up to more than the cap are allowed (the cap still holds); say so. */

@@ -1,7 +1,8 @@
 import t from 'tap';
+import { Ajv } from 'ajv';
 import { configFromUpstreamUrl } from '../../src/config/load.js';
 import { matchService } from '../../src/client/match.js';
-import { ConfigError, overcommitWarning, validateConfig } from '../../src/config/schema.js';
+import { AJV_OPTIONS, ConfigError, ConfigSchema, overcommitWarning, validateConfig } from '../../src/config/schema.js';
 
 const minimal = { services: [{ name: 'web', budget: 5 }] };
 
@@ -181,4 +182,35 @@ t.test('the document given is not changed', async (t) => {
   const copy = structuredClone(raw);
   validateConfig(raw);
   t.same(raw, copy);
+});
+
+t.test('every problem at once, in the order the schema declares the fields', async (t) => {
+  t.same(
+    problems({
+      services: [
+        { name: 'a', budget: 0, colour: 'red' },
+        { name: 'a', budget: 1, password: 'x', passwordEnv: 'PW' },
+      ],
+      defaultService: 'b',
+      upstream: { port: 0 },
+      logLevel: 'loud',
+      budgte: 3,
+    }),
+    [
+      'budgte: unknown field',
+      'logLevel: must be one of fatal, error, warn, info, debug, trace, silent (got "loud")',
+      'upstream.port: must be a port number (1-65535) (got 0)',
+      'defaultService: must name one of services[].name (got "b")',
+      'services[0].colour: unknown field',
+      'services[0].budget: must be a positive integer (got 0)',
+      'services[1].name: must be unique (got "a")',
+      'services[1].passwordEnv: cannot be set together with password',
+    ],
+  );
+});
+
+t.test('the schema is valid JSON Schema (the validator skips this check to start faster)', async (t) => {
+  const ajv = new Ajv({ ...AJV_OPTIONS, validateSchema: true });
+  t.ok(ajv.validateSchema(ConfigSchema), JSON.stringify(ajv.errors));
+  t.doesNotThrow(() => ajv.compile(ConfigSchema));
 });
