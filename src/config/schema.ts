@@ -53,7 +53,7 @@ function ms(bounds: typeof POSITIVE, def: number, description: string) {
 }
 
 const matchKey = (what: string) =>
-  Type.Optional(Type.String({ ...NON_EMPTY, description: `the client's ${what} must equal this` }));
+  Type.Optional(Type.String({ ...NON_EMPTY, description: `the client's startup parameter ${what} must equal this` }));
 
 const ServiceSchema = mapping({
   name: Type.String({ ...NON_EMPTY, description: 'unique; the `service` label of every metric' }),
@@ -64,7 +64,7 @@ const ServiceSchema = mapping({
         database: matchKey('`database`'),
         applicationName: matchKey('`application_name`'),
       },
-      { default: {}, description: 'which clients the service takes; `{}` takes every client' },
+      { default: {}, description: 'which clients the service takes: every key given must match; `{}` takes every client' },
     ),
   ),
   budget: Type.Integer({ ...POSITIVE, description: 'the most server connections the service may hold (in use, idle, opening)' }),
@@ -74,7 +74,7 @@ const ServiceSchema = mapping({
   }),
   onSessionState: oneOf<OnSessionState>(['pin', 'error'], {
     default: 'pin',
-    description: 'transaction mode: `pin` the client to its server connection on session state, or `error`',
+    description: 'transaction mode, on session state: pin the client to its server connection, or refuse the statement (`0A000`)',
   }),
   queue: defaulted(
     mapping(
