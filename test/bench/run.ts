@@ -14,18 +14,13 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { startCluster, type Cluster } from '../helpers/cluster.js';
-import { repoRoot, run, sleep } from '../helpers/proxy.js';
+import { run, sleep } from '../helpers/proxy.js';
+import { ensureDebianPackage, freePort, startFloor, startPgbudget, waitForPort, type Started, type Target } from './targets.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
 const IDLE_CLIENTS = Number(process.env.BENCH_IDLE_CLIENTS ?? 10_000);
 const ONLY = process.env.BENCH_CASES?.split(',');
-
-interface Target {
-  name: string;
-  port: number;
-  pid?: number;
-}
 
 interface Case {
   id: string;
@@ -44,31 +39,6 @@ const CASES: Case[] = [
   { id: 'connect-10', label: '-S -C -c 10 (new connection per transaction)', args: ['-S', '-C', '-c', '10', '-j', '2'] },
 ].filter((c) => !ONLY || ONLY.includes(c.id));
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitForPort(port: number, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect({ host: '127.0.0.1', port }, () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.on('error', () => resolve(false));
-    });
-    if (ok) return;
-    if (Date.now() > deadline) throw new Error(`nothing listening on ${port}`);
-    await sleep(50);
-  }
-}
-
 const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK']).toString()) || 100;
 
 /** CPU seconds a process (all its threads) has used: user and system, from /proc/<pid>/stat. */
@@ -83,7 +53,7 @@ function rssKiB(pid: number): number {
   return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
 }
 
-async function startPgbouncer(cluster: Cluster, dir: string): Promise<{ target: Target; proc: ChildProcess }> {
+async function startPgbouncer(cluster: Cluster, dir: string): Promise<Started> {
   const port = await freePort();
   writeFileSync(path.join(dir, 'userlist.txt'), '"postgres" ""\n');
   writeFileSync(
@@ -123,33 +93,6 @@ async function startPgbouncer(cluster: Cluster, dir: string): Promise<{ target: 
   return { target: { name: 'pgbouncer', port, pid: proc.pid }, proc };
 }
 
-async function startPgbudget(cluster: Cluster, dir: string): Promise<{ target: Target; proc: ChildProcess }> {
-  const port = await freePort();
-  const config = path.join(dir, 'pgbudget.yaml');
-  writeFileSync(
-    config,
-    [
-      `listen: "127.0.0.1:${port}"`,
-      `admin: "127.0.0.1:${await freePort()}"`,
-      'logLevel: warn',
-      'upstream:',
-      '  host: 127.0.0.1',
-      `  port: ${cluster.port}`,
-      '  maxConnections: 40',
-      'services:',
-      '  - name: bench',
-      '    budget: 20',
-      '    poolMode: transaction',
-      '    queue: { maxWaiting: 20000, timeoutMs: 60000 }',
-      'defaultService: bench',
-      '',
-    ].join('\n'),
-  );
-  const proc = spawn(process.execPath, [path.join(repoRoot, 'dist', 'cli.js'), '--config', config], { stdio: ['ignore', 'ignore', 'inherit'] });
-  await waitForPort(port);
-  return { target: { name: 'pgbudget', port, pid: proc.pid }, proc };
-}
-
 interface Result {
   tps: number;
   latencyMs: number;
@@ -178,19 +121,6 @@ async function pgbench(target: Target, c: Case, seconds = SECONDS): Promise<Resu
     cpuSystemUs = ((after.system - cpuBefore.system) * 1e6) / transactions;
   }
   return { tps, latencyMs, failed, cpuUserUs, cpuSystemUs };
-}
-
-/**
- * The bare forwarder of floor.ts: one PostgreSQL connection per client, so
- * it runs only where the clients fit beside the proxies' server connections.
- */
-async function startFloor(cluster: Cluster): Promise<{ target: Target; proc: ChildProcess }> {
-  const port = await freePort();
-  const proc = spawn(process.execPath, [path.join(repoRoot, 'build', 'test', 'bench', 'floor.js'), String(port), String(cluster.port)], {
-    stdio: ['ignore', 'ignore', 'inherit'],
-  });
-  await waitForPort(port);
-  return { target: { name: 'floor', port, pid: proc.pid }, proc };
 }
 
 /**
@@ -246,22 +176,8 @@ function stats(xs: number[]): { min: number; median: number; max: number } {
   return { min: s[0], median, max: s[s.length - 1] };
 }
 
-/** PgBouncer from Debian's packages, installed when missing (as root). */
-function ensurePgbouncer(): void {
-  try {
-    execFileSync('pgbouncer', ['--version'], { stdio: 'ignore' });
-    return;
-  } catch {
-    // not installed
-  }
-  if (process.getuid?.() !== 0) throw new Error('pgbouncer is not installed: apt-get install pgbouncer');
-  process.stdout.write('installing pgbouncer (apt-get)\n');
-  execFileSync('apt-get', ['update', '-qq'], { stdio: 'ignore' });
-  execFileSync('apt-get', ['install', '-y', '-qq', 'pgbouncer'], { stdio: 'ignore' });
-}
-
 async function main(): Promise<void> {
-  ensurePgbouncer();
+  ensureDebianPackage('pgbouncer', 'pgbouncer');
   const dir = mkdtempSync(path.join(os.tmpdir(), 'pgbudget-bench-'));
   process.stdout.write(`pgbudget benchmark: ${SECONDS}s per run, ${ROUNDS} rounds (A B A B), ${os.cpus().length} cores\n`);
   const cluster = await startCluster({ maxConnections: 60, extraConf: { shared_buffers: '128MB' } });
