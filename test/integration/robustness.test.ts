@@ -86,15 +86,16 @@ t.test('an idle server connection that closes is never handed out', async (t) =>
   c.socket.write(simpleQuery('select 1'));
   await c.until(() => c.count('Z') === 2);
   await sleep(50);
-  const conns = (proxy.proxy.pool as unknown as { conns: Map<number, { socket: import('node:net').Socket }> }).conns;
+  const conns = (proxy.proxy.pool as unknown as { conns: Map<number, { transport: { socket: import('node:net').Socket } }> }).conns;
   let sent = false;
   for (const conn of conns.values()) {
     // The client's next query arrives in the same turn as the close.
-    conn.socket.on('close', () => {
+    const socket = conn.transport.socket;
+    socket.on('close', () => {
       if (!sent) c.socket.write(simpleQuery('select 2'));
       sent = true;
     });
-    conn.socket.destroy();
+    socket.destroy();
   }
   await c.until(() => c.count('Z') === 3, 3000);
   t.equal(c.messages.filter((m) => m.type === 'D').at(-1)?.body.toString('latin1', 6), '2', 'answered on a fresh connection');
