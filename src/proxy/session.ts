@@ -9,21 +9,22 @@ import { UNMATCHED, type ServiceStats, type Stats } from '../budget/stats.js';
 import type { Config, ServiceConfig } from '../types/config.js';
 import { matchService } from '../client/match.js';
 import { clientErrors } from '../errors.js';
-import { Backend, Frontend, TxStatus } from '../protocol/codes.js';
+import { Backend, TxStatus } from '../protocol/codes.js';
 import { errorResponse, readyForQuery, type ErrorFields } from '../protocol/encode.js';
 import { clientTransport, type Accepted } from '../io/accept.js';
 import type { Transport, TransportHandler } from '../io/transport.js';
-import { MessageAssembler } from '../protocol/assembler.js';
-import { FrameError, FrameScanner } from '../protocol/framing.js';
+import { FrameError } from '../protocol/framing.js';
 import { ReplyTrimmer, type ReplyListener } from '../protocol/replies.js';
-import { frontendProblem, rewordError } from '../protocol/messages.js';
+import { rewordError } from '../protocol/messages.js';
 import type { ServerConnection, ServerOwner } from '../server/connection.js';
-import { poolKey, type RejectedBecause, type ServerPool, type WaitHandlers } from '../server/pool.js';
+import type { RejectedBecause, ServerPool, WaitHandlers } from '../server/pool.js';
+import { poolKey } from '../server/poolKey.js';
 import { readHandshake, type HandshakeListener } from '../client/handshake.js';
 import type { SessionRegistry } from '../client/registry.js';
 import { ServerStatements } from '../client/serverStatements.js';
 import type { SessionStateReason } from '../client/sessionState.js';
 import { StatementLayer } from '../client/statementLayer.js';
+import { ClientInbound } from '../client/inbound.js';
 import { TransactionTracker } from '../client/transaction.js';
 import { welcome } from '../client/welcome.js';
 
@@ -69,8 +70,6 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
   /** Client bytes that arrived while no server connection was linked. */
   private pending: Buffer[] = [];
   private pendingBytes = 0;
-  /** An unfinished message header at the end of the last client chunk, held back. */
-  private heldHeader: Buffer | null = null;
   private readonly connectedAt = Date.now();
   private closeReason = 'client disconnected';
   /** An error boundary caught a failure here already (it is logged once). */
@@ -93,15 +92,11 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
   /** The proxy's statements on the linked server connection (transaction mode). */
   private serverStatements: ServerStatements | null = null;
 
-  // Transaction mode: whole client messages, prepared statements, session state.
-  /** Set at login for transaction mode: client messages are read whole, not just framed. */
-  private assembler: MessageAssembler | null = null;
   /** Statement checks and rewriting, between the client's messages and the server (transaction mode). */
   private readonly statementLayer = new StatementLayer();
-  /** Offset just past a Terminate in the chunk being scanned, or -1. */
-  private terminateEnd = -1;
+  /** The client's bytes on their way in: framed, tracked, checked. */
+  private readonly inbound: ClientInbound;
   private lastServerType = 0;
-  private readonly clientScanner: FrameScanner;
   /** Server bytes on their way to the client, the answers to the proxy's own requests left out. */
   private readonly replies: ReplyTrimmer;
 
@@ -114,7 +109,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
     this.processId = ctx.sessions.nextProcessId(randomInt(0, 1024));
     this.secretKey = randomInt(0, 0x7fffffff);
     const cfg = ctx.config();
-    this.clientScanner = new FrameScanner((type, _first, end) => this.onClientMessage(type, end), cfg.maxMessageBytes);
+    this.inbound = new ClientInbound(this.tx, this.statementLayer, cfg.maxMessageBytes);
     this.replies = new ReplyTrimmer(this);
     this.socket = clientTransport(accepted, this, { keepAliveMs: cfg.tcpKeepaliveMs });
     // Registered once nothing here can fail: a session that could not start is never listed.
@@ -380,11 +375,9 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
   get atTransactionBoundary(): boolean {
     return (
       this.tx.quiet &&
-      this.clientScanner.atBoundary &&
+      this.inbound.atBoundary &&
       this.replies.atBoundary &&
-      this.heldHeader === null &&
-      this.statementLayer.held === null &&
-      (this.assembler?.atBoundary ?? true)
+      this.statementLayer.held === null
     );
   }
 
@@ -473,7 +466,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
     }
     this.key = lastKey;
     if (service.poolMode === 'transaction') {
-      this.assembler = new MessageAssembler(this.ctx.config().maxMessageBytes);
+      this.inbound.readWhole();
       this.replies.trims = true;
     }
     this.stats().clientsConnected++;
@@ -506,98 +499,46 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
     if (this.state === 'startup') return this.cancelling ? undefined : this.onStartupData(chunk);
     if (this.state === 'closed') return;
     this.quietSince = Date.now();
-    if (this.assembler) return this.onClientMessages(chunk);
-    this.terminateEnd = -1;
-    const frameError = this.clientScanner.scan(chunk);
-    if (frameError) return this.protocolViolation(frameError.message);
-    // Forward whole headers only, so a Terminate is never half-sent to a
-    // server connection that another client will use next.
-    const held = this.heldHeader;
-    let data = held ? Buffer.concat([held, chunk]) : chunk;
-    if (this.terminateEnd >= 0) {
-      data = data.subarray(0, (held?.length ?? 0) + this.terminateEnd - 5);
-      this.heldHeader = null;
+    const inbound = this.inbound;
+    if (inbound.whole) {
+      const service = this.service!;
+      const messages = inbound.readMessages(chunk, service.name, service.onSessionState);
+      if (typeof messages === 'string') return this.protocolViolation(messages);
+      if (inbound.pinReason !== null) this.pin(inbound.pinReason);
+      if (inbound.statementStarted) this.statementSince = this.quietSince;
+      if (messages.length > 0) {
+        if (this.state === 'linked' || this.linkIdle()) this.forward(messages);
+        else this.holdAll(messages);
+      }
     } else {
-      const partial = this.clientScanner.pendingHeaderBytes;
-      this.heldHeader = partial > 0 ? Buffer.from(data.subarray(data.length - partial)) : null;
-      if (partial > 0) data = data.subarray(0, data.length - partial);
-    }
-    if (data.length > 0) {
-      if (this.state === 'linked' || this.linkIdle()) {
-        if (this.server && !this.server.write(data)) this.socket.pause();
-      } else {
-        this.hold(data);
-        if (this.state === 'idle') this.requestServer(false);
+      const data = inbound.readBytes(chunk);
+      if (typeof data === 'string') return this.protocolViolation(data);
+      if (inbound.statementStarted) this.statementSince = this.quietSince;
+      if (data.length > 0) {
+        if (this.state === 'linked' || this.linkIdle()) {
+          if (this.server && !this.server.write(data)) this.socket.pause();
+        } else this.holdAll([data]);
       }
     }
-    if (this.terminateEnd >= 0) {
+    if (inbound.terminated) {
       this.closeReason = 'client terminated';
       this.socket.close();
     }
   }
 
   /**
-   * Keeps client bytes until a server connection is linked. Reading goes on
-   * while they are few, so a client that hangs up in the queue is seen at
-   * once and leaves it; past PENDING_LIMIT the client is paused.
+   * Keeps client bytes until a server connection is linked, and asks for
+   * one. Reading goes on while they are few, so a client that hangs up in
+   * the queue is seen at once and leaves it; past PENDING_LIMIT the client
+   * is paused.
    */
-  private hold(data: Buffer): void {
-    this.pending.push(data);
-    this.pendingBytes += data.length;
+  private holdAll(data: Buffer[]): void {
+    for (const d of data) {
+      this.pending.push(d);
+      this.pendingBytes += d.length;
+    }
     if (this.pendingBytes > PENDING_LIMIT) this.socket.pause();
-  }
-
-  /** Transaction mode: whole messages, so statement names and session state can be seen and changed. */
-  private onClientMessages(chunk: Buffer): void {
-    const messages: Buffer[] = [];
-    const fromBoundary = this.assembler!.atBoundary;
-    const frameError = this.assembler!.push(chunk, messages);
-    if (frameError) return this.protocolViolation(frameError.message);
-    let terminated = false;
-    let replaced = false;
-    for (let i = 0; i < messages.length; i++) {
-      const msg = messages[i];
-      const type = msg[0];
-      if (type === Frontend.Terminate) {
-        terminated = true;
-        messages.length = i; // nothing after a Terminate is sent
-        break;
-      }
-      // Checked before anything reads it: a malformed message ends the client, with its reason.
-      const problem = frontendProblem(msg);
-      if (problem !== null) return this.protocolViolation(problem);
-      const ignoredSync = type === Frontend.Sync && this.tx.clientCopyIn;
-      this.onClientMessage(type, 0);
-      if (ignoredSync) {
-        // The server ignores it during COPY FROM STDIN: passes untouched, uncounted.
-        this.statementLayer.ignoredSync(msg);
-      } else if (type === Frontend.Query || type === Frontend.Parse) {
-        const service = this.service!;
-        const checked = this.statementLayer.check(msg, service.name, service.onSessionState);
-        if (checked !== msg) {
-          messages[i] = checked;
-          replaced = true;
-        } else if (this.statementLayer.sessionState !== null) {
-          this.pin(this.statementLayer.sessionState);
-        }
-      }
-    }
-    // Several messages that make up the whole chunk, none replaced: if they
-    // also go out unchanged, the chunk itself is written (see forward).
-    if (messages.length > 1 && fromBoundary && this.assembler!.atBoundary && !terminated && !replaced) {
-      this.statementLayer.whole(chunk, messages);
-    }
-    if (messages.length > 0) {
-      if (this.state === 'linked' || this.linkIdle()) this.forward(messages);
-      else {
-        for (const m of messages) this.hold(m);
-        if (this.state === 'idle') this.requestServer(false);
-      }
-    }
-    if (terminated) {
-      this.closeReason = 'client terminated';
-      this.socket.close();
-    }
+    if (this.state === 'idle') this.requestServer(false);
   }
 
   /**
@@ -630,11 +571,6 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
     const pins = this.stats().pins;
     pins[reason] = (pins[reason] ?? 0) + 1;
     this.ctx.log.info({ service: this.serviceName, pid: this.processId, reason }, 'client pinned to its server connection');
-  }
-
-  private onClientMessage(type: number, end: number): void {
-    if (this.tx.client(type)) this.statementSince = this.quietSince;
-    else if (type === Frontend.Terminate) this.terminateEnd = end;
   }
 
   // ---- server → client ----
@@ -765,7 +701,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
   private link(conn: ServerConnection): void {
     this.assigning = null;
     this.server = conn;
-    if (this.assembler) this.serverStatements = statementsOn(conn, this.ctx.config().maxPreparedStatements);
+    if (this.inbound.whole) this.serverStatements = statementsOn(conn, this.ctx.config().maxPreparedStatements);
     conn.owner = this;
     this.state = 'linked';
     this.lastServerType = 0;
@@ -775,7 +711,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
     this.pending = [];
     this.pendingBytes = 0;
     this.statementLayer.resetPending();
-    if (this.assembler) {
+    if (this.inbound.whole) {
       if ((pending.length === 0 || this.forward(pending)) && this.socket.isPaused()) this.socket.resume();
       return;
     }
@@ -811,8 +747,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
    * one ReadyForQuery per Query or Sync it sent; it never runs.
    */
   private cancelQueued(): void {
-    const atBoundary = this.assembler ? this.assembler.atBoundary : this.clientScanner.atBoundary && !this.heldHeader;
-    if (!atBoundary || this.tx.extendedOpen) return; // a batch still arriving: let it run and be cancelled there
+    if (!this.inbound.atBoundary || this.tx.extendedOpen) return; // a batch still arriving: let it run and be cancelled there
     this.ctx.pool.cancelWait(this.waiter!);
     this.waiter = null;
     const replies = [errorResponse(clientErrors.queryCanceled())];

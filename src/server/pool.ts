@@ -1,14 +1,15 @@
 // The pool of server connections of all services: carries out the
 // scheduler's decisions (open, close, assign, reject), retries an absent
 // upstream with backoff, and sweeps timeouts with one periodic timer.
-import net from 'node:net';
 import type { Logger } from 'pino';
 import { Scheduler, type Action, type Waiter } from '../budget/scheduler.js';
 import type { Stats } from '../budget/stats.js';
 import type { Config, ServiceConfig } from '../types/config.js';
-import { cancelRequest, errorResponse, type ErrorFields } from '../protocol/encode.js';
+import { errorResponse, type ErrorFields } from '../protocol/encode.js';
 import { clientErrors } from '../errors.js';
 import { ServerConnection, ServerLoginError } from './connection.js';
+import { parsePoolKey } from './poolKey.js';
+import { probePostmaster, sendCancel } from './postmaster.js';
 import { WelcomeCache, type Welcome } from './welcomes.js';
 
 export type RejectedBecause = 'queue_full' | 'queue_timeout' | 'server_login' | 'internal_error';
@@ -24,33 +25,6 @@ const SWEEP_MS = 50;
 const MAX_WELCOMES = 10_000;
 const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 5000;
-
-/**
- * Server connections are interchangeable only for the same user, database
- * and startup parameters (search_path, TimeZone, DateStyle, client_encoding,
- * options…): those are part of the key, so whichever connection a client
- * gets already has its settings, and the ParameterStatus it saw at login.
- */
-export function poolKey(user: string, database: string, params: Record<string, string> = {}): string {
-  const extra = Object.keys(params)
-    .filter((k) => !NOT_IN_KEY.has(k))
-    .sort()
-    .map((k) => `${k}\u0001${params[k]}`);
-  return [user, database, ...extra].join('\u0000');
-}
-
-/** Startup parameters that are not passed on: identity, and what the proxy sets itself. */
-const NOT_IN_KEY = new Set(['user', 'database', 'application_name', 'replication']);
-
-export function parsePoolKey(key: string): { user: string; database: string; params: Record<string, string> } {
-  const [user, database, ...extra] = key.split('\u0000');
-  const params: Record<string, string> = {};
-  for (const kv of extra) {
-    const i = kv.indexOf('\u0001');
-    params[kv.slice(0, i)] = kv.slice(i + 1);
-  }
-  return { user, database, params };
-}
 
 export class ServerPool {
   readonly scheduler: Scheduler;
@@ -199,61 +173,43 @@ export class ServerPool {
    */
   cancelQuery(conn: ServerConnection, stillWanted: () => boolean, done: () => void): void {
     const { host, port } = this.config.upstream;
-    let sent = false;
-    let settled = false;
-    const s = net.connect({ host, port }, () => {
-      let wanted = false;
-      this.guard('cancel request', () => {
-        wanted = stillWanted();
-      });
-      if (!wanted) return s.destroy();
+    sendCancel(host, port, conn.processId, conn.secretKey, {
+      stillWanted: () => {
+        let wanted = false;
+        this.guard('cancel request', () => {
+          wanted = stillWanted();
+        });
+        return wanted;
+      },
       // From here until the postmaster closes this socket, the server
       // connection goes to nobody else. PostgreSQL signals the backend
       // before it closes the cancel connection, and a backend that gets the
       // signal between commands drops it before it reads the next one; so
       // once the socket has closed, a late signal can only hit the
       // statement it was meant for, never the next client's.
-      sent = true;
-      conn.cancelsInFlight++;
-      s.end(cancelRequest(conn.processId, conn.secretKey));
-    });
-    const settle = (clean: boolean) => {
-      if (!sent || settled) return;
-      settled = true;
-      conn.cancelsInFlight--;
-      if (conn.cancelsInFlight > 0 || conn.releaseAfterCancel === null) return;
-      const reusable = conn.releaseAfterCancel && clean;
-      conn.releaseAfterCancel = null;
-      // Whether the signal came is unknown after a failed cancel: never reused.
-      this.release(conn, reusable);
-    };
-    s.on('error', (err) => this.log.warn({ err: err.message }, 'cancel request to upstream failed'));
-    s.on('close', (hadError) => {
-      this.guard('cancel request closed', () => settle(!hadError), () => conn.destroy('internal error after a cancel'));
-      this.guard('cancel request answered', done);
-    });
-    s.setTimeout(5000, () => {
-      settle(false);
-      s.destroy();
+      sending: () => conn.cancelsInFlight++,
+      settled: (clean) =>
+        this.guard(
+          'cancel request closed',
+          () => {
+            conn.cancelsInFlight--;
+            if (conn.cancelsInFlight > 0 || conn.releaseAfterCancel === null) return;
+            const reusable = conn.releaseAfterCancel && clean;
+            conn.releaseAfterCancel = null;
+            // Whether the signal came is unknown after a failed cancel: never reused.
+            this.release(conn, reusable);
+          },
+          () => conn.destroy('internal error after a cancel'),
+        ),
+      closed: () => this.guard('cancel request answered', done),
+      failed: (message) => this.log.warn({ err: message }, 'cancel request to upstream failed'),
     });
   }
 
   /** Upstream reachable: a login succeeded recently, or a probe that takes no backend slot answers. */
   async upstreamReachable(): Promise<boolean> {
     if (Date.now() - this.lastUpstreamOkAt < 5000 && this.lastUpstreamError === null) return true;
-    const { host, port } = this.config.upstream;
-    return new Promise<boolean>((resolve) => {
-      const s = net.connect({ host, port });
-      const done = (ok: boolean) => {
-        s.destroy();
-        resolve(ok);
-      };
-      s.setTimeout(2000, () => done(false));
-      s.on('error', () => done(false));
-      // SSLRequest is answered by the postmaster itself ('S' or 'N'); no backend slot is used.
-      s.on('connect', () => s.write(Buffer.from([0, 0, 0, 8, 4, 210, 22, 47])));
-      s.on('data', (d) => done(d[0] === 0x4e || d[0] === 0x53));
-    });
+    return probePostmaster(this.config.upstream.host, this.config.upstream.port);
   }
 
   /** Closes every idle server connection (shutdown). */

@@ -7,7 +7,7 @@ import { Scheduler, type Action } from '../../src/budget/scheduler.js';
 import { readParse, readQuery } from '../../src/protocol/messages.js';
 import { parseStartupPacket } from '../../src/protocol/startup.js';
 import { sliceOf } from '../../src/io/views.js';
-import { poolKey } from '../../src/server/pool.js';
+import { poolKey } from '../../src/server/poolKey.js';
 import { WelcomeCache } from '../../src/server/welcomes.js';
 import { msg, startupPacket } from '../helpers/wire.js';
 
