@@ -5,7 +5,7 @@
 // budget and against the global cap from the moment it is decided to open it
 // until its socket has closed, so the cap holds even while connections are
 // opening or closing.
-import { WaiterQueue, type Linked } from './waiterQueue.js';
+import { List, type Linked } from './lists.js';
 
 export interface ServiceLimits {
   /** Most server connections the service may hold (opening, active, idle or closing). */
@@ -70,7 +70,7 @@ interface ServiceState {
   name: string;
   limits: ServiceLimits;
   /** FIFO, with O(1) removal of a waiter who leaves. */
-  waiters: WaiterQueue<Waiter>;
+  waiters: List<Waiter>;
   /** Idle connections, most recently used last (reused first, so the others can time out). */
   idle: Conn[];
   held: number;
@@ -117,7 +117,7 @@ export class Scheduler {
       this.services.set(name, {
         name,
         limits,
-        waiters: new WaiterQueue(),
+        waiters: new List(),
         idle: [],
         held: 0,
         active: 0,
@@ -166,7 +166,7 @@ export class Scheduler {
    */
   acquire(service: string, key: string, now: number): { waiter: Waiter; actions: Action[] } {
     const s = this.service(service);
-    const waiter: Waiter = { id: this.nextWaiterId++, service, key, enqueuedAt: now, qPrev: null, qNext: null, qIn: false };
+    const waiter: Waiter = { id: this.nextWaiterId++, service, key, enqueuedAt: now, qPrev: null, qNext: null, qList: null };
     const actions: Action[] = [];
     if (s.waiters.size === 0) {
       const conn = this.takeIdle(s, key);
