@@ -282,3 +282,30 @@ t.test('a removed service keeps its budget until retired, then closes its idle c
   const other = s.acquire('b', K, 7);
   t.same(kinds(other.actions), ['open'], 'the other service goes on');
 });
+
+t.test('audit: every count is its list, and a count that drifted from its list is found', async (t) => {
+  const s = make(4, { a: 2, b: 2 });
+  const r = [s.acquire('a', K, 0), s.acquire('a', 'u2\0db', 0), s.acquire('a', K, 0), s.acquire('b', K, 0)];
+  const given = assigns(openAll(s, r.flatMap((x) => x.actions)));
+  s.release(given[0].connId, 1, true);
+  t.equal(s.audit(), null, 'consistent after opens, hand-outs, a release and a waiter');
+  (s as unknown as { totals: { idle: { size: number } } }).totals.idle.size++;
+  t.match(s.audit(), /idle in all/, 'a total that no longer matches the lists');
+});
+
+t.test('an event out of order for a connection is refused and changes nothing', async (t) => {
+  const s = make(4, { a: 2 });
+  const r = s.acquire('a', K, 0);
+  const id = opens(r.actions)[0].connId;
+  s.opened(id, 1); // handed to the waiter at once
+  t.equal(s.connState(id), 'active');
+  t.throws(() => s.opened(id, 2), /connection .* is active/, 'opened twice');
+  t.equal(s.audit(), null);
+  s.release(id, 3, true);
+  t.throws(() => s.release(id, 4, true), /release of connection .* in state idle/);
+  t.same(s.closing(id, 5), []);
+  t.throws(() => s.opened(id, 6), /connection .* is closing/);
+  s.closed(id, 7);
+  t.equal(s.connState(id), undefined);
+  t.equal(s.audit(), null);
+});
