@@ -107,11 +107,14 @@ export class Scheduler {
 
   /**
    * A client needs a server connection. Returns its waiter (used to cancel)
-   * and the actions; one of them may already assign the waiter.
+   * and the actions; one of them may already assign the waiter. `request`
+   * is the caller's own waiter object for `service` and `key`, if it makes one.
    */
-  acquire(service: string, key: string, now: number): { waiter: Waiter; actions: Action[] } {
+  acquire(service: string, key: string, now: number, request?: Waiter): { waiter: Waiter; actions: Action[] } {
     const s = this.service(service);
-    const waiter: Waiter = { id: this.nextWaiterId++, service, key, enqueuedAt: now, qPrev: null, qNext: null, qList: null };
+    const waiter: Waiter = request ?? { id: 0, service, key, enqueuedAt: 0, qPrev: null, qNext: null, qList: null };
+    waiter.id = this.nextWaiterId++;
+    waiter.enqueuedAt = now;
     const actions: Action[] = [];
     if (s.waiting.size === 0) {
       const conn = this.takeIdle(s, key);

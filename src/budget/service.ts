@@ -12,12 +12,18 @@ export interface ServiceLimits {
   timeoutMs: number;
 }
 
+/**
+ * A request for a server connection, as the scheduler sees it. The caller
+ * may make the object itself, with fields of its own (how to answer the
+ * client); the scheduler sets `id` and `enqueuedAt` and links it into its
+ * queue, and reads nothing else.
+ */
 export interface Waiter extends Linked {
-  readonly id: number;
+  id: number;
   readonly service: string;
   /** Which server connections can serve it: same user and database. */
   readonly key: string;
-  readonly enqueuedAt: number;
+  enqueuedAt: number;
 }
 
 export type ConnState = 'opening' | 'active' | 'idle' | 'closing';

@@ -121,8 +121,8 @@ export class ServerPool {
       handlers.onAssign(conn, 0);
       return null;
     }
-    const { waiter, actions } = this.scheduler.acquire(service, key, Date.now());
-    (waiter as HandledWaiter).handlers = handlers;
+    const request: Request = { id: 0, service, key, enqueuedAt: 0, qPrev: null, qNext: null, qList: null, handlers };
+    const { waiter, actions } = this.scheduler.acquire(service, key, Date.now(), request);
     this.run(actions);
     return waiter;
   }
@@ -275,7 +275,7 @@ export class ServerPool {
   private runOne(a: Action): void {
     switch (a.kind) {
       case 'assign': {
-        const h = (a.waiter as HandledWaiter).handlers ?? undefined;
+        const h = (a.waiter as Request).handlers ?? undefined;
         const conn = this.conns.get(a.connId)!;
         if (!conn.usable) {
           // Went bad while idle (closed, or the server spoke unprompted):
@@ -414,15 +414,18 @@ export class ServerPool {
 }
 
 /**
- * A queued request carries its client's handlers itself: a Map by waiter id
- * was one insert and one delete per queued transaction, and its rebuilt
- * tables kept waiters alive through scavenges.
+ * The pool's own waiter object: the scheduler links it into its queue, and
+ * the pool keeps on it how to answer the client (a Map by waiter id was one
+ * insert and one delete per queued transaction, and its rebuilt tables kept
+ * waiters alive through scavenges).
  */
-type HandledWaiter = Waiter & { handlers?: WaitHandlers | null };
+interface Request extends Waiter {
+  handlers: WaitHandlers | null;
+}
 
 /** The waiter's handlers, now detached from it; undefined when it had none (already served or gone). */
 function takeHandlers(w: Waiter): WaitHandlers | undefined {
-  const waiter = w as HandledWaiter;
+  const waiter = w as Request;
   const h = waiter.handlers ?? undefined;
   waiter.handlers = null;
   return h;
