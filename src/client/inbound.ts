@@ -18,8 +18,6 @@ const EMPTY = Buffer.alloc(0);
 export class ClientInbound {
   /** After a read: a Terminate came; nothing after it goes anywhere. */
   terminated = false;
-  /** After a read: a statement started (the server owes a reply where it owed none). */
-  statementStarted = false;
   /** After a read (transaction mode): session state that pins the client, or null. */
   pinReason: SessionStateReason | null = null;
   /** Session mode: an unfinished message header at the end of the last chunk, held back. */
@@ -55,8 +53,8 @@ export class ClientInbound {
   private onHeader(type: number, end: number): void {
     // Nothing after a Terminate is sent, so nothing after it is owed a reply.
     if (this.terminateEnd >= 0) return;
-    if (this.tx.client(type)) this.statementStarted = true;
-    else if (type === Frontend.Terminate) this.terminateEnd = end;
+    if (type === Frontend.Terminate) this.terminateEnd = end;
+    else this.tx.client(type);
   }
 
   /**
@@ -66,7 +64,6 @@ export class ClientInbound {
    */
   readBytes(chunk: Buffer): Buffer | string {
     this.terminateEnd = -1;
-    this.statementStarted = false;
     const frameError = this.scanner.scan(chunk);
     if (frameError) return frameError.message;
     const held = this.heldHeader;
@@ -92,7 +89,6 @@ export class ClientInbound {
    * protocol violation found.
    */
   readMessages(chunk: Buffer, service: string, onSessionState: OnSessionState): Buffer[] | string {
-    this.statementStarted = false;
     this.pinReason = null;
     const messages: Buffer[] = [];
     const assembler = this.assembler!;
@@ -112,7 +108,7 @@ export class ClientInbound {
       const problem = frontendProblem(msg);
       if (problem !== null) return problem;
       const ignoredSync = type === Frontend.Sync && this.tx.clientCopyIn;
-      if (this.tx.client(type)) this.statementStarted = true;
+      this.tx.client(type);
       if (ignoredSync) {
         // The server ignores it during COPY FROM STDIN: passes untouched, uncounted.
         this.statements.ignoredSync(msg);

@@ -9,13 +9,11 @@ import { UNMATCHED, type ServiceStats, type Stats } from '../budget/stats.js';
 import type { Config, ServiceConfig } from '../types/config.js';
 import { matchService } from '../client/match.js';
 import { clientErrors } from '../errors.js';
-import { Backend, TxStatus } from '../protocol/codes.js';
+import { Backend } from '../protocol/codes.js';
 import { errorResponse, readyForQuery, type ErrorFields } from '../protocol/encode.js';
 import { clientTransport, type Accepted } from '../io/accept.js';
 import type { Transport, TransportHandler } from '../io/transport.js';
 import { FrameError } from '../protocol/framing.js';
-import { ReplyTrimmer, type ReplyListener } from '../protocol/replies.js';
-import { rewordError } from '../protocol/messages.js';
 import type { ServerConnection, ServerOwner } from '../server/connection.js';
 import type { RejectedBecause, ServerPool, WaitHandlers } from '../server/pool.js';
 import { poolKey } from '../server/poolKey.js';
@@ -25,7 +23,8 @@ import { ServerStatements } from '../client/serverStatements.js';
 import type { SessionStateReason } from '../client/sessionState.js';
 import { StatementLayer } from '../client/statementLayer.js';
 import { ClientInbound } from '../client/inbound.js';
-import { TransactionTracker } from '../client/transaction.js';
+import { ClientOutbound } from '../client/outbound.js';
+import { TransactionTracker, type SessionTimeouts } from '../client/transaction.js';
 import { welcome } from '../client/welcome.js';
 
 export interface SessionContext {
@@ -40,16 +39,11 @@ export interface SessionContext {
   timeouts(service: string): SessionTimeouts;
 }
 
-/** Timeouts in ms, 0 for off (config: clientIdleTimeoutMs, idleInTransactionTimeoutMs, queryTimeoutMs). */
-export interface SessionTimeouts {
-  readonly clientIdleTimeoutMs: number;
-  readonly idleInTransactionTimeoutMs: number;
-  readonly queryTimeoutMs: number;
-}
+export type { SessionTimeouts };
 
 type State = 'startup' | 'idle' | 'waiting' | 'linked' | 'closed';
 
-export class ClientSession implements ServerOwner, WaitHandlers, TransportHandler, ReplyListener, HandshakeListener {
+export class ClientSession implements ServerOwner, WaitHandlers, TransportHandler, HandshakeListener {
   state: State = 'startup';
   service: ServiceConfig | null = null;
   user = '';
@@ -80,25 +74,16 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
   private forgotten = false;
   /** This connection carried a CancelRequest: it closes once the cancel has been passed on. */
   private cancelling = false;
-  /** When the client last sent something or the server last became ready (ms since the epoch): idle timeouts count from here. */
-  private quietSince: number;
-  /** When the statement now running on the server was sent or became next in line; 0 when none runs. */
-  private statementSince = 0;
-  /** queryTimeoutMs cancelled the running statement: its 57014 is worded as statement_timeout's. */
-  private timedOut = false;
 
   /** Protocol position, from the message types of both directions. */
   private readonly tx = new TransactionTracker();
-  /** The proxy's statements on the linked server connection (transaction mode). */
-  private serverStatements: ServerStatements | null = null;
 
   /** Statement checks and rewriting, between the client's messages and the server (transaction mode). */
   private readonly statementLayer = new StatementLayer();
   /** The client's bytes on their way in: framed, tracked, checked. */
   private readonly inbound: ClientInbound;
-  private lastServerType = 0;
-  /** Server bytes on their way to the client, the answers to the proxy's own requests left out. */
-  private readonly replies: ReplyTrimmer;
+  /** Server bytes on their way to the client: tracked, the answers to the proxy's own requests left out. */
+  private readonly outbound: ClientOutbound;
 
   private readonly socket: Transport;
 
@@ -110,13 +95,13 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
     this.secretKey = randomInt(0, 0x7fffffff);
     const cfg = ctx.config();
     this.inbound = new ClientInbound(this.tx, this.statementLayer, cfg.maxMessageBytes);
-    this.replies = new ReplyTrimmer(this);
+    this.outbound = new ClientOutbound(this.tx, this.statementLayer);
     this.socket = clientTransport(accepted, this, { keepAliveMs: cfg.tcpKeepaliveMs });
     // Registered once nothing here can fail: a session that could not start is never listed.
     ctx.sessions.add(this);
     this.startupTimeoutMs = cfg.startupTimeoutMs;
     this.startupDeadline = this.connectedAt + cfg.startupTimeoutMs;
-    this.quietSince = this.connectedAt;
+    this.tx.heard(this.connectedAt);
   }
 
   // ---- entry points ----
@@ -319,18 +304,9 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
       return;
     }
     if (this.service === null || this.state === 'waiting') return;
-    const limits = this.ctx.timeouts(this.service.name);
-    // The server owes nothing and the client is silent: it is the client's turn.
-    const clientsTurn = this.tx.clientsTurn;
-    // An extended-protocol batch not yet ended by a Sync holds its server connection as a transaction would.
-    if (this.tx.inTransaction(this.state === 'linked')) {
-      if (clientsTurn && expired(limits.idleInTransactionTimeoutMs, this.quietSince, now)) this.idleTimedOut('idle_in_transaction_timeout');
-    } else if (clientsTurn && !this.tx.extendedOpen && expired(limits.clientIdleTimeoutMs, this.quietSince, now)) {
-      this.idleTimedOut('client_idle_timeout');
-    }
-    if (this.statementSince !== 0 && !this.timedOut && this.state === 'linked' && expired(limits.queryTimeoutMs, this.statementSince, now)) {
-      this.cancelForTimeout();
-    }
+    const due = this.tx.due(this.ctx.timeouts(this.service.name), now, this.state === 'linked');
+    if (due === 'query_timeout') this.cancelForTimeout();
+    else if (due !== null) this.idleTimedOut(due);
   }
 
   private startupTimedOut(): void {
@@ -359,12 +335,12 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
   private cancelForTimeout(): void {
     const conn = this.server;
     if (!conn) return;
-    this.timedOut = true;
+    this.tx.timedOut = true;
     // The reworded error must be seen whole, in session mode too.
-    this.replies.trims = true;
-    const statement = this.statementSince;
+    this.outbound.trimAll();
+    const statement = this.tx.statementSince;
     this.stats().queryTimeouts++;
-    this.ctx.pool.cancelQuery(conn, () => this.server === conn && this.statementSince === statement && this.tx.expectedReady > 0, NOTHING);
+    this.ctx.pool.cancelQuery(conn, () => this.server === conn && this.tx.statementSince === statement && this.tx.expectedReady > 0, NOTHING);
   }
 
   get serviceName(): string {
@@ -376,7 +352,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
     return (
       this.tx.quiet &&
       this.inbound.atBoundary &&
-      this.replies.atBoundary &&
+      this.outbound.atBoundary &&
       this.statementLayer.held === null
     );
   }
@@ -467,7 +443,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
     this.key = lastKey;
     if (service.poolMode === 'transaction') {
       this.inbound.readWhole();
-      this.replies.trims = true;
+      this.outbound.trimAll();
     }
     this.stats().clientsConnected++;
     // Guarded: the argument object would be built even when info is off.
@@ -498,14 +474,13 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
     // Nothing may follow a CancelRequest: whatever does is ignored until the connection closes.
     if (this.state === 'startup') return this.cancelling ? undefined : this.onStartupData(chunk);
     if (this.state === 'closed') return;
-    this.quietSince = Date.now();
+    this.tx.heard(Date.now());
     const inbound = this.inbound;
     if (inbound.whole) {
       const service = this.service!;
       const messages = inbound.readMessages(chunk, service.name, service.onSessionState);
       if (typeof messages === 'string') return this.protocolViolation(messages);
       if (inbound.pinReason !== null) this.pin(inbound.pinReason);
-      if (inbound.statementStarted) this.statementSince = this.quietSince;
       if (messages.length > 0) {
         if (this.state === 'linked' || this.linkIdle()) this.forward(messages);
         else this.holdAll(messages);
@@ -513,7 +488,6 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
     } else {
       const data = inbound.readBytes(chunk);
       if (typeof data === 'string') return this.protocolViolation(data);
-      if (inbound.statementStarted) this.statementSince = this.quietSince;
       if (data.length > 0) {
         if (this.state === 'linked' || this.linkIdle()) {
           if (this.server && !this.server.write(data)) this.socket.pause();
@@ -549,7 +523,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
   private forward(messages: Buffer[]): boolean {
     const conn = this.server;
     if (!conn) return true;
-    const bytes = this.statementLayer.toServer(messages, this.serverStatements!);
+    const bytes = this.statementLayer.toServer(messages, this.outbound.serverStatements!);
     if (bytes === null) {
       if (this.statementLayer.heldBytes > PENDING_LIMIT) this.socket.pause();
       return true;
@@ -576,9 +550,12 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
   // ---- server → client ----
 
   private serverData(chunk: Buffer): void {
-    // Answers to a batch the client has not ended with a Sync (Execute, Flush): the server's turn, not an idle client.
-    if (this.tx.extendedOpen) this.quietSince = Date.now();
-    const data = this.replies.push(chunk);
+    const outbound = this.outbound;
+    const data = outbound.push(chunk, Date.now());
+    if (outbound.transactions !== 0) {
+      this.stats().transactions += outbound.transactions;
+      outbound.transactions = 0;
+    }
     if (data instanceof FrameError) {
       this.tx.poisoned = true;
       this.closeReason = 'server protocol violation';
@@ -594,58 +571,13 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
     if (this.service!.poolMode === 'transaction' && !this.tx.pinned) this.releaseServer(true);
   }
 
-  /** ReplyListener: while the proxy's own answers are due, they are read whole. */
-  get holdsWholeMessages(): boolean {
-    return this.statementLayer.expectsOwnReplies || this.timedOut;
-  }
-
-  /** ReplyListener: one server message; null forwards it, DROP leaves it out, other bytes replace it. */
-  onReply(type: number, first: number, bytes: Buffer, start: number, end: number): Buffer | null {
-    this.lastServerType = type;
-    switch (type) {
-      case Backend.ParseComplete:
-      case Backend.BindComplete:
-      case Backend.CloseComplete:
-      case Backend.ParameterDescription:
-      case Backend.RowDescription:
-      case Backend.NoData:
-        return this.serverStatements ? this.statementLayer.reply(type, bytes, start, end, this.serverStatements) : null;
-      case Backend.ErrorResponse: {
-        // The proxy's failing statement: the client gets the error PostgreSQL itself would send.
-        const instead = this.serverStatements ? this.statementLayer.reply(type, bytes, start, end, this.serverStatements) : null;
-        if (instead !== null || !this.timedOut || start < 0) return instead;
-        return rewordError(bytes, start, end, QUERY_CANCELED, STATEMENT_TIMEOUT.message);
-      }
-      case Backend.ReadyForQuery: {
-        if (this.serverStatements) this.statementLayer.readyForQuery(this.serverStatements);
-        const more = this.tx.ready(first);
-        // The next statement in line starts now; the idle timeouts count from here when none is.
-        this.quietSince = Date.now();
-        this.statementSince = more ? this.quietSince : 0;
-        this.timedOut = false;
-        if (first === TxStatus.Idle) this.stats().transactions++;
-        break;
-      }
-      case Backend.CopyInResponse:
-        // Syncs the client pipelined after the Execute that started this COPY
-        // are ignored by the server: they will get no ReadyForQuery.
-        this.statementLayer.dropIgnoredSyncs(this.tx.copyIn());
-        break;
-      case Backend.CopyOutResponse:
-      case Backend.CopyBothResponse:
-        this.tx.copyOut();
-        break;
-    }
-    return null;
-  }
-
   private serverClosed(cause: string): void {
     // The server went away under the client (terminated, crashed, restarted).
     // If its last word was an ErrorResponse, the client has the reason already.
     this.server = null;
-    this.serverStatements = null;
+    this.outbound.serverStatements = null;
     const reason = `server connection closed: ${cause}`;
-    if (this.lastServerType === Backend.ErrorResponse) {
+    if (this.outbound.lastType === Backend.ErrorResponse) {
       this.closeReason = reason;
       this.endWith(Buffer.alloc(0));
     } else {
@@ -701,12 +633,12 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
   private link(conn: ServerConnection): void {
     this.assigning = null;
     this.server = conn;
-    if (this.inbound.whole) this.serverStatements = statementsOn(conn, this.ctx.config().maxPreparedStatements);
+    if (this.inbound.whole) this.outbound.serverStatements = statementsOn(conn, this.ctx.config().maxPreparedStatements);
     conn.owner = this;
     this.state = 'linked';
-    this.lastServerType = 0;
+    this.outbound.lastType = 0;
     // Time in the queue is not the statement's: queryTimeoutMs counts from here.
-    if (this.statementSince !== 0) this.statementSince = Date.now();
+    this.tx.linked(Date.now());
     const pending = this.pending;
     this.pending = [];
     this.pendingBytes = 0;
@@ -723,7 +655,7 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
   private releaseServer(reusable: boolean): void {
     const conn = this.server!;
     this.server = null;
-    this.serverStatements = null;
+    this.outbound.serverStatements = null;
     this.state = 'idle';
     this.ctx.pool.release(conn, reusable);
     if (this.socket.isPaused()) this.socket.resume();
@@ -756,7 +688,6 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
     this.pendingBytes = 0;
     this.statementLayer.reset();
     this.tx.answered();
-    this.statementSince = 0;
     this.state = 'idle';
     this.socket.write(Buffer.concat(replies));
     this.socket.resume();
@@ -858,17 +789,10 @@ export class ClientSession implements ServerOwner, WaitHandlers, TransportHandle
 }
 
 
-/** A timeout that is on (over 0) and has run out since `since`. */
-function expired(limitMs: number, since: number, now: number): boolean {
-  return limitMs > 0 && now - since >= limitMs;
-}
-
 const EMPTY = Buffer.alloc(0);
 
 
-const QUERY_CANCELED = '57014';
 const NOTHING = (): void => {};
-const STATEMENT_TIMEOUT = clientErrors.statementTimeout();
 
 /** The pool key of the last params object seen (startup.ts shares it between identical packets). */
 let lastKeyParams: Readonly<Record<string, string>> | null = null;

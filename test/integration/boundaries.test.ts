@@ -9,6 +9,7 @@ import pg from 'pg';
 import { pino } from 'pino';
 import { startPgbudget } from '../../src/app.js';
 import { Scheduler } from '../../src/budget/scheduler.js';
+import { ClientOutbound } from '../../src/client/outbound.js';
 import { ClientSession } from '../../src/proxy/session.js';
 import { ServerPool } from '../../src/server/pool.js';
 import { SessionRegistry } from '../../src/client/registry.js';
@@ -44,10 +45,11 @@ async function start(cluster: Cluster, raw: Record<string, unknown> = {}) {
 const proxy = await start(cluster, { startupTimeoutMs: 400 });
 t.teardown(() => proxy.stop());
 
-/** Replaces obj[name] until the returned function is called. */
+/** Replaces obj[name] until the returned function is called; a method that is not there (renamed, moved) fails at once. */
 function patch<T extends object>(obj: T, name: string, replacement: (original: (...a: unknown[]) => unknown) => (...a: unknown[]) => unknown): () => void {
   const target = obj as unknown as Record<string, (...a: unknown[]) => unknown>;
   const original = target[name];
+  if (typeof original !== 'function') throw new Error(`no method ${name} to inject a fault into`);
   target[name] = replacement(original);
   return () => {
     target[name] = original;
@@ -141,16 +143,17 @@ t.test('a failure while reading a client message ends that client only, with XX0
 
 t.test('a failure while reading the server reply ends that client only, with XX000', async (t) => {
   const other = await bystander();
-  const restore = patch(ClientSession.prototype, 'onReply', (original) =>
-    function (this: ClientSession, ...args: unknown[]) {
-      if (this.user === 'victim' && args[0] === 0x44) throw new Error('injected fault in a server read');
+  // Reply handling has no notion of the user: the fault fires on the victim's own row.
+  const restore = patch(ClientOutbound.prototype, 'onReply', (original) =>
+    function (this: ClientOutbound, ...args: unknown[]) {
+      if (args[0] === 0x44 && (args[2] as Buffer).includes('victim-row')) throw new Error('injected fault in a server read');
       return original.apply(this, args);
     },
   );
   t.teardown(restore);
   const victim = rawClient(proxy.port);
   await victim.login('victim');
-  victim.socket.write(simpleQuery('select 1'));
+  victim.socket.write(simpleQuery("select 'victim-row'"));
   const fields = await internalErrorFor(victim);
   t.same([fields?.C, fields?.M], ['XX000', 'pgbudget: internal error']);
   loggedOnce(t, 'server read');

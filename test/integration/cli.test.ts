@@ -183,11 +183,15 @@ t.test('SIGHUPs close together apply in order: the file as last written wins', a
     p.proc.kill('SIGHUP');
     await p.writeConfig(config(last));
     p.proc.kill('SIGHUP');
+    // The kernel merges a SIGHUP that arrives while one is still pending, so
+    // two sent back to back may be one reload: the promise is that the file
+    // as last written wins, and that every reload that runs is reported.
+    const budgetNow = async () => JSON.parse((await scrape(p.adminPort, '/status')).body).services[0].budget as number;
     const deadline = Date.now() + 5000;
-    while (outcomes() < before + 2 && Date.now() < deadline) await sleep(10);
-    t.equal(outcomes(), before + 2, `round ${round}: both reloads ran`);
-    const status = JSON.parse((await scrape(p.adminPort, '/status')).body);
-    t.equal(status.services[0].budget, last, `round ${round}: the last file (budget ${last}) wins`);
+    while ((outcomes() < before + 1 || (await budgetNow()) !== last) && Date.now() < deadline) await sleep(20);
+    const ran = outcomes() - before;
+    t.ok(ran === 1 || ran === 2, `round ${round}: ${ran} reload(s) ran for two SIGHUPs`);
+    t.equal(await budgetNow(), last, `round ${round}: the last file (budget ${last}) wins`);
   }
   p.proc.kill('SIGTERM');
   t.equal(await p.exited, 0);

@@ -130,12 +130,12 @@ t.test('the tracker: when the server owes replies, when a transaction is open, w
   t.equal(tx.client(0x51), true, 'a Query starts a statement');
   t.equal(tx.client(0x51), false, 'a second one is in line');
   t.notOk(tx.quiet);
-  t.equal(tx.ready(TxStatus.InTransaction), true, 'one more in line');
-  t.equal(tx.ready(TxStatus.InTransaction), false);
+  t.equal(tx.ready(TxStatus.InTransaction, 0), true, 'one more in line');
+  t.equal(tx.ready(TxStatus.InTransaction, 0), false);
   t.ok(tx.inTransaction(false), 'BEGIN left a transaction open');
   t.notOk(tx.quiet, 'not quiet inside a transaction');
   tx.client(0x51);
-  tx.ready(TxStatus.Idle);
+  tx.ready(TxStatus.Idle, 0);
   t.ok(tx.quiet, 'quiet after COMMIT');
   // COPY FROM STDIN with Syncs pipelined behind its Execute: the server ignores them.
   tx.client(0x50);
@@ -147,9 +147,37 @@ t.test('the tracker: when the server owes replies, when a transaction is open, w
   t.equal(tx.client(0x53), false, 'a Sync during COPY FROM STDIN is ignored too');
   tx.client(0x63);
   tx.client(0x53);
-  tx.ready(TxStatus.Idle);
+  tx.ready(TxStatus.Idle, 0);
   t.ok(tx.quiet, 'quiet after CopyDone and its Sync');
   t.equal(tx.pin('set'), true);
   t.equal(tx.pin('listen'), false, 'pinned once, for the first reason');
   t.equal(tx.pinned, 'set');
+});
+
+t.test('the tracker says which timeout is due, counting from the right moment', async (t) => {
+  const limits = { clientIdleTimeoutMs: 1000, idleInTransactionTimeoutMs: 400, queryTimeoutMs: 500 };
+  const tx = new TransactionTracker();
+  tx.heard(0);
+  t.equal(tx.due(limits, 999, false), null, 'idle, not yet');
+  t.equal(tx.due(limits, 1000, false), 'client_idle_timeout', 'idle for clientIdleTimeoutMs');
+  tx.heard(2000);
+  tx.client(0x51); // BEGIN
+  t.equal(tx.statementSince, 2000, 'the statement counts from when it was sent');
+  tx.linked(2300);
+  t.equal(tx.statementSince, 2300, 'time in the queue is not the statement\'s');
+  t.equal(tx.due(limits, 2799, true), null);
+  t.equal(tx.due(limits, 2800, true), 'query_timeout', 'running for queryTimeoutMs');
+  t.equal(tx.due(limits, 2800, false), null, 'no query timeout without a server connection');
+  tx.timedOut = true;
+  t.equal(tx.due(limits, 9000, true), null, 'cancelled once, not again');
+  tx.ready(TxStatus.InTransaction, 3000);
+  t.equal(tx.timedOut, false, 'ReadyForQuery ends it');
+  t.equal(tx.due(limits, 3399, true), null, 'idle in transaction, not yet');
+  t.equal(tx.due(limits, 3400, true), 'idle_in_transaction_timeout', 'idle in transaction for idleInTransactionTimeoutMs');
+  t.equal(tx.due({ ...limits, idleInTransactionTimeoutMs: 0 }, 99_999, true), null, '0 is off');
+  tx.client(0x51);
+  tx.ready(TxStatus.Idle, 4000);
+  tx.client(0x50); // Parse, no Sync yet: an open batch holds the connection as a transaction would
+  t.equal(tx.due(limits, 4400, true), 'idle_in_transaction_timeout', 'an unsynced batch while linked');
+  t.equal(tx.due(limits, 5000, false), null, 'not while waiting in the queue');
 });
