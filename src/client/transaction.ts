@@ -167,6 +167,14 @@ export class TransactionTracker {
     return !this.poisoned && this.expectedReady === 0 && this.txStatus === TxStatus.Idle && !this.extendedOpen && !this.inCopy;
   }
 
+  /**
+   * The client has a statement out that a cancel may end: replies are owed,
+   * or an extended batch is open (an Execute runs before its Sync comes).
+   */
+  get cancellable(): boolean {
+    return this.expectedReady > 0 || this.extendedOpen;
+  }
+
   /** The server owes nothing: it is the client's turn (idle timeouts count). */
   get clientsTurn(): boolean {
     return this.expectedReady === 0 && !this.inCopy;

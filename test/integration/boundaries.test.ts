@@ -11,6 +11,7 @@ import { startPgbudget } from '../../src/app.js';
 import { Scheduler } from '../../src/budget/scheduler.js';
 import { ClientOutbound } from '../../src/client/outbound.js';
 import { ClientSession } from '../../src/proxy/session.js';
+import { ServerLink } from '../../src/proxy/link.js';
 import { ServerPool } from '../../src/server/pool.js';
 import { SessionRegistry } from '../../src/client/registry.js';
 import { validateConfig } from '../../src/config/schema.js';
@@ -164,9 +165,9 @@ t.test('a failure while reading the server reply ends that client only, with XX0
 });
 
 t.test('a failure when the pool hands a server connection over ends that client only', async (t) => {
-  const restore = patch(ClientSession.prototype, 'link', (original) =>
-    function (this: ClientSession, ...args: unknown[]) {
-      if (this.user === 'victim') throw new Error('injected fault in a hand-out');
+  const restore = patch(ServerLink.prototype, 'attach', (original) =>
+    function (this: ServerLink, ...args: unknown[]) {
+      if ((this as unknown as { service: { name: string } }).service.name === 'victim') throw new Error('injected fault in a hand-out');
       return original.apply(this, args);
     },
   );
@@ -253,7 +254,7 @@ t.test('a failure when accepting a connection closes that connection only', asyn
 });
 
 t.test('a failure while handling a cancel request ends the session it named, nobody else', async (t) => {
-  const restore = patch(ClientSession.prototype, 'cancelOwn', () => () => {
+  const restore = patch(ServerLink.prototype, 'cancel', () => () => {
     throw new Error('injected fault in a cancel');
   });
   t.teardown(restore);

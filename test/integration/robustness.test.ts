@@ -2,7 +2,7 @@
 // vanish mid-conversation, protocol errors mid-message, COPY over the
 // extended protocol. Each must leave no slot leaked and no other client hurt.
 import net from 'node:net';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import pg from 'pg';
 import postgres from 'postgres';
 import { withCluster } from '../helpers/cluster.js';
@@ -206,14 +206,7 @@ t.test("a cancel that arrives as its statement ends never cancels the next clien
     canceller.socket.write(simpleQuery('select pg_sleep(0.002)'));
     // Aim the cancel at the end of the statement, where the race lives.
     await sleep(i % 5);
-    const s = net.connect({ host: '127.0.0.1', port: solo.port }, () => {
-      const req = Buffer.alloc(16);
-      req.writeInt32BE(16, 0);
-      req.writeInt32BE(80877102, 4);
-      keys.copy(req, 8, 0, 8);
-      s.end(req);
-    });
-    s.on('error', () => {});
+    void sendCancel(solo.port, keys);
     await canceller.until(() => canceller.count('Z') > readyBefore, 10_000);
     cancelled = canceller.count('E');
   }
@@ -223,5 +216,129 @@ t.test("a cancel that arrives as its statement ends never cancels the next clien
   t.equal(bystanderErrors, 0, "the bystander's statements are never cancelled");
   canceller.socket.destroy();
   await bystander.end();
+  await assertNoLeaks(t, solo);
+});
+
+// ---------------------------------------------------------------------------
+// A cancel that comes before its statement has reached the server: PostgreSQL
+// ignores a cancel that finds its backend between commands, so the proxy must
+// not pass it on then and forget it.
+
+const parseMsg = (name: string, sql: string) => frontend('P', Buffer.from(`${name}\0${sql}\0\0\0`, 'latin1'));
+const bindMsg = (statement: string) => frontend('B', Buffer.from(`\0${statement}\0\0\0\0\0\0\0`, 'latin1'));
+const executeMsg = frontend('E', Buffer.from('\0\0\0\0\0', 'latin1'));
+const syncMsg = frontend('S');
+const flushMsg = frontend('H');
+
+/** Sends a CancelRequest with `keys` (BackendKeyData's body); resolves when the proxy closes that connection. */
+function sendCancel(port: number, keys: Buffer): Promise<void> {
+  return new Promise((resolve) => {
+    const s = net.connect({ host: '127.0.0.1', port }, () => {
+      const req = Buffer.alloc(16);
+      req.writeInt32BE(16, 0);
+      req.writeInt32BE(80877102, 4);
+      keys.copy(req, 8, 0, 8);
+      s.write(req);
+    });
+    s.on('error', () => {});
+    s.on('close', () => resolve());
+  });
+}
+
+/** Two clients inside transactions: both server connections of a budget of 2 held (given back at teardown at the latest). */
+async function holdBoth(t: Test, url: string): Promise<pg.Client[]> {
+  const holders = [new pg.Client({ connectionString: url }), new pg.Client({ connectionString: url })];
+  t.teardown(() => Promise.all(holders.map((h) => h.end().catch(() => {}))).then(() => {}));
+  for (const h of holders) {
+    h.on('error', () => {});
+    await h.connect();
+    await h.query('begin');
+    await h.query('select 1');
+  }
+  return holders;
+}
+
+t.test('a cancel while a queued batch is still arriving answers the batch once it is complete; it never runs', async (t) => {
+  const holders = await holdBoth(t, proxy.url('app'));
+  const c = rawClient(proxy.port);
+  await c.login('app');
+  const keys = c.messages.find((m) => m.type === 'K')!.body;
+  c.socket.write(Buffer.concat([parseMsg('', 'select pg_sleep(10)'), bindMsg(''), executeMsg]));
+  await sleep(100); // queued: both slots are held
+  const cancelled = sendCancel(proxy.port, keys);
+  await sleep(100);
+  const started = Date.now();
+  c.socket.write(syncMsg);
+  await c.until(() => c.count('Z') === 2, 3000);
+  const e = c.messages.find((m) => m.type === 'E')!;
+  t.match(e.body.toString('latin1'), /C57014\0/, 'answered 57014 while still queued, both slots still held');
+  t.ok(Date.now() - started < 3000, 'never ran');
+  await cancelled;
+  t.pass("the canceller's connection closed once the cancel was answered");
+  for (const h of holders) await (await h.query('commit'), h.end());
+  c.socket.write(simpleQuery('select 7'));
+  await c.until(() => c.count('Z') === 3);
+  t.ok(c.messages.some((m) => m.type === 'D' && m.body.toString('latin1').endsWith('7')), 'the client goes on as usual');
+  c.socket.destroy();
+  await assertNoLeaks(t, proxy);
+});
+
+t.test('a cancel while a queued batch waits without its Sync is sent once the statement reaches the server', async (t) => {
+  const holders = await holdBoth(t, proxy.url('app'));
+  const c = rawClient(proxy.port);
+  await c.login('app');
+  const keys = c.messages.find((m) => m.type === 'K')!.body;
+  c.socket.write(Buffer.concat([parseMsg('', 'select pg_sleep(10)'), bindMsg(''), executeMsg, flushMsg]));
+  await sleep(100);
+  const cancelled = sendCancel(proxy.port, keys);
+  await sleep(100);
+  const started = Date.now();
+  await (await holders[0].query('commit'), holders[0].end()); // a slot: the batch goes to the server
+  await c.until(() => c.count('E') === 1, 5000);
+  t.match(c.messages.find((m) => m.type === 'E')!.body.toString('latin1'), /C57014\0/, 'the statement was cancelled on the server');
+  t.ok(Date.now() - started < 5000, `cancelled after ${Date.now() - started} ms, not after its 10 s`);
+  await cancelled;
+  c.socket.write(syncMsg);
+  await c.until(() => c.count('Z') === 2);
+  await (await holders[1].query('commit'), holders[1].end());
+  c.socket.destroy();
+  await assertNoLeaks(t, proxy);
+});
+
+t.test('a cancel while the statement waits for a shape check blocked on a lock cancels it at once', async (t) => {
+  const solo = await startProxy(t, cluster, {
+    services: [{ name: 'app', match: { user: 'app' }, budget: 2, poolMode: 'transaction', queue: { timeoutMs: 10_000 } }],
+  });
+  await cluster.query('create table if not exists locked_t (n int)');
+  await cluster.query('grant select on locked_t to app');
+  const c = rawClient(solo.port);
+  await c.login('app');
+  const keys = c.messages.find((m) => m.type === 'K')!.body;
+  // Prepared and described on one server connection…
+  c.socket.write(Buffer.concat([parseMsg('s1', 'select pg_sleep(0) as z, n from locked_t'), bindMsg('s1'), executeMsg, syncMsg]));
+  await c.until(() => c.count('Z') === 2);
+  // …which a holder then takes (most recent first), so the next Bind prepares it again elsewhere.
+  const [holder, other] = await holdBoth(t, solo.url('app'));
+  await (await other.query('commit'), other.end());
+  const locker = new pg.Client({ connectionString: cluster.url() });
+  await locker.connect();
+  await locker.query('begin');
+  await locker.query('lock table locked_t in access exclusive mode');
+  c.socket.write(Buffer.concat([bindMsg('s1'), executeMsg, syncMsg]));
+  await sleep(300); // its Parse waits for the lock; the client's Bind waits for it
+  const started = Date.now();
+  await sendCancel(solo.port, keys);
+  await c.until(() => c.count('Z') === 3, 5000);
+  const errors = c.messages.filter((m) => m.type === 'E').map((m) => m.body.toString('latin1'));
+  t.equal(errors.length, 1, 'one error');
+  t.match(errors[0], /C57014\0/, 'cancelled while the lock was still held');
+  t.ok(Date.now() - started < 5000, 'at once');
+  await locker.query('rollback');
+  await locker.end();
+  c.socket.write(Buffer.concat([bindMsg('s1'), executeMsg, syncMsg]));
+  await c.until(() => c.count('Z') === 4);
+  t.equal(c.count('E'), 1, 'the statement runs as usual afterwards');
+  await (await holder.query('commit'), holder.end());
+  c.socket.destroy();
   await assertNoLeaks(t, solo);
 });

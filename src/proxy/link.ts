@@ -1,0 +1,531 @@
+// A session's hold on a server connection: asking the pool for one, keeping
+// the client's bytes until it is there, writing them to it with
+// backpressure, the server's replies on to the client, cancel, and giving
+// the connection back (at the end of a transaction in transaction mode, of
+// the session in session mode, unclean after a failure). The session keeps
+// the client side: handshake, timeouts, ending.
+import type { Logger } from 'pino';
+import type { Waiter } from '../budget/scheduler.js';
+import type { ServiceStats } from '../budget/stats.js';
+import type { Config, ServiceConfig } from '../types/config.js';
+import { clientErrors } from '../errors.js';
+import { Backend } from '../protocol/codes.js';
+import { errorResponse, readyForQuery } from '../protocol/encode.js';
+import { FrameError } from '../protocol/framing.js';
+import type { Transport } from '../io/transport.js';
+import type { ServerConnection, ServerOwner } from '../server/connection.js';
+import type { RejectedBecause, ServerPool, WaitHandlers } from '../server/pool.js';
+import type { ClientInbound } from '../client/inbound.js';
+import type { ClientOutbound } from '../client/outbound.js';
+import { ServerStatements } from '../client/serverStatements.js';
+import type { StatementLayer } from '../client/statementLayer.js';
+import type { TransactionTracker } from '../client/transaction.js';
+
+export interface LinkContext {
+  config(): Config;
+  readonly pool: ServerPool;
+  readonly log: Logger;
+  readonly shuttingDown: boolean;
+}
+
+/** What a link asks of its session. */
+export interface LinkOwner {
+  /** An error boundary caught `err`: the session ends this client (and calls abandon()). */
+  failed(err: unknown, where: string): void;
+  /** The first login for the pool key is done: the client's welcome, with the server's parameters. */
+  welcome(params: [string, string][]): void;
+  /** No server connection for this client; `error` is a whole ErrorResponse. */
+  rejected(error: Buffer, reason: RejectedBecause): void;
+  /** The linked server connection closed under the client. */
+  serverLost(cause: string): void;
+  /** The server sent bytes that are not the protocol. */
+  serverViolation(message: string): void;
+  /** A transaction ended while the proxy shuts down. */
+  endForShutdown(): void;
+  stats(): ServiceStats;
+}
+
+/** The session's client side, which the link reads and writes. */
+export interface ClientSide {
+  readonly socket: Transport;
+  readonly tx: TransactionTracker;
+  readonly statementLayer: StatementLayer;
+  readonly inbound: ClientInbound;
+  readonly outbound: ClientOutbound;
+}
+
+export type LinkState = 'idle' | 'waiting' | 'linked' | 'closed';
+
+export class ServerLink implements ServerOwner, WaitHandlers {
+  state: LinkState = 'idle';
+  private service: ServiceConfig | null = null;
+  private key = '';
+  private server: ServerConnection | null = null;
+  private waiter: Waiter | null = null;
+  /** The server connection being waited for is the first login for this pool key: the client gets its welcome from it. */
+  private loginPending = false;
+  /** A server connection being handed over (onAssign), until it is linked or given back. */
+  private assigning: ServerConnection | null = null;
+  /** Client bytes that arrived while no server connection was linked. */
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  /**
+   * A cancel that came before the client's statement reached the server
+   * (queued with its batch still arriving, or held for a shape check): the
+   * server would ignore it now, so it goes out once the statement is there
+   * (settleCancel). Its `done` closes the canceller's connection.
+   */
+  private cancelOwed: (() => void) | null = null;
+
+  private readonly socket: Transport;
+  private readonly tx: TransactionTracker;
+  private readonly statementLayer: StatementLayer;
+  private readonly inbound: ClientInbound;
+  private readonly outbound: ClientOutbound;
+
+  constructor(
+    private readonly ctx: LinkContext,
+    private readonly owner: LinkOwner,
+    client: ClientSide,
+  ) {
+    this.socket = client.socket;
+    this.tx = client.tx;
+    this.statementLayer = client.statementLayer;
+    this.inbound = client.inbound;
+    this.outbound = client.outbound;
+  }
+
+  /** The client's service and pool key are known (startup is done). */
+  open(service: ServiceConfig, key: string): void {
+    this.service = service;
+    this.key = key;
+  }
+
+  // ---- entry points ----
+  //
+  // The calls the event loop makes into this link, for its server
+  // connection's bytes and for a pool hand-out. Each is an error boundary:
+  // what fails inside ends this client and nobody else (the owner's failed()).
+
+  onServerData(chunk: Buffer): void {
+    try {
+      this.serverData(chunk);
+    } catch (err) {
+      this.owner.failed(err, 'server read');
+    }
+  }
+
+  onServerDrain(): void {
+    try {
+      this.socket.resume();
+    } catch (err) {
+      this.owner.failed(err, 'server drain');
+    }
+  }
+
+  onServerClose(cause: string): void {
+    try {
+      this.serverClosed(cause);
+    } catch (err) {
+      this.owner.failed(err, 'server close');
+    }
+  }
+
+  /** WaitHandlers: a server connection for this client, at once or after waiting. */
+  onAssign(conn: ServerConnection): void {
+    this.assigning = conn;
+    try {
+      this.assigned(conn);
+    } catch (err) {
+      // Neither linked nor given back yet: it is this client's to give back.
+      if (this.assigning === conn && this.server === null) this.server = conn;
+      this.owner.failed(err, 'server hand-out');
+    }
+    this.assigning = null;
+  }
+
+  /** WaitHandlers: no server connection for this client (queue full or timed out, login refused). */
+  onReject(error: Buffer, reason: RejectedBecause): void {
+    try {
+      this.waiter = null;
+      this.owner.rejected(error, reason);
+    } catch (err) {
+      this.owner.failed(err, 'queue rejection');
+    }
+  }
+
+  /** Between transactions, with no server work outstanding. */
+  get atBoundary(): boolean {
+    return this.tx.quiet && this.inbound.atBoundary && this.outbound.atBoundary && this.statementLayer.held === null;
+  }
+
+  // ---- client → server ----
+
+  /** Whole client messages (transaction mode): to the linked server connection, or held until there is one. */
+  sendMessages(messages: Buffer[]): void {
+    if (this.state === 'linked' || this.linkIdle()) this.forward(messages);
+    else this.hold(messages);
+  }
+
+  /** Client bytes as they came (session mode). */
+  sendBytes(data: Buffer): void {
+    if (this.state === 'linked' || this.linkIdle()) {
+      if (this.server && !this.server.write(data)) this.socket.pause();
+    } else this.hold([data]);
+  }
+
+  /** The client's socket drained: the server connection may be read again. */
+  clientDrained(): void {
+    this.server?.resume();
+  }
+
+  /** The first client of a pool key: a real login, queued like any other request, teaches the server's parameters. */
+  requestLogin(): void {
+    this.requestServer(true);
+  }
+
+  /**
+   * Keeps client bytes until a server connection is linked, and asks for
+   * one. Reading goes on while they are few, so a client that hangs up in
+   * the queue is seen at once and leaves it; past PENDING_LIMIT the client
+   * is paused.
+   */
+  private hold(data: Buffer[]): void {
+    for (const d of data) {
+      this.pending.push(d);
+      this.pendingBytes += d.length;
+    }
+    if (this.pendingBytes > PENDING_LIMIT) this.socket.pause();
+    if (this.state === 'idle') this.requestServer(false);
+    else if (this.cancelOwed !== null) this.settleCancel();
+  }
+
+  /**
+   * Writes whole client messages to the linked server, with statement names
+   * rewritten; pauses the client while the server socket is full. Returns
+   * false when it paused.
+   */
+  private forward(messages: Buffer[]): boolean {
+    const conn = this.server;
+    if (!conn) return true;
+    const bytes = this.statementLayer.toServer(messages, this.outbound.serverStatements!);
+    if (bytes === null) {
+      if (this.statementLayer.heldBytes > PENDING_LIMIT) this.socket.pause();
+      return true;
+    }
+    if (conn.write(bytes)) return true;
+    this.socket.pause();
+    return false;
+  }
+
+  /** The shape check that held the client's messages is answered: they go on, or are refused as PostgreSQL would. */
+  private resumeHeld(): void {
+    const next = this.statementLayer.afterShapeCheck();
+    if (this.forward(next) && this.statementLayer.held === null && this.socket.isPaused()) this.socket.resume();
+    if (this.cancelOwed !== null) this.settleCancel();
+  }
+
+  // ---- server → client ----
+
+  private serverData(chunk: Buffer): void {
+    const outbound = this.outbound;
+    const data = outbound.push(chunk, Date.now());
+    if (outbound.transactions !== 0) {
+      this.owner.stats().transactions += outbound.transactions;
+      outbound.transactions = 0;
+    }
+    if (data instanceof FrameError) {
+      this.tx.poisoned = true;
+      return this.owner.serverViolation(data.message);
+    }
+    // A client socket that is gone cannot drain: never pause the server for it.
+    if (data.length > 0 && !this.socket.write(data) && this.socket.writable) this.server?.pause();
+    if (this.statementLayer.answered) this.resumeHeld();
+    else if (this.cancelOwed !== null) this.settleCancel();
+    if (!this.server || !this.atBoundary) return;
+    if (this.ctx.shuttingDown) return this.owner.endForShutdown();
+    if (this.service!.poolMode === 'transaction' && !this.tx.pinned) this.release(true);
+  }
+
+  private serverClosed(cause: string): void {
+    // The server went away under the client (terminated, crashed, restarted).
+    this.server = null;
+    this.outbound.serverStatements = null;
+    this.owner.serverLost(cause);
+  }
+
+  // ---- holding a server connection ----
+
+  private requestServer(forLogin: boolean): void {
+    this.state = 'waiting';
+    this.loginPending = forLogin;
+    // The link is its own WaitHandlers: no closures per transaction.
+    const waiter = this.ctx.pool.acquire(this.service!.name, this.key, this);
+    if (this.state === 'waiting') this.waiter = waiter;
+  }
+
+  /**
+   * The straight path: between transactions, an idle server connection is
+   * taken at once when one is free and nobody is ahead in the queue, and
+   * the client's messages go straight to it. False: the caller holds them
+   * and asks the pool (requestServer).
+   */
+  private linkIdle(): boolean {
+    if (this.state !== 'idle') return false;
+    const conn = this.ctx.pool.takeIdle(this.service!.name, this.key);
+    if (conn === null) return false;
+    this.attach(conn);
+    return true;
+  }
+
+  private assigned(conn: ServerConnection): void {
+    this.waiter = null;
+    if (this.state !== 'waiting') {
+      this.assigning = null;
+      return this.ctx.pool.release(conn, true);
+    }
+    this.attach(conn);
+    if (this.loginPending) {
+      this.loginPending = false;
+      this.owner.welcome(conn.params);
+      if (this.service!.poolMode === 'transaction' && this.atBoundary) this.release(true);
+    }
+  }
+
+  private attach(conn: ServerConnection): void {
+    this.assigning = null;
+    this.server = conn;
+    if (this.inbound.whole) this.outbound.serverStatements = statementsOn(conn, this.ctx.config().maxPreparedStatements);
+    conn.owner = this;
+    this.state = 'linked';
+    this.outbound.lastType = 0;
+    // Time in the queue is not the statement's: queryTimeoutMs counts from here.
+    this.tx.linked(Date.now());
+    const pending = this.pending;
+    this.pending = [];
+    this.pendingBytes = 0;
+    this.statementLayer.resetPending();
+    if (this.inbound.whole) {
+      if ((pending.length === 0 || this.forward(pending)) && this.socket.isPaused()) this.socket.resume();
+      if (this.cancelOwed !== null) this.settleCancel();
+      return;
+    }
+    let ok = true;
+    for (const chunk of pending) ok = conn.write(chunk);
+    if (ok && this.socket.isPaused()) this.socket.resume();
+  }
+
+  private release(reusable: boolean): void {
+    const conn = this.server!;
+    this.server = null;
+    this.outbound.serverStatements = null;
+    this.state = 'idle';
+    this.ctx.pool.release(conn, reusable);
+    if (this.socket.isPaused()) this.socket.resume();
+  }
+
+  // ---- cancel ----
+
+  /** A CancelRequest for this client: only a statement in flight is cancelled; `done` once the cancel has reached the server, or will not. */
+  cancel(done: () => void): void {
+    if (!this.tx.cancellable) return done();
+    if (this.state === 'waiting') {
+      if (this.batchComplete) {
+        this.cancelQueued();
+        return done();
+      }
+      // The rest of the batch is still coming: answered when it has (settleCancel).
+      return this.oweCancel(done);
+    }
+    const conn = this.server;
+    if (!conn) return done();
+    if (this.statementLayer.held !== null) {
+      // The shape check runs now and may wait on a lock, as the statement
+      // itself would: it is cancelled at once; the statement, once it goes.
+      this.oweCancel(done);
+      return this.ctx.pool.cancelQuery(conn, () => this.server === conn && this.statementLayer.held !== null, NOTHING);
+    }
+    this.ctx.pool.cancelQuery(conn, () => this.server === conn && this.tx.cancellable, done);
+  }
+
+  /**
+   * queryTimeoutMs: the running statement is cancelled with the server's
+   * cancel key, as the client's own cancel would be; the 57014 that comes
+   * back is reworded as statement_timeout's (ClientOutbound).
+   */
+  cancelForTimeout(): void {
+    const conn = this.server;
+    if (!conn) return;
+    this.tx.timedOut = true;
+    // The reworded error must be seen whole, in session mode too.
+    this.outbound.trimAll();
+    const statement = this.tx.statementSince;
+    this.owner.stats().queryTimeouts++;
+    this.ctx.pool.cancelQuery(conn, () => this.server === conn && this.tx.statementSince === statement && this.tx.expectedReady > 0, NOTHING);
+  }
+
+  private oweCancel(done: () => void): void {
+    const earlier = this.cancelOwed;
+    this.cancelOwed = done;
+    earlier?.();
+  }
+
+  /**
+   * Where a cancel that is owed stands: answered here if the batch is
+   * complete and still queued; sent once the statement is on the server;
+   * dropped once nothing of it is left to cancel (or it failed already).
+   */
+  private settleCancel(): void {
+    const done = this.cancelOwed;
+    if (done === null) return;
+    if (this.state === 'waiting') {
+      if (!this.batchComplete) return;
+      this.cancelOwed = null;
+      this.cancelQueued();
+      return done();
+    }
+    const conn = this.server;
+    const inFlight = conn !== null && this.tx.cancellable;
+    if (inFlight && this.statementLayer.held !== null) return;
+    this.cancelOwed = null;
+    if (!inFlight || this.outbound.lastType === Backend.ErrorResponse) return done();
+    this.ctx.pool.cancelQuery(conn, () => this.server === conn && this.tx.cancellable, done);
+  }
+
+  /** Every message of the client's batch is here: a queued batch can be answered whole. */
+  private get batchComplete(): boolean {
+    return this.inbound.atBoundary && !this.tx.extendedOpen;
+  }
+
+  /**
+   * Cancel of a query still waiting for a server connection with its whole
+   * batch: it leaves the queue and is answered as PostgreSQL answers a
+   * cancelled statement, with one ReadyForQuery per Query or Sync it sent;
+   * it never runs.
+   */
+  private cancelQueued(): void {
+    this.ctx.pool.cancelWait(this.waiter!);
+    this.waiter = null;
+    const replies = [errorResponse(clientErrors.queryCanceled())];
+    for (let i = 0; i < this.tx.expectedReady; i++) replies.push(readyForQuery(this.tx.statusLetter));
+    this.pending = [];
+    this.pendingBytes = 0;
+    this.statementLayer.reset();
+    this.tx.answered();
+    this.state = 'idle';
+    this.socket.write(Buffer.concat(replies));
+    this.socket.resume();
+  }
+
+  // ---- giving back ----
+
+  /**
+   * The session ends: what the link holds goes back. A server connection
+   * between transactions is reused (reset first if it may carry session
+   * state); inside one it is closed. Each field is cleared once what it
+   * held is given back: after a failure here, abandon() gives back the rest.
+   */
+  close(): void {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    if (this.waiter) {
+      this.ctx.pool.cancelWait(this.waiter);
+      this.waiter = null;
+    }
+    this.dropOwedCancel();
+    const conn = this.server;
+    if (conn) {
+      conn.owner = null;
+      const clean = this.atBoundary && conn.ready;
+      if (clean && (this.service!.poolMode === 'session' || this.tx.pinned)) this.resetAndRelease(conn);
+      else this.ctx.pool.release(conn, clean);
+      this.server = null;
+    }
+  }
+
+  /**
+   * After a failure: whatever the link still holds goes back, unclean, each
+   * step on its own, so that one more failure cannot keep a slot. A server
+   * connection that cannot even be released is destroyed: the pool frees
+   * the slot of every server socket that closes.
+   */
+  abandon(): void {
+    this.state = 'closed';
+    const conn = this.server;
+    this.server = null;
+    if (conn) {
+      try {
+        conn.owner = null;
+        this.ctx.pool.release(conn, false);
+      } catch {
+        conn.destroy('internal error');
+      }
+    }
+    const waiter = this.waiter;
+    this.waiter = null;
+    if (waiter) {
+      try {
+        this.ctx.pool.cancelWait(waiter);
+      } catch {
+        // The sweep's queue timeout removes it.
+      }
+    }
+    try {
+      this.dropOwedCancel();
+    } catch {
+      // The canceller's connection closes on its own timeout.
+    }
+  }
+
+  /** The link ends: an owed cancel has nothing left to cancel. */
+  private dropOwedCancel(): void {
+    const done = this.cancelOwed;
+    this.cancelOwed = null;
+    done?.();
+  }
+
+  /** Session state (SET, prepared statements, temp tables…) must not leak to the next client. */
+  private resetAndRelease(conn: ServerConnection): void {
+    const pool = this.ctx.pool;
+    const log = this.ctx.log;
+    const service = this.service!.name;
+    // Promise continuations are entry points too: a failure in one closes
+    // the server connection (the pool frees its slot), nothing more.
+    conn.query('DISCARD ALL').then(
+      () => {
+        try {
+          statementsOn(conn, 0)?.clear();
+          pool.release(conn, true);
+        } catch (err) {
+          log.error({ err, service }, 'pgbudget: internal error after a reset; server connection closed');
+          conn.destroy('internal error after reset');
+        }
+      },
+      () => {
+        try {
+          pool.release(conn, false);
+        } catch {
+          conn.destroy('reset failed');
+        }
+      },
+    );
+  }
+}
+
+const NOTHING = (): void => {};
+
+/**
+ * The proxy's statements on each server connection, kept beside it: the
+ * server layer knows nothing of them. A reset (DISCARD ALL) clears them.
+ */
+const statementsByConn = new WeakMap<ServerConnection, ServerStatements>();
+
+/** The statements on `conn`; made (with room for `max`) when there are none yet and max > 0. */
+function statementsOn(conn: ServerConnection, max: number): ServerStatements | null {
+  let st = statementsByConn.get(conn);
+  if (st === undefined && max > 0) statementsByConn.set(conn, (st = new ServerStatements(max)));
+  return st ?? null;
+}
+
+/** Client bytes held while waiting for a server connection before the client is paused. */
+const PENDING_LIMIT = 64 * 1024;
