@@ -8,9 +8,6 @@ import type { Logger } from 'pino';
 import type { Waiter } from '../budget/scheduler.js';
 import type { ServiceStats } from '../budget/stats.js';
 import type { Config, ServiceConfig } from '../types/config.js';
-import { clientErrors } from '../errors.js';
-import { Backend } from '../protocol/codes.js';
-import { errorResponse, readyForQuery } from '../protocol/encode.js';
 import { FrameError } from '../protocol/framing.js';
 import type { Transport } from '../io/transport.js';
 import type { ServerConnection, ServerOwner } from '../server/connection.js';
@@ -20,6 +17,8 @@ import type { ClientOutbound } from '../client/outbound.js';
 import { ServerStatements } from '../client/serverStatements.js';
 import type { StatementLayer } from '../client/statementLayer.js';
 import type { TransactionTracker } from '../client/transaction.js';
+import { Cancels, type CancelSubject } from './cancel.js';
+import type { ClientSide } from './clientSide.js';
 
 export interface LinkContext {
   config(): Config;
@@ -45,18 +44,9 @@ export interface LinkOwner {
   stats(): ServiceStats;
 }
 
-/** The session's client side, which the link reads and writes. */
-export interface ClientSide {
-  readonly socket: Transport;
-  readonly tx: TransactionTracker;
-  readonly statementLayer: StatementLayer;
-  readonly inbound: ClientInbound;
-  readonly outbound: ClientOutbound;
-}
-
 export type LinkState = 'idle' | 'waiting' | 'linked' | 'closed';
 
-export class ServerLink implements ServerOwner, WaitHandlers {
+export class ServerLink implements ServerOwner, WaitHandlers, CancelSubject {
   state: LinkState = 'idle';
   private service: ServiceConfig | null = null;
   private key = '';
@@ -69,13 +59,8 @@ export class ServerLink implements ServerOwner, WaitHandlers {
   /** Client bytes that arrived while no server connection was linked. */
   private pending: Buffer[] = [];
   private pendingBytes = 0;
-  /**
-   * A cancel that came before the client's statement reached the server
-   * (queued with its batch still arriving, or held for a shape check): the
-   * server would ignore it now, so it goes out once the statement is there
-   * (settleCancel). Its `done` closes the canceller's connection.
-   */
-  private cancelOwed: (() => void) | null = null;
+  /** The client's cancels, against where its statement is. */
+  readonly cancels: Cancels;
 
   private readonly socket: Transport;
   private readonly tx: TransactionTracker;
@@ -93,6 +78,7 @@ export class ServerLink implements ServerOwner, WaitHandlers {
     this.statementLayer = client.statementLayer;
     this.inbound = client.inbound;
     this.outbound = client.outbound;
+    this.cancels = new Cancels(ctx.pool, this, client, owner);
   }
 
   /** The client's service and pool key are known (startup is done). */
@@ -197,7 +183,7 @@ export class ServerLink implements ServerOwner, WaitHandlers {
     }
     if (this.pendingBytes > PENDING_LIMIT) this.socket.pause();
     if (this.state === 'idle') this.requestServer(false);
-    else if (this.cancelOwed !== null) this.settleCancel();
+    else if (this.cancels.owes) this.cancels.settle();
   }
 
   /**
@@ -222,7 +208,7 @@ export class ServerLink implements ServerOwner, WaitHandlers {
   private resumeHeld(): void {
     const next = this.statementLayer.afterShapeCheck();
     if (this.forward(next) && this.statementLayer.held === null && this.socket.isPaused()) this.socket.resume();
-    if (this.cancelOwed !== null) this.settleCancel();
+    if (this.cancels.owes) this.cancels.settle();
   }
 
   // ---- server → client ----
@@ -241,7 +227,7 @@ export class ServerLink implements ServerOwner, WaitHandlers {
     // A client socket that is gone cannot drain: never pause the server for it.
     if (data.length > 0 && !this.socket.write(data) && this.socket.writable) this.server?.pause();
     if (this.statementLayer.answered) this.resumeHeld();
-    else if (this.cancelOwed !== null) this.settleCancel();
+    else if (this.cancels.owes) this.cancels.settle();
     if (!this.server || !this.atBoundary) return;
     if (this.ctx.shuttingDown) return this.owner.endForShutdown();
     if (this.service!.poolMode === 'transaction' && !this.tx.pinned) this.release(true);
@@ -307,7 +293,7 @@ export class ServerLink implements ServerOwner, WaitHandlers {
     this.statementLayer.resetPending();
     if (this.inbound.whole) {
       if ((pending.length === 0 || this.forward(pending)) && this.socket.isPaused()) this.socket.resume();
-      if (this.cancelOwed !== null) this.settleCancel();
+      if (this.cancels.owes) this.cancels.settle();
       return;
     }
     let ok = true;
@@ -324,96 +310,26 @@ export class ServerLink implements ServerOwner, WaitHandlers {
     if (this.socket.isPaused()) this.socket.resume();
   }
 
-  // ---- cancel ----
+  // ---- what the cancels ask (CancelSubject) ----
 
-  /** A CancelRequest for this client: only a statement in flight is cancelled; `done` once the cancel has reached the server, or will not. */
-  cancel(done: () => void): void {
-    if (!this.tx.cancellable) return done();
-    if (this.state === 'waiting') {
-      if (this.batchComplete) {
-        this.cancelQueued();
-        return done();
-      }
-      // The rest of the batch is still coming: answered when it has (settleCancel).
-      return this.oweCancel(done);
-    }
-    const conn = this.server;
-    if (!conn) return done();
-    if (this.statementLayer.held !== null) {
-      // The shape check runs now and may wait on a lock, as the statement
-      // itself would: it is cancelled at once; the statement, once it goes.
-      this.oweCancel(done);
-      return this.ctx.pool.cancelQuery(conn, () => this.server === conn && this.statementLayer.held !== null, NOTHING);
-    }
-    this.ctx.pool.cancelQuery(conn, () => this.server === conn && this.tx.cancellable, done);
+  get queued(): boolean {
+    return this.state === 'waiting';
   }
 
-  /**
-   * queryTimeoutMs: the running statement is cancelled with the server's
-   * cancel key, as the client's own cancel would be; the 57014 that comes
-   * back is reworded as statement_timeout's (ClientOutbound).
-   */
-  cancelForTimeout(): void {
-    const conn = this.server;
-    if (!conn) return;
-    this.tx.timedOut = true;
-    // The reworded error must be seen whole, in session mode too.
-    this.outbound.trimAll();
-    const statement = this.tx.statementSince;
-    this.owner.stats().queryTimeouts++;
-    this.ctx.pool.cancelQuery(conn, () => this.server === conn && this.tx.statementSince === statement && this.tx.expectedReady > 0, NOTHING);
+  get linkedServer(): ServerConnection | null {
+    return this.server;
   }
 
-  private oweCancel(done: () => void): void {
-    const earlier = this.cancelOwed;
-    this.cancelOwed = done;
-    earlier?.();
-  }
-
-  /**
-   * Where a cancel that is owed stands: answered here if the batch is
-   * complete and still queued; sent once the statement is on the server;
-   * dropped once nothing of it is left to cancel (or it failed already).
-   */
-  private settleCancel(): void {
-    const done = this.cancelOwed;
-    if (done === null) return;
-    if (this.state === 'waiting') {
-      if (!this.batchComplete) return;
-      this.cancelOwed = null;
-      this.cancelQueued();
-      return done();
-    }
-    const conn = this.server;
-    const inFlight = conn !== null && this.tx.cancellable;
-    if (inFlight && this.statementLayer.held !== null) return;
-    this.cancelOwed = null;
-    if (!inFlight || this.outbound.lastType === Backend.ErrorResponse) return done();
-    this.ctx.pool.cancelQuery(conn, () => this.server === conn && this.tx.cancellable, done);
-  }
-
-  /** Every message of the client's batch is here: a queued batch can be answered whole. */
-  private get batchComplete(): boolean {
-    return this.inbound.atBoundary && !this.tx.extendedOpen;
-  }
-
-  /**
-   * Cancel of a query still waiting for a server connection with its whole
-   * batch: it leaves the queue and is answered as PostgreSQL answers a
-   * cancelled statement, with one ReadyForQuery per Query or Sync it sent;
-   * it never runs.
-   */
-  private cancelQueued(): void {
+  /** A cancelled batch leaves the queue unrun: `replies` answer it. */
+  answerQueued(replies: Buffer): void {
     this.ctx.pool.cancelWait(this.waiter!);
     this.waiter = null;
-    const replies = [errorResponse(clientErrors.queryCanceled())];
-    for (let i = 0; i < this.tx.expectedReady; i++) replies.push(readyForQuery(this.tx.statusLetter));
     this.pending = [];
     this.pendingBytes = 0;
     this.statementLayer.reset();
     this.tx.answered();
     this.state = 'idle';
-    this.socket.write(Buffer.concat(replies));
+    this.socket.write(replies);
     this.socket.resume();
   }
 
@@ -432,7 +348,7 @@ export class ServerLink implements ServerOwner, WaitHandlers {
       this.ctx.pool.cancelWait(this.waiter);
       this.waiter = null;
     }
-    this.dropOwedCancel();
+    this.cancels.drop();
     const conn = this.server;
     if (conn) {
       conn.owner = null;
@@ -471,17 +387,10 @@ export class ServerLink implements ServerOwner, WaitHandlers {
       }
     }
     try {
-      this.dropOwedCancel();
+      this.cancels.drop();
     } catch {
       // The canceller's connection closes on its own timeout.
     }
-  }
-
-  /** The link ends: an owed cancel has nothing left to cancel. */
-  private dropOwedCancel(): void {
-    const done = this.cancelOwed;
-    this.cancelOwed = null;
-    done?.();
   }
 
   /** Session state (SET, prepared statements, temp tables…) must not leak to the next client. */
@@ -511,8 +420,6 @@ export class ServerLink implements ServerOwner, WaitHandlers {
     );
   }
 }
-
-const NOTHING = (): void => {};
 
 /**
  * The proxy's statements on each server connection, kept beside it: the

@@ -1,20 +1,17 @@
-// One client session: the startup handshake, finding its service, the
-// client's bytes read and checked, its timeouts, and its ending. What
-// touches a server connection (waiting for one, forwarding, cancel, giving
-// it back) is its ServerLink (link.ts).
+// One client session: its entry points from the event loop, the client's
+// bytes read and checked, its timeouts, and its ending. Its way in is its
+// Admission (admission.ts); what touches a server connection (waiting for
+// one, forwarding, cancel, giving it back) is its ServerLink (link.ts).
 import { randomInt } from 'node:crypto';
 import type { Logger } from 'pino';
-import { UNMATCHED, type ServiceStats, type Stats } from '../budget/stats.js';
+import { UNMATCHED, type RejectReason, type ServiceStats, type Stats } from '../budget/stats.js';
 import type { ServiceConfig } from '../types/config.js';
-import { matchService } from '../client/match.js';
 import { clientErrors } from '../errors.js';
 import { Backend } from '../protocol/codes.js';
 import { errorResponse, type ErrorFields } from '../protocol/encode.js';
 import { clientTransport, type Accepted } from '../io/accept.js';
 import type { Transport, TransportHandler } from '../io/transport.js';
 import type { RejectedBecause } from '../server/pool.js';
-import { poolKey } from '../server/poolKey.js';
-import { readHandshake, type HandshakeListener } from '../client/handshake.js';
 import type { SessionRegistry } from '../client/registry.js';
 import type { SessionStateReason } from '../client/sessionState.js';
 import { StatementLayer } from '../client/statementLayer.js';
@@ -22,6 +19,7 @@ import { ClientInbound } from '../client/inbound.js';
 import { ClientOutbound } from '../client/outbound.js';
 import { TransactionTracker, type SessionTimeouts } from '../client/transaction.js';
 import { welcome } from '../client/welcome.js';
+import { Admission, type AdmissionOwner, type Identity } from './admission.js';
 import { ServerLink, type LinkContext, type LinkOwner, type LinkState } from './link.js';
 
 export interface SessionContext extends LinkContext {
@@ -37,7 +35,7 @@ export type { SessionTimeouts };
 
 type State = 'startup' | 'open' | 'closed';
 
-export class ClientSession implements TransportHandler, HandshakeListener, LinkOwner {
+export class ClientSession implements TransportHandler, AdmissionOwner, LinkOwner {
   state: State = 'startup';
   service: ServiceConfig | null = null;
   user = '';
@@ -46,18 +44,12 @@ export class ClientSession implements TransportHandler, HandshakeListener, LinkO
   readonly processId: number;
   readonly secretKey: number;
   private serviceStats: ServiceStats | null = null;
-  private startupBuf: Buffer | null = EMPTY;
-  /** When startup must be complete (ms since the epoch); 0 once it is, or the session is closed. */
-  private startupDeadline: number;
-  private readonly startupTimeoutMs: number;
   private readonly connectedAt = Date.now();
   private closeReason = 'client disconnected';
   /** An error boundary caught a failure here already (it is logged once). */
   private hasFailed = false;
   /** Out of the registry and the counters (forget()). */
   private forgotten = false;
-  /** This connection carried a CancelRequest: it closes once the cancel has been passed on. */
-  private cancelling = false;
 
   /** Protocol position, from the message types of both directions. */
   readonly tx = new TransactionTracker();
@@ -68,6 +60,8 @@ export class ClientSession implements TransportHandler, HandshakeListener, LinkO
   /** Server bytes on their way to the client: tracked, the answers to the proxy's own requests left out. */
   readonly outbound: ClientOutbound;
   readonly socket: Transport;
+  /** The way in: handshake, deadline, service. */
+  private readonly admission: Admission;
   /** The server side: waiting, forwarding, cancel, giving back. */
   private readonly link: ServerLink;
 
@@ -81,11 +75,10 @@ export class ClientSession implements TransportHandler, HandshakeListener, LinkO
     this.inbound = new ClientInbound(this.tx, this.statementLayer, cfg.maxMessageBytes);
     this.outbound = new ClientOutbound(this.tx, this.statementLayer);
     this.socket = clientTransport(accepted, this, { keepAliveMs: cfg.tcpKeepaliveMs });
+    this.admission = new Admission(ctx, this, this.socket, this.connectedAt, cfg.startupTimeoutMs);
     this.link = new ServerLink(ctx, this, this);
     // Registered once nothing here can fail: a session that could not start is never listed.
     ctx.sessions.add(this);
-    this.startupTimeoutMs = cfg.startupTimeoutMs;
-    this.startupDeadline = this.connectedAt + cfg.startupTimeoutMs;
     this.tx.heard(this.connectedAt);
   }
 
@@ -145,7 +138,7 @@ export class ClientSession implements TransportHandler, HandshakeListener, LinkO
   cancelRequested(secretKey: number, done: () => void): void {
     try {
       if (secretKey !== this.secretKey || this.state !== 'open') return done();
-      this.link.cancel(done);
+      this.link.cancels.request(done);
     } catch (err) {
       done();
       this.failed(err, 'cancel request');
@@ -217,21 +210,12 @@ export class ClientSession implements TransportHandler, HandshakeListener, LinkO
   }
 
   private timeouts(now: number): void {
-    if (this.startupDeadline !== 0) {
-      if (now >= this.startupDeadline) this.startupTimedOut();
-      return;
-    }
+    if (this.state === 'startup') return this.admission.checkDeadline(now);
     const linkState = this.link.state;
     if (this.service === null || linkState === 'waiting') return;
     const due = this.tx.due(this.ctx.timeouts(this.service.name), now, linkState === 'linked');
-    if (due === 'query_timeout') this.link.cancelForTimeout();
+    if (due === 'query_timeout') this.link.cancels.forTimeout();
     else if (due !== null) this.idleTimedOut(due);
-  }
-
-  private startupTimedOut(): void {
-    this.startupDeadline = 0;
-    this.stats().rejections.startup_timeout++;
-    this.fatal(clientErrors.startupTimeout(this.startupTimeoutMs), 'startup timeout');
   }
 
   /**
@@ -250,52 +234,10 @@ export class ClientSession implements TransportHandler, HandshakeListener, LinkO
     return this.service?.name ?? UNMATCHED;
   }
 
-  // ---- startup ----
-
-  private onStartupData(chunk: Buffer): void {
-    this.startupBuf = readHandshake(this.startupBuf!, chunk, this);
-  }
-
-  /** HandshakeListener: bytes the handshake answers with. */
-  answer(bytes: Buffer): void {
-    this.socket.write(bytes);
-  }
-
-  /** HandshakeListener: the startup packet; anything pipelined after it is ordinary traffic. */
-  startup(params: Readonly<Record<string, string>>, rest: Buffer): void {
-    this.onStartupMessage(params);
-    if (rest.length > 0 && this.state !== 'closed') this.clientData(rest);
-  }
-
-  /**
-   * HandshakeListener: PostgreSQL closes a cancel connection once it has
-   * signalled the backend, and libpq's PQcancel waits for that close: so
-   * does the proxy, so a cancel that arrives late can never hit the
-   * client's next statement. Bounded by the upstream cancel's own timeout.
-   */
-  cancel(processId: number, secretKey: number): void {
-    this.clearStartupDeadline();
-    this.cancelling = true;
-    this.closeReason = 'cancel request';
-    const target = this.ctx.sessions.get(processId);
-    const close = () => this.destroySocket();
-    if (target && target !== this) target.cancelRequested(secretKey, close);
-    else close();
-  }
-
-  /** HandshakeListener: a Terminate before startup; PostgreSQL closes without a word here too. */
-  goodbye(): void {
-    this.closeReason = 'client terminated before startup';
-    this.socket.close();
-  }
-
-  /** HandshakeListener: a malformed packet. */
-  violation(what: string): void {
-    this.protocolViolation(what);
-  }
+  // ---- what the admission decides (AdmissionOwner) ----
 
   /** A malformed packet from the client: 08P01, and the server connection (if any) is not reused. */
-  private protocolViolation(what: string): void {
+  protocolViolation(what: string): void {
     this.tx.poisoned = true;
     this.stats().rejections.protocol_violation++;
     this.fatal(clientErrors.protocolViolation(what), `protocol violation: ${what}`);
@@ -307,34 +249,12 @@ export class ClientSession implements TransportHandler, HandshakeListener, LinkO
     this.fatal(clientErrors.shuttingDown(), 'shutting down');
   }
 
-  private onStartupMessage(params: Readonly<Record<string, string>>): void {
-    this.clearStartupDeadline();
-    this.user = params.user;
-    this.database = params.database || params.user;
-    this.applicationName = params.application_name ?? '';
-    const service = matchService(this.ctx.config(), {
-      user: this.user,
-      database: this.database,
-      applicationName: this.applicationName,
-    });
-    if (!service) {
-      this.stats().rejections.no_service++;
-      return this.fatal(
-        clientErrors.noService(this.user, this.database, this.applicationName),
-        'no service matches',
-      );
-    }
-    if (this.ctx.shuttingDown) {
-      return this.endForShutdown();
-    }
+  admitted(who: Identity, service: ServiceConfig, key: string, rest: Buffer): void {
+    this.user = who.user;
+    this.database = who.database;
+    this.applicationName = who.applicationName;
     this.service = service;
     this.state = 'open';
-    // The same (shared, frozen) params object as the last login: the same key.
-    if (params !== lastKeyParams) {
-      lastKeyParams = params;
-      lastKey = poolKey(this.user, this.database, params);
-    }
-    const key = lastKey;
     this.link.open(service, key);
     if (service.poolMode === 'transaction') {
       this.inbound.readWhole();
@@ -352,6 +272,19 @@ export class ClientSession implements TransportHandler, HandshakeListener, LinkO
     if (known) this.welcome(known);
     // First client of this user and database: the server's parameters come from a real login.
     else this.link.requestLogin();
+    // The welcome or the login may have ended the session already (TS narrows state to 'open' here).
+    if (rest.length > 0 && (this.state as State) !== 'closed') this.clientData(rest);
+  }
+
+  refused(rejection: RejectReason, fields: ErrorFields, reason: string): void {
+    this.stats().rejections[rejection]++;
+    this.fatal(fields, reason);
+  }
+
+  leave(reason: string, graceful: boolean): void {
+    this.closeReason = reason;
+    if (graceful) this.socket.close();
+    else this.destroySocket();
   }
 
   /** LinkOwner too: the welcome, once the first login of the pool key has taught its parameters. */
@@ -362,8 +295,7 @@ export class ClientSession implements TransportHandler, HandshakeListener, LinkO
   // ---- client → server ----
 
   private clientData(chunk: Buffer): void {
-    // Nothing may follow a CancelRequest: whatever does is ignored until the connection closes.
-    if (this.state === 'startup') return this.cancelling ? undefined : this.onStartupData(chunk);
+    if (this.state === 'startup') return this.admission.read(chunk);
     if (this.state === 'closed') return;
     this.tx.heard(Date.now());
     const inbound = this.inbound;
@@ -444,7 +376,6 @@ export class ClientSession implements TransportHandler, HandshakeListener, LinkO
     if (this.state === 'closed') return;
     const wasState = this.reportedState;
     this.state = 'closed';
-    this.clearStartupDeadline();
     try {
       this.link.close();
     } finally {
@@ -471,14 +402,6 @@ export class ClientSession implements TransportHandler, HandshakeListener, LinkO
       );
     }
   }
-
-  private clearStartupDeadline(): void {
-    this.startupDeadline = 0;
-  }
 }
 
 const EMPTY = Buffer.alloc(0);
-
-/** The pool key of the last params object seen (startup.ts shares it between identical packets). */
-let lastKeyParams: Readonly<Record<string, string>> | null = null;
-let lastKey = '';

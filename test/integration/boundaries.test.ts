@@ -12,6 +12,7 @@ import { Scheduler } from '../../src/budget/scheduler.js';
 import { ClientOutbound } from '../../src/client/outbound.js';
 import { ClientSession } from '../../src/proxy/session.js';
 import { ServerLink } from '../../src/proxy/link.js';
+import { Cancels } from '../../src/proxy/cancel.js';
 import { ServerPool } from '../../src/server/pool.js';
 import { SessionRegistry } from '../../src/client/registry.js';
 import { validateConfig } from '../../src/config/schema.js';
@@ -245,7 +246,7 @@ t.test('a failure while reading a server login closes that server connection; th
 });
 
 t.test('a failure when accepting a connection closes that connection only', async (t) => {
-  const fault = failFirst(t, SessionRegistry.prototype, 'nextProcessId', 'injected fault in accept');
+  failFirst(t, SessionRegistry.prototype, 'nextProcessId', 'injected fault in accept');
   const { closed, socket } = await rawConnect(proxy.port);
   socket.write(startupPacket({ user: 'app' }));
   await closed;
@@ -254,7 +255,7 @@ t.test('a failure when accepting a connection closes that connection only', asyn
 });
 
 t.test('a failure while handling a cancel request ends the session it named, nobody else', async (t) => {
-  const restore = patch(ServerLink.prototype, 'cancel', () => () => {
+  const restore = patch(Cancels.prototype, 'request', () => () => {
     throw new Error('injected fault in a cancel');
   });
   t.teardown(restore);

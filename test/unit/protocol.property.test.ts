@@ -10,7 +10,6 @@ import t from 'tap';
 import { MessageAssembler } from '../../src/protocol/assembler.js';
 import { FrameError, FrameScanner } from '../../src/protocol/framing.js';
 import {
-  buildBind,
   buildParse,
   buildQuery,
   buildTarget,
@@ -37,7 +36,6 @@ const sql = fc.oneof(
   fc.constantFrom('select 1', 'begin', 'commit', 'SET x = 1', 'listen a', 'deallocate all', 'select $1::int', 'discard all'),
   fc.string({ maxLength: 40 }).map((s) => s.replace(/\0/g, '')),
 );
-const int16 = fc.integer({ min: 0, max: 3 });
 
 /** A valid Bind: formats, values (NULL or bytes), result formats. */
 const bind = fc

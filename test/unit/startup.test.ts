@@ -1,6 +1,6 @@
 import t from 'tap';
 import { serialize } from 'pg-protocol/dist/serializer';
-import { parseStartupPacket, startupPacketLength, StartupPacketError } from '../../src/protocol/startup.js';
+import { parseStartupPacket, startupPacketLength } from '../../src/protocol/startup.js';
 
 t.test('startup message with parameters', async (t) => {
   const pkt = serialize.startup({ user: 'alice', database: 'shop', application_name: 'loader' });
