@@ -3,7 +3,8 @@
 // connection it holds at the moment, each lives under a proxy-chosen name.
 // When the client binds or describes a statement that connection has not
 // seen, a Parse is injected first, and the server's ParseComplete for it is
-// dropped on the way back, so the client sees exactly the stream it expects.
+// dropped on the way back, so the client sees exactly the stream it expects
+// (what the server is yet to answer, and for whom: pendingRequests.ts).
 //
 // PostgreSQL fixes a prepared statement's result shape when it is prepared,
 // and refuses to run it in another (0A000 "cached plan must not change
@@ -21,8 +22,6 @@ import {
   buildQuery,
   buildTarget,
   FLUSH,
-  NO_ROWS,
-  rowShape,
   readBindStatement,
   readParse,
   readQuery,
@@ -31,38 +30,10 @@ import {
 } from '../protocol/messages.js';
 import { clientErrors } from '../errors.js';
 import { errorResponse } from '../protocol/encode.js';
+import { PendingRequests, type CompletionKind, type ShapeVerdict, type StatementDef } from './pendingRequests.js';
 import { SERVER_STATEMENT_PREFIX, type ServerStatements } from './serverStatements.js';
 import { stripSql } from './sessionState.js';
 import { DROP_WORD, messageSqlWords } from './sqlWords.js';
-
-interface StatementDef {
-  query: string;
-  paramTypes: Buffer;
-  /** Identity of the statement on any server connection: text and parameter types. */
-  key: string;
-  /** The result shape PostgreSQL fixed when the client prepared it (rowShape), once described; null before. */
-  shape: string | null;
-}
-
-/** A request still waiting for its ParseComplete/BindComplete/CloseComplete, or the end of a batch. */
-type Pending =
-  | { kind: 'parse'; ours: boolean; key?: string; serverName?: string; clientName?: string; def?: StatementDef }
-  | { kind: 'bind'; ours: boolean }
-  /** A Close; of a client's named statement, with its definition, given back if the server skips the Close. */
-  | { kind: 'close'; ours: boolean; clientName?: string; def?: StatementDef }
-  /**
-   * The proxy's own Describe of a statement it prepared (`key`/`serverName`),
-   * which learns its shape. It always goes right after that statement's
-   * Parse, so a description that comes while it is first in the queue is its
-   * answer: the client's own Describes need no entry.
-   */
-  | { kind: 'describe'; ours: true; key: string; serverName: string; def?: StatementDef; check?: StatementDef }
-  /** The proxy's own failing statement, whose ErrorResponse the client gets as `replacement`. */
-  | { kind: 'error'; replacement: Buffer }
-  | { kind: 'ready' };
-
-/** How a shape check (a statement prepared again elsewhere) came out. */
-export type ShapeVerdict = 'waiting' | 'same' | 'changed' | 'skipped';
 
 /** What ensure() returns when the client's message must wait for a shape check. */
 const HELD = '\u0000held';
@@ -76,14 +47,6 @@ export function raiseStatement(code: string, message: string, hint: string): str
 const PLAN_CHANGED_ERROR = errorResponse(clientErrors.cachedPlanChanged());
 /** Raises that error on the server, so that its transaction state and skipping to Sync are PostgreSQL's own. */
 const PLAN_CHANGED_SQL = raiseStatement('0A000', clientErrors.cachedPlanChanged().message, '');
-
-export type CompletionKind = 'parse' | 'bind' | 'close';
-
-// The requests with nothing of their own to remember are shared: no object per message.
-const PARSE: Pending = Object.freeze({ kind: 'parse', ours: false });
-const BIND: Pending = Object.freeze({ kind: 'bind', ours: false });
-const CLOSE: Pending = Object.freeze({ kind: 'close', ours: false });
-const READY: Pending = Object.freeze({ kind: 'ready' });
 
 /** A name no server connection ever has: what unknown client names are sent as. */
 const ABSENT = `${SERVER_STATEMENT_PREFIX}absent`;
@@ -106,19 +69,10 @@ export class PreparedStatements {
   private readonly defs = new Map<string, StatementDef>();
   /** The client's last Parse("") message (a copy), which the server keeps until the next Parse("") or Query. */
   private unnamed: Buffer | null = null;
-  private pending: Pending[] = [];
-  /** Pending entries that answer the proxy's own Describe or failing statement (their replies are read whole). */
-  private ownReplies = 0;
-  /** The shape check the client's held messages wait for; 'same' when there is none. */
-  private verdict: ShapeVerdict = 'same';
+  /** What the server connection is yet to answer, and the shape check held messages wait for. */
+  private readonly requests = new PendingRequests();
   /** The held message to refuse with 0A000 when it is rewritten (afterShapeCheck). */
   private refuseNext: Buffer | null = null;
-  /**
-   * After an error the server skips what it gets until the next Sync: a
-   * check sent meanwhile would never be answered, so none is started until
-   * the client's Sync goes out.
-   */
-  private serverSkipping = false;
   /** The last message whose SQL words were read, and its flags (see sqlWords). */
   private wordsOf: Buffer | null = null;
   private wordsFlags = 0;
@@ -168,7 +122,7 @@ export class PreparedStatements {
         const statement = msg[5] === 0 && msg[6] === 0 ? '' : readBindStatement(msg).statement;
         const name = statement === '' ? this.ensureUnnamed(server, out) : this.ensure(statement, server, out);
         if (name === HELD) return false;
-        this.pending.push(BIND);
+        this.requests.bind();
         out.push(name === statement ? msg : rewriteBindStatement(msg, name));
         return true;
       }
@@ -186,7 +140,7 @@ export class PreparedStatements {
         // cached for others. Closing an absent name still yields CloseComplete.
         const { kind, name } = readTarget(msg);
         const def = kind === 'S' && name !== '' ? this.defs.get(name) : undefined;
-        this.pending.push(def ? { kind: 'close', ours: false, clientName: name, def } : CLOSE);
+        this.requests.close(name, def);
         if (kind !== 'S') break;
         if (name === '') {
           // The server's unnamed statement may be another client's: only ours is closed.
@@ -204,14 +158,13 @@ export class PreparedStatements {
         return true;
       }
       case 0x53: // 'S' Sync: after it, the server reads again
-        this.serverSkipping = false;
-        this.pending.push(READY);
+        this.requests.sync();
         break;
       case 0x46: // 'F' FunctionCall
-        this.pending.push(READY);
+        this.requests.ready();
         break;
       case 0x51: // 'Q' Query: also destroys the unnamed statement
-        this.pending.push(READY);
+        this.requests.ready();
         this.unnamed = null;
         server.unnamedOwner = null;
         this.query(msg, server, out);
@@ -221,27 +174,39 @@ export class PreparedStatements {
     return true;
   }
 
-  /**
-   * The server sent ParseComplete ('1') or CloseComplete ('3'): true when it
-   * answers a message the proxy injected, so it must not reach the client.
-   */
+  // The server's answers are read by the queue of requests it is yet to
+  // answer; this client's statements go along where a skipped one is undone.
   onComplete(type: CompletionKind): boolean {
-    const head = this.pending.length > 0 ? this.pending[0].kind : 'ready';
-    const i = head === 'parse' || head === 'bind' || head === 'close' ? 0 : this.pending.findIndex((p) => p.kind === 'parse' || p.kind === 'bind' || p.kind === 'close');
-    if (i < 0) return false;
-    const p = i === 0 ? this.pending.shift()! : this.pending.splice(i, 1)[0];
-    if (p.kind !== type) return false; // out of step: forward, never swallow what the client may need
-    return (p as { ours: boolean }).ours;
+    return this.requests.onComplete(type);
   }
 
-  /** Whether replies the proxy must read whole, or drop, are on their way (the session then holds back unfinished messages). */
+  onDescription(type: number, buf: Buffer, start: number, end: number, server: ServerStatements): boolean {
+    return this.requests.onDescription(type, buf, start, end, server);
+  }
+
+  onError(server: ServerStatements): Buffer | null {
+    return this.requests.onError(server, this.defs);
+  }
+
+  onReadyForQuery(server: ServerStatements): void {
+    this.wordsOf = null;
+    this.requests.onReadyForQuery(server, this.defs);
+  }
+
+  dropIgnoredSyncs(n: number): void {
+    this.requests.dropIgnoredSyncs(n);
+  }
+
+  resetPending(): void {
+    this.requests.reset();
+  }
+
   get expectsOwnReplies(): boolean {
-    return this.ownReplies > 0;
+    return this.requests.expectsOwnReplies;
   }
 
-  /** Where the shape check that held messages wait for stands. */
   get shapeVerdict(): ShapeVerdict {
-    return this.verdict;
+    return this.requests.shapeVerdict;
   }
 
   /**
@@ -253,32 +218,11 @@ export class PreparedStatements {
    * up to the Sync is left out.
    */
   afterShapeCheck(held: Buffer[]): Buffer[] {
-    const verdict = this.verdict;
-    this.verdict = 'same';
-    if (verdict !== 'changed' || held.length === 0) return held;
+    if (this.requests.takeVerdict() !== 'changed' || held.length === 0) return held;
     let next = 1;
     while (next < held.length && held[next][0] !== 0x53) next++;
     this.refuseNext = held[0];
     return [held[0], ...held.slice(next)];
-  }
-
-  /**
-   * ParameterDescription ('t'), RowDescription ('T') or NoData ('n') at
-   * [start, end) of `buf`: the answer to the oldest Describe, or part of a
-   * simple Query's result. Returns true when it answers the proxy's own
-   * Describe, which the client must not see.
-   */
-  onDescription(type: number, buf: Buffer, start: number, end: number, server: ServerStatements): boolean {
-    const head = this.pending[0];
-    if (head === undefined || head.kind !== 'describe') return false;
-    if (type === 0x74) return true; // 't' comes first; 'T' or 'n' ends the answer
-    this.pending.shift();
-    this.ownReplies--;
-    const shape = type === 0x54 ? rowShape(buf, start, end) : NO_ROWS;
-    server.setShape(head.key, head.serverName, shape);
-    if (head.def && head.def.shape === null) head.def.shape = shape;
-    if (head.check) this.verdict = shape === head.check.shape ? 'same' : 'changed';
-    return true;
   }
 
   /**
@@ -289,77 +233,11 @@ export class PreparedStatements {
    */
   refuse(raiseSql: string, server: ServerStatements, out: Buffer[], replacement?: Buffer): void {
     server.unnamedOwner = null;
-    this.pending.push({ kind: 'parse', ours: true }, { kind: 'bind', ours: true });
-    if (replacement) {
-      // The server's error, raised by a DO block, is replaced by the one PostgreSQL itself would send.
-      this.pending.push({ kind: 'error', replacement });
-      this.ownReplies++;
-    }
+    this.requests.ownParse();
+    this.requests.ownBind();
+    // The server's error, raised by a DO block, is replaced by the one PostgreSQL itself would send.
+    if (replacement) this.requests.error(replacement);
     out.push(buildParse('', raiseSql, Buffer.from([0, 0])), buildBind('', ''), buildExecute(''));
-  }
-
-  /**
-   * An ErrorResponse: the server skips the rest of the batch, so requests
-   * before the next ReadyForQuery get no completion. Statements whose Parse
-   * was skipped or failed are forgotten.
-   */
-  onError(server: ServerStatements): Buffer | null {
-    const head = this.pending[0];
-    const replacement = head !== undefined && head.kind === 'error' ? head.replacement : null;
-    const end = this.pending.findIndex((p) => p.kind === 'ready');
-    this.forgetSkipped(this.pending.splice(0, end < 0 ? this.pending.length : end), server);
-    // No Sync is out yet: what is sent until the client's next one is skipped.
-    if (end < 0) this.serverSkipping = true;
-    return replacement;
-  }
-
-  private forgetSkipped(skipped: Pending[], server: ServerStatements): void {
-    // Latest first: undoing them in reverse gives back what the client had before the first.
-    for (let i = skipped.length - 1; i >= 0; i--) {
-      const p = skipped[i];
-      if (p.kind === 'describe') {
-        this.ownReplies--;
-        if (p.check) this.verdict = 'skipped';
-        continue;
-      }
-      if (p.kind === 'error') this.ownReplies--;
-      // A Close the server skipped closed nothing: the statement is the client's still.
-      if (p.kind === 'close' && p.def && !this.defs.has(p.clientName!)) this.defs.set(p.clientName!, p.def);
-      if (p.kind !== 'parse') continue;
-      if (p.key && p.serverName) server.forget(p.key, p.serverName);
-      if (p.clientName && p.def && this.defs.get(p.clientName) === p.def) this.defs.delete(p.clientName);
-    }
-  }
-
-  /** Requests before this ReadyForQuery that got no completion were skipped after an error. */
-  onReadyForQuery(server: ServerStatements): void {
-    this.wordsOf = null;
-    // Usual case: every request before it was answered; nothing to search or forget.
-    if (this.pending.length > 0 && this.pending[0].kind === 'ready') {
-      this.pending.shift();
-      return;
-    }
-    const end = this.pending.findIndex((p) => p.kind === 'ready');
-    this.forgetSkipped(this.pending.splice(0, end + 1), server);
-  }
-
-  /** Syncs that the server ignored (sent during COPY FROM STDIN) will get no ReadyForQuery. */
-  dropIgnoredSyncs(n: number): void {
-    for (let k = 0; k < n; k++) {
-      for (let i = this.pending.length - 1; i >= 0; i--) {
-        if (this.pending[i].kind === 'ready') {
-          this.pending.splice(i, 1);
-          break;
-        }
-      }
-    }
-  }
-
-  /** Linked to another server connection: nothing is outstanding at a boundary. */
-  resetPending(): void {
-    if (this.pending.length > 0) this.pending = [];
-    this.ownReplies = 0;
-    this.serverSkipping = false;
   }
 
   private parse(msg: Buffer, server: ServerStatements, out: Buffer[]): void {
@@ -371,7 +249,7 @@ export class PreparedStatements {
       // the same unnamed Parse again and again: then the copy is kept.
       if (this.unnamed === null || !this.unnamed.equals(msg)) this.unnamed = Buffer.from(msg);
       server.unnamedOwner = this.unnamed;
-      this.pending.push(PARSE);
+      this.requests.parse();
       out.push(msg);
       return;
     }
@@ -384,16 +262,11 @@ export class PreparedStatements {
     this.defs.set(parsed.name, def);
     const { name, evicted } = server.add(def.key);
     this.closeEvicted(evicted, out);
-    this.pending.push({ kind: 'parse', ours: false, key: def.key, serverName: name, clientName: parsed.name, def });
+    this.requests.parseNamed(parsed.name, def, name);
     out.push(buildParse(name, def.query, def.paramTypes));
     // The shape PostgreSQL fixes now is the one the client's statement keeps: learned in the same batch.
-    this.describeOurs({ kind: 'describe', ours: true, key: def.key, serverName: name, def }, out);
-  }
-
-  private describeOurs(entry: Pending & { kind: 'describe' }, out: Buffer[]): void {
-    this.pending.push(entry);
-    this.ownReplies++;
-    out.push(buildTarget('D', 'S', entry.serverName));
+    this.requests.describe(def, name);
+    out.push(buildTarget('D', 'S', name));
   }
 
   /** The server name of the client's statement on this connection, preparing it there if needed. */
@@ -407,27 +280,21 @@ export class PreparedStatements {
       const shape = server.shapeOf(existing);
       // Not described yet on either side: both were prepared in this same batch, at the same moment.
       if (def.shape === null || shape === def.shape) return existing;
-      if (shape === undefined && !this.serverSkipping) {
-        // Prepared in this batch, after the client's own: its Describe is on the way; wait for it.
-        const describing = this.pending.find((p) => p.kind === 'describe' && p.serverName === existing);
-        if (describing !== undefined && describing.kind === 'describe') {
-          describing.check = def;
-          out.push(FLUSH);
-          this.verdict = 'waiting';
-          return HELD;
-        }
+      // Prepared in this batch, after the client's own: its Describe is on the way; wait for it.
+      if (shape === undefined && !this.requests.serverSkipping && this.requests.checkWith(existing, def)) {
+        out.push(FLUSH);
+        return HELD;
       }
     }
     const { name, evicted } = server.add(def.key);
     this.closeEvicted(evicted, out);
-    this.pending.push({ kind: 'parse', ours: true, key: def.key, serverName: name });
+    this.requests.ownParse(def.key, name);
     out.push(buildParse(name, def.query, def.paramTypes));
-    if (def.shape === null || this.serverSkipping) return name;
+    if (def.shape === null || this.requests.serverSkipping) return name;
     // Prepared again, perhaps after the schema changed: the client's messages
     // wait until the server has said what shape the rows now have (Flush: now).
-    this.describeOurs({ kind: 'describe', ours: true, key: def.key, serverName: name, check: def }, out);
-    out.push(FLUSH);
-    this.verdict = 'waiting';
+    this.requests.describeToCheck(def, name);
+    out.push(buildTarget('D', 'S', name), FLUSH);
     return HELD;
   }
 
@@ -440,14 +307,14 @@ export class PreparedStatements {
     if (!this.unnamed) return ABSENT;
     if (server.unnamedOwner === this.unnamed) return '';
     server.unnamedOwner = this.unnamed;
-    this.pending.push({ kind: 'parse', ours: true });
+    this.requests.ownParse();
     out.push(this.unnamed);
     return '';
   }
 
   private closeEvicted(evicted: string[], out: Buffer[]): void {
     for (const name of evicted) {
-      this.pending.push({ kind: 'close', ours: true });
+      this.requests.ownClose();
       out.push(buildTarget('C', 'S', name));
     }
   }
@@ -478,7 +345,7 @@ export class PreparedStatements {
       let name = server.use(def.key);
       if (name === undefined) {
         name = server.add(def.key).name;
-        this.pending.push({ kind: 'parse', ours: true, key: def.key, serverName: name });
+        this.requests.ownParse(def.key, name);
         out.push(buildParse(name, def.query, def.paramTypes));
       }
       server.forget(def.key, name);
