@@ -28,6 +28,47 @@ export const clientErrors = {
     message: 'pgbudget: internal error',
   }),
 
+  /**
+   * 28P01 invalid_password: a wrong or missing password, or a user the
+   * proxy knows no password of; worded as PostgreSQL's, which does not say which.
+   */
+  passwordFailed: (user: string): ErrorFields => ({
+    severity: 'FATAL',
+    code: '28P01',
+    message: `password authentication failed for user "${user}"`,
+    file: 'auth.c',
+    routine: 'auth_failed',
+  }),
+
+  /** 08P01: a SCRAM message that does not parse, with PostgreSQL's wording. */
+  malformedScram: (detail: string): ErrorFields => ({
+    severity: 'FATAL',
+    code: '08P01',
+    message: 'malformed SCRAM message',
+    detail,
+  }),
+
+  /** 08P01: a SASL mechanism the proxy did not offer. */
+  invalidSaslMechanism: (): ErrorFields => ({
+    severity: 'FATAL',
+    code: '08P01',
+    message: 'client selected an invalid SASL authentication mechanism',
+  }),
+
+  /** 08P01: another message where the answer to an authentication request belongs. */
+  expectedAuthResponse: (what: 'SASL' | 'password', type: number): ErrorFields => ({
+    severity: 'FATAL',
+    code: '08P01',
+    message: `expected ${what} response, got message type ${type}`,
+  }),
+
+  /** 08P01: the client did not finish authenticating in time (authTimeoutMs). */
+  authTimeout: (ms: number): ErrorFields => ({
+    severity: 'FATAL',
+    code: '08P01',
+    message: `pgbudget: authentication not completed within ${ms} ms`,
+  }),
+
   /** 08P01: the client did not finish the startup handshake in time. */
   startupTimeout: (ms: number): ErrorFields => ({
     severity: 'FATAL',

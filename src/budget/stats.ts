@@ -8,6 +8,8 @@ export type RejectReason =
   | 'server_login'
   | 'protocol_violation'
   | 'startup_timeout'
+  | 'auth_failed'
+  | 'auth_timeout'
   | 'shutdown'
   | 'client_idle_timeout'
   | 'idle_in_transaction_timeout'
@@ -20,6 +22,8 @@ export const REJECT_REASONS: readonly RejectReason[] = [
   'server_login',
   'protocol_violation',
   'startup_timeout',
+  'auth_failed',
+  'auth_timeout',
   'shutdown',
   'client_idle_timeout',
   'idle_in_transaction_timeout',

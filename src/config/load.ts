@@ -38,6 +38,8 @@ export function configFromUpstreamUrl(url: string, overrides: Record<string, unk
   const service: Record<string, unknown> = { name: 'default', budget: maxConnections };
   if (u.password) service.password = decodeURIComponent(u.password);
   return validateConfig({
+    // A quick start on loopback: clients are trusted, as written here; a config file can require passwords.
+    auth: { method: 'trust' },
     upstream: { host: u.hostname || '127.0.0.1', port: Number(u.port || 5432), maxConnections },
     services: [service],
     defaultService: 'default',

@@ -4,6 +4,7 @@
 import { Type, type Static, type TProperties, type TSchema } from '@sinclair/typebox';
 import { Ajv, type ErrorObject } from 'ajv';
 import type {
+  AuthMethod,
   Config,
   HostPort,
   LogLevel,
@@ -55,6 +56,38 @@ function ms(bounds: typeof POSITIVE, def: number, description: string) {
 const matchKey = (what: string) =>
   Type.Optional(Type.String({ ...NON_EMPTY, description: `the client's startup parameter ${what} must equal this` }));
 
+const AUTH_METHODS: readonly AuthMethod[] = ['scram-sha-256', 'md5', 'trust'];
+
+const PASSWORD = Type.Optional(Type.String({ ...NON_EMPTY, description: 'the password' }));
+const PASSWORD_ENV = Type.Optional(Type.String({ ...NON_EMPTY, description: 'name of an environment variable that holds the password' }));
+
+const AuthSchema = mapping(
+  {
+    method: oneOf<AuthMethod>(AUTH_METHODS, {
+      default: 'scram-sha-256',
+      description:
+        'how clients prove who they are: a SCRAM-SHA-256 or md5 exchange against the password `users` or `file` give (`md5` uses SCRAM for a SCRAM verifier, as PostgreSQL does); `trust` lets anyone who reaches the port in as any user',
+    }),
+    users: defaulted(
+      Type.Array(
+        mapping({
+          name: Type.String({ ...NON_EMPTY, description: 'a user (role) name, as clients log in' }),
+          password: PASSWORD,
+          passwordEnv: PASSWORD_ENV,
+        }),
+        { default: [], description: 'users and their passwords: exactly one of `password` or `passwordEnv` each; the password also logs in to the server' },
+      ),
+    ),
+    file: Type.Optional(
+      Type.String({
+        ...NON_EMPTY,
+        description: "a file in PgBouncer's `userlist.txt` format (`\"user\" \"secret\"`: a password, an md5 hash or a SCRAM verifier), read at start and on reload; `users` wins",
+      }),
+    ),
+  },
+  { default: {}, description: 'client authentication' },
+);
+
 const ServiceSchema = mapping({
   name: Type.String({ ...NON_EMPTY, description: 'unique; the `service` label of every metric' }),
   match: defaulted(
@@ -93,6 +126,16 @@ const ServiceSchema = mapping({
   queryTimeoutMs: defaulted(
     Type.Integer({ ...OFF_OR_MS, docDefault: 'the global value', description: "this service's own limit (`0`: off)" }),
   ),
+  auth: defaulted(
+    mapping(
+      {
+        method: defaulted(
+          Type.Unsafe<AuthMethod>({ enum: AUTH_METHODS, docDefault: 'the global `auth.method`', description: "this service's own method" }),
+        ),
+      },
+      { default: {} },
+    ),
+  ),
   password: Type.Optional(
     Type.String({ ...NON_EMPTY, description: "password for the server's cleartext, md5 or SCRAM-SHA-256 login" }),
   ),
@@ -109,6 +152,8 @@ export const ConfigSchema = mapping({
     description: '`--log-level` or `PGBUDGET_LOG_LEVEL` override',
   }),
   startupTimeoutMs: ms(POSITIVE, 10_000, 'a client that has not sent its startup packet by then is closed (`08P01`)'),
+  authTimeoutMs: ms(POSITIVE, 10_000, 'a client that has not finished authenticating by then is closed (`08P01`)'),
+  auth: defaulted(AuthSchema),
   shutdownTimeoutMs: ms(NON_NEGATIVE, 30_000, 'on SIGTERM, how long clients inside a transaction may take to finish'),
   serverIdleTimeoutMs: ms(POSITIVE, 600_000, 'an idle server connection is closed after this long unused'),
   serverLifetimeMs: ms(POSITIVE, 3_600_000, 'a server connection older than this is closed when next idle'),
@@ -270,6 +315,18 @@ function crossField(doc: Record<string, unknown>): Problem[] {
       problems.push({ at: ['services', i, 'passwordEnv'], what: 'cannot be set together with password' });
     }
   });
+  const auth = isMapping(doc.auth) ? doc.auth : {};
+  const users = new Set<unknown>();
+  (Array.isArray(auth.users) ? auth.users : []).forEach((u: unknown, i: number) => {
+    if (!isMapping(u)) return;
+    if (isName(u.name)) {
+      if (users.has(u.name)) problems.push({ at: ['auth', 'users', i, 'name'], what: `must be unique (got ${show(u.name)})` });
+      users.add(u.name);
+    }
+    if (isName(u.password) === isName(u.passwordEnv)) {
+      problems.push({ at: ['auth', 'users', i, 'password'], what: 'exactly one of password or passwordEnv must be set' });
+    }
+  });
   if (isName(doc.defaultService) && !names.has(doc.defaultService)) {
     problems.push({ at: ['defaultService'], what: `must name one of services[].name (got ${show(doc.defaultService)})` });
   }
@@ -310,6 +367,7 @@ function filled(doc: Document): Config {
   for (const s of doc.services) {
     s.idleInTransactionTimeoutMs ??= doc.idleInTransactionTimeoutMs;
     s.queryTimeoutMs ??= doc.queryTimeoutMs;
+    s.auth.method ??= doc.auth.method;
   }
   return { ...doc, listen: parseHostPort(doc.listen), admin: parseHostPort(doc.admin) };
 }
@@ -329,6 +387,17 @@ function isName(v: unknown): v is string {
 
 function show(v: unknown): string {
   return typeof v === 'string' ? JSON.stringify(v) : v === undefined ? 'nothing' : JSON.stringify(v) ?? String(v);
+}
+
+/** `trust` where others may reach the port lets anyone in as any user: allowed when written, but said. */
+export function trustWarning(config: Config): string | null {
+  const trusting = config.services.filter((s) => s.auth.method === 'trust').map((s) => s.name);
+  if (trusting.length === 0 || isLoopback(config.listen.host)) return null;
+  return `auth.method trust on ${config.listen.host}: anyone who reaches the port logs in as any user (services: ${trusting.join(', ')})`;
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.');
 }
 
 /** Budgets that add up to more than the cap are allowed (the cap still holds); say so. */

@@ -50,6 +50,21 @@ export function authenticationOk(): Buffer {
   return message('R', int32s(0));
 }
 
+/** AuthenticationMD5Password: the 4-byte salt the client hashes its answer with. */
+export function authenticationMD5Password(salt: Buffer): Buffer {
+  return message('R', Buffer.concat([int32s(5), salt]));
+}
+
+/** AuthenticationSASL: the mechanisms offered, each a C string, then an empty one. */
+export function authenticationSASL(mechanisms: readonly string[]): Buffer {
+  return message('R', Buffer.concat([int32s(10), ...mechanisms.map(cstring), Buffer.from([0])]));
+}
+
+/** AuthenticationSASLContinue (11) or AuthenticationSASLFinal (12) with the mechanism's data. */
+export function authenticationSASLData(final: boolean, data: string): Buffer {
+  return message('R', Buffer.concat([int32s(final ? 12 : 11), Buffer.from(data, 'utf8')]));
+}
+
 export function parameterStatus(name: string, value: string): Buffer {
   return message('S', Buffer.concat([cstring(name), cstring(value)]));
 }

@@ -1,8 +1,10 @@
 // A client's way in: the handshake packets and their deadline, a
-// CancelRequest passed on to the session it names, and the service the
-// startup packet belongs to. (Client authentication comes here too.) What
-// it decides goes to its session (AdmissionOwner).
+// CancelRequest passed on to the session it names, the service the startup
+// packet belongs to, and the client's authentication. What it decides goes
+// to its session (AdmissionOwner).
+import type { Logger } from 'pino';
 import type { RejectReason } from '../budget/stats.js';
+import { Authentication } from '../client/authenticate.js';
 import type { Config, ServiceConfig } from '../types/config.js';
 import { readHandshake, type HandshakeListener } from '../client/handshake.js';
 import { matchService } from '../client/match.js';
@@ -10,6 +12,7 @@ import { clientErrors } from '../errors.js';
 import type { ErrorFields } from '../protocol/encode.js';
 import type { Transport } from '../io/transport.js';
 import { poolKey } from '../server/poolKey.js';
+import type { Credentials } from './credentials.js';
 
 /** A session a CancelRequest can name. */
 export interface Cancellable {
@@ -19,6 +22,9 @@ export interface Cancellable {
 
 export interface AdmissionContext {
   config(): Config;
+  /** What is known of clients' passwords (auth.users, auth.file), as of the last reload. */
+  credentials(): Credentials;
+  readonly log: Logger;
   readonly shuttingDown: boolean;
   /** The live sessions, by the BackendKeyData process id they were given. */
   readonly sessions: { get(processId: number): Cancellable | undefined };
@@ -34,8 +40,8 @@ export interface Identity {
 export interface AdmissionOwner extends Cancellable {
   /** The client is in: its service and pool key are known; `rest` is what it pipelined after the startup packet. */
   admitted(who: Identity, service: ServiceConfig, key: string, rest: Buffer): void;
-  /** No way in: FATAL with `fields`, counted as `rejection`, logged with `reason`. */
-  refused(rejection: RejectReason, fields: ErrorFields, reason: string): void;
+  /** No way in: FATAL with `fields`, counted as `rejection` (under `service` once it is known), logged with `reason`. */
+  refused(rejection: RejectReason, fields: ErrorFields, reason: string, service?: string): void;
   /** A malformed packet: 08P01. */
   protocolViolation(what: string): void;
   /** The proxy is shutting down: 57P01. */
@@ -51,6 +57,8 @@ export class Admission implements HandshakeListener {
   private deadline: number;
   /** This connection carried a CancelRequest: nothing after it is read. */
   private cancelling = false;
+  /** The password exchange under way, and who it admits when it succeeds. */
+  private auth: { exchange: Authentication; who: Identity; service: ServiceConfig; key: string; timeoutMs: number } | null = null;
 
   constructor(
     private readonly ctx: AdmissionContext,
@@ -66,14 +74,20 @@ export class Admission implements HandshakeListener {
   read(chunk: Buffer): void {
     // Nothing may follow a CancelRequest: whatever does is ignored until the connection closes.
     if (this.cancelling || this.held === null) return;
-    this.held = readHandshake(this.held, chunk, this);
+    if (this.auth !== null) return this.readAuth(chunk);
+    const held = readHandshake(this.held, chunk, this);
+    // The startup packet may have opened an authentication exchange, which keeps its own bytes.
+    if (this.auth === null) this.held = held;
   }
 
-  /** From the proxy's sweep: a client that has not finished its startup by the deadline is refused. */
+  /** From the proxy's sweep: a client that has not finished its startup (or its authentication) by the deadline is refused. */
   checkDeadline(now: number): void {
     if (this.deadline === 0 || now < this.deadline) return;
     this.deadline = 0;
-    this.owner.refused('startup_timeout', clientErrors.startupTimeout(this.timeoutMs), 'startup timeout');
+    const auth = this.auth;
+    if (auth === null) return this.owner.refused('startup_timeout', clientErrors.startupTimeout(this.timeoutMs), 'startup timeout');
+    this.held = null;
+    this.owner.refused('auth_timeout', clientErrors.authTimeout(auth.timeoutMs), 'authentication timeout', auth.service.name);
   }
 
   // ---- HandshakeListener ----
@@ -99,7 +113,52 @@ export class Admission implements HandshakeListener {
       lastKeyParams = params;
       lastKey = poolKey(who.user, who.database, params);
     }
-    this.owner.admitted(who, service, lastKey, rest);
+    const method = service.auth.method;
+    if (method === 'trust') return this.owner.admitted(who, service, lastKey, rest);
+    const exchange = new Authentication(method, who.user, this.ctx.credentials().lookup(who.user));
+    const timeoutMs = this.ctx.config().authTimeoutMs;
+    this.auth = { exchange, who, service, key: lastKey, timeoutMs };
+    this.deadline = Date.now() + timeoutMs;
+    this.socket.write(exchange.start());
+    this.held = EMPTY;
+    if (rest.length > 0) this.readAuth(rest);
+  }
+
+  /** The client's answers to the authentication requests: whole messages, each taken in turn. */
+  private readAuth(chunk: Buffer): void {
+    let buf = this.held!.length > 0 ? Buffer.concat([this.held!, chunk]) : chunk;
+    while (this.auth !== null && buf.length >= 5) {
+      const length = buf.readInt32BE(1);
+      if (length < 4 || length > MAX_AUTH_MESSAGE) {
+        this.held = null;
+        return this.owner.protocolViolation(`invalid message length ${length} during authentication`);
+      }
+      if (buf.length < length + 1) break;
+      const msg = buf.subarray(0, length + 1);
+      buf = buf.subarray(length + 1);
+      this.authMessage(msg, buf);
+    }
+    if (this.held !== null) this.held = buf.length > 0 ? Buffer.from(buf) : EMPTY;
+  }
+
+  private authMessage(msg: Buffer, rest: Buffer): void {
+    const auth = this.auth!;
+    const step = auth.exchange.receive(msg);
+    if (step.kind === 'continue') {
+      this.socket.write(step.send);
+      return;
+    }
+    this.auth = null;
+    this.held = null;
+    this.deadline = 0;
+    if (step.kind === 'failed') {
+      if (this.ctx.log.isLevelEnabled('info')) {
+        this.ctx.log.info({ service: auth.service.name, user: auth.who.user, reason: step.reason }, 'client authentication failed');
+      }
+      return this.owner.refused('auth_failed', step.error, `authentication failed: ${step.reason}`, auth.service.name);
+    }
+    if (step.send !== null) this.socket.write(step.send);
+    this.owner.admitted(auth.who, auth.service, auth.key, Buffer.from(rest));
   }
 
   /**
@@ -127,6 +186,9 @@ export class Admission implements HandshakeListener {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/** The longest answer to an authentication request PostgreSQL reads (PG_MAX_AUTH_TOKEN_LENGTH). */
+const MAX_AUTH_MESSAGE = 65535;
 
 /** The pool key of the last params object seen (startup.ts shares it between identical packets). */
 let lastKeyParams: Readonly<Record<string, string>> | null = null;

@@ -4,13 +4,14 @@ import net from 'node:net';
 import type { Logger } from 'pino';
 import { Stats, UNMATCHED } from '../budget/stats.js';
 import { ClientSession, type SessionContext, type SessionTimeouts } from './session.js';
-import { overcommitWarning } from '../config/schema.js';
+import { overcommitWarning, trustWarning } from '../config/schema.js';
 import type { Config } from '../types/config.js';
 import type { ProxySnapshot, ServiceSnapshot } from '../types/snapshot.js';
 import { ServerPool } from '../server/pool.js';
 import { SessionRegistry } from '../client/registry.js';
 import { acceptRaw, closeAccepted, type Accepted } from '../io/accept.js';
 import { checkFastPath } from '../io/selfTest.js';
+import { Credentials } from './credentials.js';
 
 export class Proxy {
   readonly stats = new Stats();
@@ -20,6 +21,8 @@ export class Proxy {
   private readonly ctx: SessionContext;
   private shuttingDown = false;
   private sessionSweep: NodeJS.Timeout | null = null;
+  /** What is known of clients' passwords; replaced whole on reload. */
+  private credentials: Credentials;
   /** Each service's timeouts; a removed service's stay for the clients it still has. */
   private readonly timeouts = new Map<string, SessionTimeouts>();
 
@@ -27,10 +30,12 @@ export class Proxy {
     private config: Config,
     private readonly log: Logger,
   ) {
-    this.pool = new ServerPool(config, this.stats, log);
+    this.credentials = Credentials.load(config);
+    this.pool = new ServerPool(config, this.stats, log, (user) => this.credentials.serverPassword(user));
     const self = this;
     this.ctx = {
       config: () => self.config,
+      credentials: () => self.credentials,
       pool: this.pool,
       stats: this.stats,
       log,
@@ -45,6 +50,8 @@ export class Proxy {
     this.server = net.createServer();
     const warning = overcommitWarning(config);
     if (warning) log.warn(warning);
+    const trust = trustWarning(config);
+    if (trust) log.warn(trust);
   }
 
   /** Starts listening; resolves with the bound address (port 0 picks a free port). */
@@ -122,8 +129,16 @@ export class Proxy {
       admin: this.config.admin,
       upstream: { ...next.upstream, host: this.config.upstream.host, port: this.config.upstream.port },
     };
+    // Read before anything changes: a file that cannot be read keeps the running config whole.
+    let credentials: Credentials;
+    try {
+      credentials = Credentials.load(kept);
+    } catch (err) {
+      throw new Error(`reload failed, running config kept: ${(err as Error).message}`);
+    }
     const previous = this.config;
     this.config = kept;
+    this.credentials = credentials;
     try {
       for (const s of kept.services) this.stats.service(s.name);
       this.pool.applyConfig(kept);
@@ -136,6 +151,8 @@ export class Proxy {
     }
     const warning = overcommitWarning(kept);
     if (warning) notes.push(warning);
+    const trust = trustWarning(kept);
+    if (trust) notes.push(trust);
     return notes;
   }
 

@@ -19,10 +19,10 @@ import { ClientInbound } from '../client/inbound.js';
 import { ClientOutbound } from '../client/outbound.js';
 import { TransactionTracker, type SessionTimeouts } from '../client/transaction.js';
 import { welcome } from '../client/welcome.js';
-import { Admission, type AdmissionOwner, type Identity } from './admission.js';
+import { Admission, type AdmissionContext, type AdmissionOwner, type Identity } from './admission.js';
 import { ServerLink, type LinkContext, type LinkOwner, type LinkState } from './link.js';
 
-export interface SessionContext extends LinkContext {
+export interface SessionContext extends LinkContext, AdmissionContext {
   readonly stats: Stats;
   readonly log: Logger;
   /** The live sessions, by the BackendKeyData process id we gave them (cancel requests, shutdown). */
@@ -276,8 +276,8 @@ export class ClientSession implements TransportHandler, AdmissionOwner, LinkOwne
     if (rest.length > 0 && (this.state as State) !== 'closed') this.clientData(rest);
   }
 
-  refused(rejection: RejectReason, fields: ErrorFields, reason: string): void {
-    this.stats().rejections[rejection]++;
+  refused(rejection: RejectReason, fields: ErrorFields, reason: string, service?: string): void {
+    (service === undefined ? this.stats() : this.ctx.stats.service(service)).rejections[rejection]++;
     this.fatal(fields, reason);
   }
 

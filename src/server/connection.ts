@@ -10,7 +10,8 @@ import { errorResponse, startupMessage, type ErrorFields } from '../protocol/enc
 import { FrameScanner } from '../protocol/framing.js';
 import { clientErrors } from '../errors.js';
 import { connectTransport, type ConnectHandler, type SocketTransport } from '../io/socket.js';
-import { md5Password, ScramClient } from './scram.js';
+import { isMd5Hash, md5Password, md5Response } from '../auth/md5.js';
+import { ScramClient } from './scram.js';
 
 /** Who receives the server's bytes while linked. */
 export interface ServerOwner {
@@ -186,8 +187,10 @@ export class ServerConnection implements ConnectHandler {
             case 'authenticationMD5Password': {
               const pw = login.password();
               if (pw === undefined) return ourError(clientErrors.noServerPassword(login.service, m.name.slice(14)));
+              // An md5 hash (auth.file) answers md5 as the password would; never sent in clear.
+              if (isMd5Hash(pw) && m.name !== 'authenticationMD5Password') return ourError(clientErrors.noServerPassword(login.service, m.name.slice(14)));
               const reply =
-                m.name === 'authenticationMD5Password' ? md5Password(login.user, pw, m.salt as Buffer) : pw;
+                m.name !== 'authenticationMD5Password' ? pw : isMd5Hash(pw) ? md5Response(pw, m.salt as Buffer) : md5Password(login.user, pw, m.salt as Buffer);
               this.transport.write(serialize.password(reply));
               return;
             }
@@ -197,7 +200,7 @@ export class ServerConnection implements ConnectHandler {
                 return ourError(clientErrors.unsupportedServerAuth(`SASL ${mechanisms.join(' ')}`));
               }
               const pw = login.password();
-              if (pw === undefined) return ourError(clientErrors.noServerPassword(login.service, 'SCRAM-SHA-256'));
+              if (pw === undefined || isMd5Hash(pw)) return ourError(clientErrors.noServerPassword(login.service, 'SCRAM-SHA-256'));
               scram = new ScramClient(pw);
               this.transport.write(serialize.sendSASLInitialResponseMessage('SCRAM-SHA-256', scram.clientFirst()));
               return;

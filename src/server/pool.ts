@@ -45,6 +45,8 @@ export class ServerPool {
     private config: Config,
     private readonly stats: Stats,
     private readonly log: Logger,
+    /** A user's own password, when the proxy knows it in clear (client authentication): the server login's when the service sets none. */
+    private readonly userPassword: (user: string) => string | undefined = () => undefined,
   ) {
     this.scheduler = new Scheduler(this.poolLimits(config));
     this.applyConfig(config);
@@ -333,7 +335,7 @@ export class ServerPool {
       service,
       connectTimeoutMs,
       keepAliveMs: this.config.tcpKeepaliveMs,
-      password: () => (svc?.passwordEnv ? process.env[svc.passwordEnv] : svc?.password),
+      password: () => (svc?.passwordEnv ? process.env[svc.passwordEnv] : svc?.password) ?? this.userPassword(user),
     });
     this.conns.set(connId, conn);
     const stats = this.stats.service(service);

@@ -1,13 +1,10 @@
 // SCRAM-SHA-256 client side (RFC 5802 / RFC 7677), as PostgreSQL uses it:
 // no channel binding ("n,,"), and the user name in the messages is ignored
 // by the server, so "*" is sent.
-import { createHash, createHmac, pbkdf2Sync, randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { hmac, keysFromPassword, parseAttributes, xor } from '../auth/scram.js';
 
 export class ScramError extends Error {}
-
-function hmac(key: Buffer, data: string): Buffer {
-  return createHmac('sha256', key).update(data).digest();
-}
 
 export class ScramClient {
   private readonly clientNonce = randomBytes(18).toString('base64');
@@ -33,15 +30,11 @@ export class ScramClient {
     if (!salt || !Number.isInteger(iterations) || iterations < 1) {
       throw new ScramError('SCRAM server-first-message lacks salt or iteration count');
     }
-    const saltedPassword = pbkdf2Sync(this.password.normalize('NFKC'), Buffer.from(salt, 'base64'), iterations, 32, 'sha256');
-    const clientKey = hmac(saltedPassword, 'Client Key');
-    const storedKey = createHash('sha256').update(clientKey).digest();
+    const keys = keysFromPassword(this.password, Buffer.from(salt, 'base64'), iterations);
     const withoutProof = `c=biws,r=${nonce}`; // biws = base64("n,,")
     const authMessage = `${this.clientFirstBare},${serverFirst},${withoutProof}`;
-    const signature = hmac(storedKey, authMessage);
-    const proof = Buffer.alloc(clientKey.length);
-    for (let i = 0; i < proof.length; i++) proof[i] = clientKey[i] ^ signature[i];
-    this.expectedServerSignature = hmac(hmac(saltedPassword, 'Server Key'), authMessage);
+    const proof = xor(keys.clientKey, hmac(keys.storedKey, authMessage));
+    this.expectedServerSignature = hmac(keys.serverKey, authMessage);
     return `${withoutProof},p=${proof.toString('base64')}`;
   }
 
@@ -54,19 +47,4 @@ export class ScramClient {
       throw new ScramError('SCRAM server signature does not match');
     }
   }
-}
-
-function parseAttributes(msg: string): Map<string, string> {
-  const m = new Map<string, string>();
-  for (const part of msg.split(',')) {
-    const eq = part.indexOf('=');
-    if (eq > 0) m.set(part.slice(0, eq), part.slice(eq + 1));
-  }
-  return m;
-}
-
-/** md5 password response: "md5" + md5(md5(password + user) + salt). */
-export function md5Password(user: string, password: string, salt: Buffer): string {
-  const inner = createHash('md5').update(password + user).digest('hex');
-  return 'md5' + createHash('md5').update(Buffer.concat([Buffer.from(inner), salt])).digest('hex');
 }

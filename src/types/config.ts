@@ -4,6 +4,23 @@
 
 export type PoolMode = 'session' | 'transaction';
 export type OnSessionState = 'pin' | 'error';
+/** How clients prove who they are: a SCRAM-SHA-256 or md5 exchange against a known password, or not at all. */
+export type AuthMethod = 'scram-sha-256' | 'md5' | 'trust';
+
+export interface AuthUser {
+  name: string;
+  password?: string;
+  passwordEnv?: string;
+}
+
+export interface AuthConfig {
+  method: AuthMethod;
+  /** Users and their passwords, written in the config. */
+  users: AuthUser[];
+  /** A file in PgBouncer's userlist.txt format. */
+  file?: string;
+}
+
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
 export interface HostPort {
@@ -28,6 +45,8 @@ export interface ServiceConfig {
   idleInTransactionTimeoutMs: number;
   /** This service's own value, or the global one (0: off). */
   queryTimeoutMs: number;
+  /** This service's own method, or the global one. */
+  auth: { method: AuthMethod };
   password?: string;
   passwordEnv?: string;
 }
@@ -44,6 +63,9 @@ export interface Config {
   admin: HostPort;
   logLevel: LogLevel;
   startupTimeoutMs: number;
+  /** A client that has not authenticated by then is closed (08P01). */
+  authTimeoutMs: number;
+  auth: AuthConfig;
   shutdownTimeoutMs: number;
   serverIdleTimeoutMs: number;
   serverLifetimeMs: number;

@@ -86,6 +86,7 @@ export async function startPgbudget(cluster: Cluster, dir: string, opts: StartOp
       `listen: "127.0.0.1:${port}"`,
       `admin: "127.0.0.1:${await freePort()}"`,
       'logLevel: warn',
+      'auth: { method: trust }',
       'upstream:',
       '  host: 127.0.0.1',
       `  port: ${cluster.port}`,

@@ -31,6 +31,8 @@ export function proxyConfig(cluster: Cluster, raw: Record<string, unknown>): Rec
     listen: '127.0.0.1:0',
     admin: '127.0.0.1:0',
     logLevel: 'silent',
+    // Most tests are about budgets, not passwords: trust, written explicitly as it must be.
+    auth: { method: 'trust' },
     ...raw,
     upstream: { host: '127.0.0.1', port: cluster.port, ...upstream },
   };

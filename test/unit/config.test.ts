@@ -2,7 +2,7 @@ import t from 'tap';
 import { Ajv } from 'ajv';
 import { configFromUpstreamUrl } from '../../src/config/load.js';
 import { matchService } from '../../src/client/match.js';
-import { AJV_OPTIONS, ConfigError, ConfigSchema, overcommitWarning, validateConfig } from '../../src/config/schema.js';
+import { AJV_OPTIONS, ConfigError, ConfigSchema, overcommitWarning, trustWarning, validateConfig } from '../../src/config/schema.js';
 
 const minimal = { services: [{ name: 'web', budget: 5 }] };
 
@@ -31,7 +31,10 @@ t.test('defaults are filled in', async (t) => {
     queue: { maxWaiting: 1000, timeoutMs: 30000 },
     idleInTransactionTimeoutMs: 0,
     queryTimeoutMs: 0,
+    auth: { method: 'scram-sha-256' },
   });
+  t.same(c.auth, { method: 'scram-sha-256', users: [] }, 'passwords are asked for unless trust is written');
+  t.equal(c.authTimeoutMs, 10000);
   t.equal(c.tcpKeepaliveMs, 30000);
   t.equal(c.clientIdleTimeoutMs, 0, 'off');
   t.equal(c.idleInTransactionTimeoutMs, 0, 'off');
@@ -213,4 +216,30 @@ t.test('the schema is valid JSON Schema (the validator skips this check to start
   const ajv = new Ajv({ ...AJV_OPTIONS, validateSchema: true });
   t.ok(ajv.validateSchema(ConfigSchema), JSON.stringify(ajv.errors));
   t.doesNotThrow(() => ajv.compile(ConfigSchema));
+});
+
+t.test('auth: a service may set its own method; each user has exactly one password source, once', async (t) => {
+  const c = validateConfig({
+    auth: { method: 'md5', users: [{ name: 'a', password: 'x' }, { name: 'b', passwordEnv: 'B_PW' }] },
+    services: [{ name: 'web', budget: 1 }, { name: 'side', budget: 1, auth: { method: 'trust' } }],
+  });
+  t.same(c.services.map((s) => s.auth.method), ['md5', 'trust']);
+  t.throws(
+    () => validateConfig({ auth: { users: [{ name: 'a' }, { name: 'a', password: 'x', passwordEnv: 'Y' }] }, services: [{ name: 'w', budget: 1 }] }),
+    {
+      message: [
+        'auth.users[0].password: exactly one of password or passwordEnv must be set',
+        'auth.users[1].name: must be unique (got "a")',
+        'auth.users[1].password: exactly one of password or passwordEnv must be set',
+      ].join('\n'),
+    },
+  );
+  t.throws(() => validateConfig({ auth: { method: 'password' }, services: [{ name: 'w', budget: 1 }] }), /auth\.method: must be one of/);
+});
+
+t.test('trust on an address others can reach is allowed but said', async (t) => {
+  const loop = validateConfig({ auth: { method: 'trust' }, services: [{ name: 'w', budget: 1 }] });
+  t.equal(trustWarning(loop), null, 'loopback: fine');
+  const open = validateConfig({ listen: '0.0.0.0:6432', services: [{ name: 'w', budget: 1 }, { name: 's', budget: 1, auth: { method: 'trust' } }] });
+  t.equal(trustWarning(open), 'auth.method trust on 0.0.0.0: anyone who reaches the port logs in as any user (services: s)');
 });
