@@ -83,6 +83,14 @@ export const clientErrors = {
     message: `pgbudget: no service matches user=${user} database=${database} application_name=${applicationName}`,
   }),
 
+  /** 53300 too_many_connections: maxClients reached, in PostgreSQL's words; the DETAIL names the limit. */
+  tooManyClients: (limit: number, service: string | null): ErrorFields => ({
+    severity: 'FATAL',
+    code: '53300',
+    message: 'sorry, too many clients already',
+    detail: service === null ? `pgbudget: maxClients ${limit} reached` : `pgbudget: service "${service}" has its maxClients ${limit} clients`,
+  }),
+
   /** 53300 too_many_connections: the service's wait queue is full. */
   queueFull: (f: WaitFacts, maxWaiting: number): ErrorFields => ({
     severity: 'FATAL',

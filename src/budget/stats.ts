@@ -3,6 +3,7 @@
 
 export type RejectReason =
   | 'no_service'
+  | 'too_many_clients'
   | 'queue_full'
   | 'queue_timeout'
   | 'server_login'
@@ -17,6 +18,7 @@ export type RejectReason =
 
 export const REJECT_REASONS: readonly RejectReason[] = [
   'no_service',
+  'too_many_clients',
   'queue_full',
   'queue_timeout',
   'server_login',

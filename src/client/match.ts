@@ -1,5 +1,6 @@
 // Which service takes a client: the first whose every given match key
-// equals the client's startup parameter, else the default service.
+// equals the client's startup parameter (or one of its list), else the
+// default service.
 import type { Config, ServiceConfig } from '../types/config.js';
 
 /** The first service whose every given match key equals the client's startup parameter, else defaultService. */
@@ -8,13 +9,14 @@ export function matchService(
   params: { user: string; database: string; applicationName: string },
 ): ServiceConfig | undefined {
   const hit = config.services.find(
-    (s) =>
-      (s.match.user === undefined || s.match.user === params.user) &&
-      (s.match.database === undefined || s.match.database === params.database) &&
-      (s.match.applicationName === undefined || s.match.applicationName === params.applicationName),
+    (s) => takes(s.match.user, params.user) && takes(s.match.database, params.database) && takes(s.match.applicationName, params.applicationName),
   );
   if (hit) return hit;
   return config.defaultService === undefined
     ? undefined
     : config.services.find((s) => s.name === config.defaultService);
+}
+
+function takes(key: string | readonly string[] | undefined, value: string): boolean {
+  return key === undefined || (typeof key === 'string' ? key === value : key.includes(value));
 }

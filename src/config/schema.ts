@@ -88,13 +88,22 @@ const AuthSchema = mapping(
   { default: {}, description: 'client authentication' },
 );
 
+/** A name, or a list of them (any matches). */
+const matchList = (what: string) =>
+  Type.Optional(
+    Type.Union([Type.String(NON_EMPTY), Type.Array(Type.String(NON_EMPTY), { minItems: 1 })], {
+      mustBe: 'a non-empty string or a non-empty list of them',
+      description: `the client's startup parameter ${what} must equal this, or one of this list`,
+    }),
+  );
+
 const ServiceSchema = mapping({
   name: Type.String({ ...NON_EMPTY, description: 'unique; the `service` label of every metric' }),
   match: defaulted(
     mapping(
       {
-        user: matchKey('`user`'),
-        database: matchKey('`database`'),
+        user: matchList('`user`'),
+        database: matchList('`database`'),
         applicationName: matchKey('`application_name`'),
       },
       { default: {}, description: 'which clients the service takes: every key given must match; `{}` takes every client' },
@@ -136,6 +145,9 @@ const ServiceSchema = mapping({
       { default: {} },
     ),
   ),
+  maxClients: defaulted(
+    Type.Integer({ ...NON_NEGATIVE, default: 0, description: 'the most clients of this service connected at once, past it `53300` (`0`: only the global `maxClients`)' }),
+  ),
   password: Type.Optional(
     Type.String({ ...NON_EMPTY, description: "password for the server's cleartext, md5 or SCRAM-SHA-256 login" }),
   ),
@@ -152,6 +164,13 @@ export const ConfigSchema = mapping({
     description: '`--log-level` or `PGBUDGET_LOG_LEVEL` override',
   }),
   startupTimeoutMs: ms(POSITIVE, 10_000, 'a client that has not sent its startup packet by then is closed (`08P01`)'),
+  maxClients: defaulted(
+    Type.Integer({
+      ...POSITIVE,
+      default: 20_000,
+      description: 'the most client connections at once, authenticated or not; past it a new one gets `53300` `sorry, too many clients already`',
+    }),
+  ),
   authTimeoutMs: ms(POSITIVE, 10_000, 'a client that has not finished authenticating by then is closed (`08P01`)'),
   auth: defaulted(AuthSchema),
   shutdownTimeoutMs: ms(NON_NEGATIVE, 30_000, 'on SIGTERM, how long clients inside a transaction may take to finish'),

@@ -26,8 +26,10 @@ export interface AdmissionContext {
   credentials(): Credentials;
   readonly log: Logger;
   readonly shuttingDown: boolean;
-  /** The live sessions, by the BackendKeyData process id they were given. */
-  readonly sessions: { get(processId: number): Cancellable | undefined };
+  /** The live sessions, by the BackendKeyData process id they were given; `size` counts them all. */
+  readonly sessions: { get(processId: number): Cancellable | undefined; readonly size: number };
+  /** Clients of a service that are in (admitted, not yet gone). */
+  clientsOf(service: string): number;
 }
 
 /** Who the startup packet says the client is. */
@@ -108,6 +110,14 @@ export class Admission implements HandshakeListener {
       return this.owner.refused('no_service', clientErrors.noService(who.user, who.database, who.applicationName), 'no service matches');
     }
     if (this.ctx.shuttingDown) return this.owner.endForShutdown();
+    // As PostgreSQL: refused right after the startup packet, before any password is asked.
+    const config = this.ctx.config();
+    if (this.ctx.sessions.size > config.maxClients) {
+      return this.owner.refused('too_many_clients', clientErrors.tooManyClients(config.maxClients, null), 'too many clients', service.name);
+    }
+    if (service.maxClients > 0 && this.ctx.clientsOf(service.name) >= service.maxClients) {
+      return this.owner.refused('too_many_clients', clientErrors.tooManyClients(service.maxClients, service.name), 'too many clients', service.name);
+    }
     // The same (shared, frozen) params object as the last login: the same key.
     if (params !== lastKeyParams) {
       lastKeyParams = params;
@@ -158,6 +168,7 @@ export class Admission implements HandshakeListener {
       return this.owner.refused('auth_failed', step.error, `authentication failed: ${step.reason}`, auth.service.name);
     }
     if (step.send !== null) this.socket.write(step.send);
+    if (step.clientKey !== null) this.ctx.credentials().proved(auth.who.user, step.clientKey);
     this.owner.admitted(auth.who, auth.service, auth.key, Buffer.from(rest));
   }
 

@@ -9,16 +9,27 @@ import { parseSecret, type Secret } from '../auth/secret.js';
 import { parseUserlist } from '../auth/userlist.js';
 import type { KnownSecret } from '../client/authenticate.js';
 import type { Config } from '../types/config.js';
+import type { ScramClientKey } from '../server/scram.js';
+
+/** What the proxy knows of one user; `clientKey` once a client has proved it against the stored verifier. */
+interface Known extends KnownSecret {
+  clientKey?: Buffer;
+}
 
 export class Credentials {
-  private readonly known = new Map<string, KnownSecret>();
+  private readonly known = new Map<string, Known>();
 
-  private constructor(secrets: Map<string, Secret>) {
-    for (const [user, secret] of secrets) this.known.set(user, { secret });
+  private constructor(secrets: Map<string, Secret>, previous: Credentials | null) {
+    for (const [user, secret] of secrets) {
+      // A reload keeps what clients have proved, as long as the verifier is the same.
+      const before = previous?.known.get(user);
+      const clientKey = before?.clientKey && before.secret.kind === 'scram' && secret.kind === 'scram' && before.secret.keys.storedKey.equals(secret.keys.storedKey) ? before.clientKey : undefined;
+      this.known.set(user, { secret, clientKey });
+    }
   }
 
   /** Reads the config's sources; throws an Error naming the source (never a secret) when one cannot be read. */
-  static load(config: Config): Credentials {
+  static load(config: Config, previous: Credentials | null = null): Credentials {
     const secrets = new Map<string, Secret>();
     const file = config.auth.file;
     if (file !== undefined) {
@@ -40,7 +51,7 @@ export class Credentials {
       }
       secrets.set(u.name, { kind: 'password', password });
     }
-    return new Credentials(secrets);
+    return new Credentials(secrets, previous);
   }
 
   /**
@@ -54,10 +65,27 @@ export class Credentials {
     return k;
   }
 
-  /** What logs in to the server as `user`: the password in clear, or its md5 hash (which answers md5 alone). */
-  serverPassword(user: string): string | undefined {
-    const s = this.known.get(user)?.secret;
-    return s?.kind === 'password' ? s.password : s?.kind === 'md5' ? s.hash : undefined;
+  /**
+   * A client of `user` proved its password against the stored SCRAM
+   * verifier, and so revealed its ClientKey: with it, server connections
+   * log in as `user` without the password (as PgBouncer does).
+   */
+  proved(user: string, clientKey: Buffer): void {
+    const k = this.known.get(user);
+    if (k?.secret.kind === 'scram') k.clientKey = clientKey;
+  }
+
+  /**
+   * What logs in to the server as `user`: the password in clear, its md5
+   * hash (which answers md5 alone), or a proved ClientKey (SCRAM alone).
+   */
+  serverPassword(user: string): string | ScramClientKey | undefined {
+    const k = this.known.get(user);
+    const s = k?.secret;
+    if (s?.kind === 'password') return s.password;
+    if (s?.kind === 'md5') return s.hash;
+    if (s?.kind === 'scram' && k!.clientKey) return { clientKey: k!.clientKey, verifier: s.keys };
+    return undefined;
   }
 
   get size(): number {

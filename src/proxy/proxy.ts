@@ -44,6 +44,7 @@ export class Proxy {
         return self.shuttingDown;
       },
       timeouts: (service) => self.timeouts.get(service) ?? NO_TIMEOUTS,
+      clientsOf: (service) => self.stats.service(service).clientsConnected,
     };
     this.setTimeouts(config);
     for (const s of config.services) this.stats.service(s.name);
@@ -132,7 +133,7 @@ export class Proxy {
     // Read before anything changes: a file that cannot be read keeps the running config whole.
     let credentials: Credentials;
     try {
-      credentials = Credentials.load(kept);
+      credentials = Credentials.load(kept, this.credentials);
     } catch (err) {
       throw new Error(`reload failed, running config kept: ${(err as Error).message}`);
     }

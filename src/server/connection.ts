@@ -11,7 +11,7 @@ import { FrameScanner } from '../protocol/framing.js';
 import { clientErrors } from '../errors.js';
 import { connectTransport, type ConnectHandler, type SocketTransport } from '../io/socket.js';
 import { isMd5Hash, md5Password, md5Response } from '../auth/md5.js';
-import { ScramClient } from './scram.js';
+import { ScramClient, type ScramClientKey } from './scram.js';
 
 /** Who receives the server's bytes while linked. */
 export interface ServerOwner {
@@ -28,7 +28,8 @@ export interface ServerLogin {
   /** The client's other startup parameters (search_path, TimeZone, options…). */
   params: Record<string, string>;
   applicationName: string;
-  password: () => string | undefined;
+  /** A password, an md5 hash (answers md5 only), or a client's SCRAM key (answers SCRAM only). */
+  password: () => string | ScramClientKey | undefined;
   service: string;
   connectTimeoutMs: number;
   /** TCP keepalive idle time (0: off), so a server host that vanished is noticed. */
@@ -186,7 +187,7 @@ export class ServerConnection implements ConnectHandler {
             case 'authenticationCleartextPassword':
             case 'authenticationMD5Password': {
               const pw = login.password();
-              if (pw === undefined) return ourError(clientErrors.noServerPassword(login.service, m.name.slice(14)));
+              if (typeof pw !== 'string') return ourError(clientErrors.noServerPassword(login.service, m.name.slice(14)));
               // An md5 hash (auth.file) answers md5 as the password would; never sent in clear.
               if (isMd5Hash(pw) && m.name !== 'authenticationMD5Password') return ourError(clientErrors.noServerPassword(login.service, m.name.slice(14)));
               const reply =
@@ -200,7 +201,9 @@ export class ServerConnection implements ConnectHandler {
                 return ourError(clientErrors.unsupportedServerAuth(`SASL ${mechanisms.join(' ')}`));
               }
               const pw = login.password();
-              if (pw === undefined || isMd5Hash(pw)) return ourError(clientErrors.noServerPassword(login.service, 'SCRAM-SHA-256'));
+              if (pw === undefined || (typeof pw === 'string' && isMd5Hash(pw))) {
+                return ourError(clientErrors.noServerPassword(login.service, 'SCRAM-SHA-256'));
+              }
               scram = new ScramClient(pw);
               this.transport.write(serialize.sendSASLInitialResponseMessage('SCRAM-SHA-256', scram.clientFirst()));
               return;

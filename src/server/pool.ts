@@ -2,6 +2,7 @@
 // scheduler's decisions (open, close, assign, reject), retries an absent
 // upstream with backoff, and sweeps timeouts with one periodic timer.
 import type { Logger } from 'pino';
+import type { ScramClientKey } from './scram.js';
 import { Scheduler, type Action, type Waiter } from '../budget/scheduler.js';
 import type { Stats } from '../budget/stats.js';
 import type { Config, ServiceConfig } from '../types/config.js';
@@ -45,8 +46,8 @@ export class ServerPool {
     private config: Config,
     private readonly stats: Stats,
     private readonly log: Logger,
-    /** A user's own password, when the proxy knows it in clear (client authentication): the server login's when the service sets none. */
-    private readonly userPassword: (user: string) => string | undefined = () => undefined,
+    /** What the proxy knows to log in as a user (client authentication): the server login's when the service sets no password. */
+    private readonly userPassword: (user: string) => string | ScramClientKey | undefined = () => undefined,
   ) {
     this.scheduler = new Scheduler(this.poolLimits(config));
     this.applyConfig(config);

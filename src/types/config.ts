@@ -29,8 +29,9 @@ export interface HostPort {
 }
 
 export interface ServiceMatch {
-  user?: string;
-  database?: string;
+  /** One name, or any of a list. */
+  user?: string | string[];
+  database?: string | string[];
   applicationName?: string;
 }
 
@@ -47,6 +48,8 @@ export interface ServiceConfig {
   queryTimeoutMs: number;
   /** This service's own method, or the global one. */
   auth: { method: AuthMethod };
+  /** The most clients of this service connected at once (0: only the global limit). */
+  maxClients: number;
   password?: string;
   passwordEnv?: string;
 }
@@ -63,6 +66,8 @@ export interface Config {
   admin: HostPort;
   logLevel: LogLevel;
   startupTimeoutMs: number;
+  /** The most client connections at once, authenticated or not; past it, 53300. */
+  maxClients: number;
   /** A client that has not authenticated by then is closed (08P01). */
   authTimeoutMs: number;
   auth: AuthConfig;

@@ -2,8 +2,8 @@
 // PostgreSQL whose roles need SCRAM-SHA-256 or md5: the right password gets
 // in, a wrong or unknown one gets PostgreSQL's own 28P01, a stalled client
 // is closed, and the server connections of an authenticated role open with
-// the client's own password (auth.users) or md5 hash (auth.file), none in
-// any service's config.
+// the client's own password (auth.users), md5 hash or SCRAM key (auth.file
+// holds only what pg_authid holds), none in any service's config.
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -21,7 +21,7 @@ const cluster = await withCluster(t, {
     { name: 'md5_u', password: 'md5-pw', method: 'md5' },
     { name: 'ver_u', password: 'ver-pw', method: 'scram-sha-256' },
   ],
-  users: ['open_u'],
+  users: ['open_u', 'lim_u'],
 });
 
 // What PostgreSQL stores: md5_u's md5 hash and ver_u's SCRAM verifier go to a userlist.txt as they are.
@@ -31,7 +31,6 @@ const stored = await cluster.query<{ rolname: string; rolpassword: string }>(
 const dir = await mkdtemp(path.join(os.tmpdir(), 'pgbudget-auth-'));
 const userlist = path.join(dir, 'userlist.txt');
 await writeFile(userlist, ['; from pg_authid', ...stored.map((r) => `"${r.rolname}" "${r.rolpassword}"`), ''].join('\n'));
-process.env.PGBUDGET_TEST_VER_PW = 'ver-pw';
 
 const proxy = await startProxy(t, cluster, {
   authTimeoutMs: 500,
@@ -39,9 +38,10 @@ const proxy = await startProxy(t, cluster, {
   services: [
     { name: 'scram', match: { user: 'scram_u' }, budget: 2, poolMode: 'transaction' },
     { name: 'md5', match: { user: 'md5_u' }, budget: 2, poolMode: 'transaction', auth: { method: 'md5' } },
-    // A verifier checks the client but cannot log in to the server: the service's own password does.
-    { name: 'ver', match: { user: 'ver_u' }, budget: 1, passwordEnv: 'PGBUDGET_TEST_VER_PW' },
+    // Only a verifier: server connections log in with the ClientKey the client's proof revealed.
+    { name: 'ver', match: { user: 'ver_u' }, budget: 2, poolMode: 'transaction' },
     { name: 'open', match: { user: 'open_u' }, budget: 1, auth: { method: 'trust' } },
+    { name: 'limited', match: { user: 'lim_u' }, budget: 1, auth: { method: 'trust' }, maxClients: 2 },
   ],
   defaultService: 'scram',
 });
@@ -121,6 +121,7 @@ async function backendsUnderLoad(user: string, password: string, n: number): Pro
 t.test('transaction mode: a pool of server connections opens with the client password alone', async (t) => {
   t.equal(await backendsUnderLoad('scram_u', 'scram-pw', 4), 2, 'both server connections of the budget logged in as scram_u (SCRAM), no password in any service');
   t.equal(await backendsUnderLoad('md5_u', 'md5-pw', 3), 2, 'md5_u logs in to the server with the stored hash from auth.file');
+  t.equal(await backendsUnderLoad('ver_u', 'ver-pw', 3), 2, "ver_u logs in to the server with its client's SCRAM key: no password anywhere");
   await assertNoLeaks(t, proxy);
 });
 
@@ -149,4 +150,42 @@ t.test('a message other than the password answer is a protocol violation, and th
   await c.closed;
   await sleep(10);
   t.equal(await pgLogin('scram_u', 'scram-pw'), 'ok scram_u', 'others still get in');
+});
+
+t.test('maxClients: per service, then in total, refused with PostgreSQL\'s words and the limit named', async (t) => {
+  const connect = async (port: number, user: string) => {
+    const c = new pg.Client({ connectionString: `postgres://${user}@127.0.0.1:${port}/postgres` });
+    try {
+      await c.connect();
+      return { c, error: null };
+    } catch (err) {
+      return { c, error: err as { code?: string; message: string; detail?: string } };
+    }
+  };
+  const a = await connect(proxy.port, 'lim_u');
+  const b = await connect(proxy.port, 'lim_u');
+  const third = await connect(proxy.port, 'lim_u');
+  t.same([a.error, b.error], [null, null], 'two clients of the service get in');
+  t.same(
+    [third.error?.code, third.error?.message, third.error?.detail],
+    ['53300', 'sorry, too many clients already', 'pgbudget: service "limited" has its maxClients 2 clients'],
+  );
+  t.equal(await pgLogin('scram_u', 'scram-pw'), 'ok scram_u', 'other services are not affected');
+  await a.c.end();
+  await sleep(50);
+  const again = await connect(proxy.port, 'lim_u');
+  t.equal(again.error, null, 'a place freed is taken again');
+  await Promise.all([b.c.end(), again.c.end()]);
+
+  const small = await startProxy(t, cluster, { maxClients: 3, services: [{ name: 'open', match: {}, budget: 1 }] });
+  const held = [rawClient(small.port), rawClient(small.port), rawClient(small.port)]; // connected, no startup yet: they count
+  await sleep(100);
+  const over = await connect(small.port, 'open_u');
+  t.same([over.error?.code, over.error?.message, over.error?.detail], ['53300', 'sorry, too many clients already', 'pgbudget: maxClients 3 reached']);
+  held[0].socket.destroy();
+  await sleep(100);
+  const fits = await connect(small.port, 'open_u');
+  t.equal(fits.error, null, 'in again once one has left');
+  await fits.c.end();
+  for (const h of held) h.socket.destroy();
 });

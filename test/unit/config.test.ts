@@ -32,6 +32,7 @@ t.test('defaults are filled in', async (t) => {
     idleInTransactionTimeoutMs: 0,
     queryTimeoutMs: 0,
     auth: { method: 'scram-sha-256' },
+    maxClients: 0,
   });
   t.same(c.auth, { method: 'scram-sha-256', users: [] }, 'passwords are asked for unless trust is written');
   t.equal(c.authTimeoutMs, 10000);
@@ -147,7 +148,7 @@ t.test('the wording of every kind of problem', async (t) => {
   t.same(problems({ services: [{ name: '', budget: 1 }] }), ['services[0].name: must be a non-empty string (got "")']);
   t.same(problems({ services: [{ name: 'a', budget: 1, match: 'a' }] }), ['services[0].match: must be a mapping (got "a")']);
   t.same(problems({ services: [{ name: 'a', budget: 1, match: { user: null } }] }), [
-    'services[0].match.user: must be a non-empty string (got null)',
+    'services[0].match.user: must be a non-empty string or a non-empty list of them (got null)',
   ]);
   t.same(problems({ services: [{ name: 'a', budget: 1, queue: { maxWaiting: -1, x: 1 } }] }), [
     'services[0].queue.x: unknown field',
@@ -242,4 +243,21 @@ t.test('trust on an address others can reach is allowed but said', async (t) => 
   t.equal(trustWarning(loop), null, 'loopback: fine');
   const open = validateConfig({ listen: '0.0.0.0:6432', services: [{ name: 'w', budget: 1 }, { name: 's', budget: 1, auth: { method: 'trust' } }] });
   t.equal(trustWarning(open), 'auth.method trust on 0.0.0.0: anyone who reaches the port logs in as any user (services: s)');
+});
+
+t.test('match.user and match.database may each be a list', async (t) => {
+  const c = validateConfig({
+    services: [
+      { name: 'reports', budget: 1, match: { user: ['analyst', 'etl'], database: ['dw', 'dw_staging'] } },
+      { name: 'rest', budget: 1 },
+    ],
+  });
+  const who = (user: string, database: string) => matchService(c, { user, database, applicationName: '' })?.name;
+  t.equal(who('etl', 'dw_staging'), 'reports');
+  t.equal(who('analyst', 'dw'), 'reports');
+  t.equal(who('analyst', 'app'), 'rest', 'every key must match');
+  t.equal(who('web', 'dw'), 'rest');
+  t.same(problems({ services: [{ name: 'a', budget: 1, match: { user: [] } }] }), [
+    'services[0].match.user: must be a non-empty string or a non-empty list of them (got [])',
+  ]);
 });
