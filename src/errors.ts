@@ -69,6 +69,27 @@ export const clientErrors = {
     message: `pgbudget: authentication not completed within ${ms} ms`,
   }),
 
+  /** 28000: the cert method, and no verified client certificate whose CN is the user (PostgreSQL's words). */
+  certFailed: (user: string): ErrorFields => ({
+    severity: 'FATAL',
+    code: '28000',
+    message: `certificate authentication failed for user "${user}"`,
+  }),
+
+  /** 28000: tls.mode verify-client, and the client's certificate does not chain to tls.ca. */
+  clientCertificateRejected: (reason: string): ErrorFields => ({
+    severity: 'FATAL',
+    code: '28000',
+    message: `pgbudget: client certificate rejected: ${reason}`,
+  }),
+
+  /** 28000: tls.mode require or verify-client, and the client did not start TLS. */
+  tlsRequired: (): ErrorFields => ({
+    severity: 'FATAL',
+    code: '28000',
+    message: 'pgbudget: TLS is required (connect with sslmode=require or stronger)',
+  }),
+
   /** 08P01: the client did not finish the startup handshake in time. */
   startupTimeout: (ms: number): ErrorFields => ({
     severity: 'FATAL',

@@ -4,6 +4,7 @@
 export type RejectReason =
   | 'no_service'
   | 'too_many_clients'
+  | 'tls_required'
   | 'queue_full'
   | 'queue_timeout'
   | 'server_login'
@@ -19,6 +20,7 @@ export type RejectReason =
 export const REJECT_REASONS: readonly RejectReason[] = [
   'no_service',
   'too_many_clients',
+  'tls_required',
   'queue_full',
   'queue_timeout',
   'server_login',

@@ -6,13 +6,13 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { md5Hash, md5Response } from '../auth/md5.js';
 import { ScramServer } from '../auth/scramServer.js';
-import type { ScramKeys } from '../auth/scram.js';
+import { keysFromPassword, type ScramKeys } from '../auth/scram.js';
 import type { Secret } from '../auth/secret.js';
 import { clientErrors } from '../errors.js';
-import { authenticationMD5Password, authenticationSASL, authenticationSASLData, type ErrorFields } from '../protocol/encode.js';
+import { authenticationCleartextPassword, authenticationMD5Password, authenticationSASL, authenticationSASLData, type ErrorFields } from '../protocol/encode.js';
 
-/** The password methods (trust never gets here). */
-export type PasswordMethod = 'scram-sha-256' | 'md5';
+/** The password methods (trust and cert never get here). */
+export type PasswordMethod = 'scram-sha-256' | 'md5' | 'password';
 
 /** What the proxy knows of a user's password, with SCRAM keys made once for a password kept in clear. */
 export interface KnownSecret {
@@ -34,7 +34,7 @@ const SCRAM = 'SCRAM-SHA-256';
 const PASSWORD_MESSAGE = 0x70;
 
 export class Authentication {
-  private readonly exchange: 'scram' | 'md5';
+  private readonly exchange: 'scram' | 'md5' | 'password';
   private scram: ScramServer | null = null;
   private readonly salt = randomBytes(4);
   private step: 'initial' | 'final' = 'initial';
@@ -45,11 +45,12 @@ export class Authentication {
     private readonly known: KnownSecret | null,
   ) {
     // As PostgreSQL: md5 in the configuration, a SCRAM verifier stored: SCRAM is used.
-    this.exchange = method === 'scram-sha-256' || known?.secret.kind === 'scram' ? 'scram' : 'md5';
+    this.exchange = method === 'password' ? 'password' : method === 'scram-sha-256' || known?.secret.kind === 'scram' ? 'scram' : 'md5';
   }
 
   /** The request that opens the exchange. */
   start(): Buffer {
+    if (this.exchange === 'password') return authenticationCleartextPassword();
     return this.exchange === 'scram' ? authenticationSASL([SCRAM]) : authenticationMD5Password(this.salt);
   }
 
@@ -59,7 +60,23 @@ export class Authentication {
       return this.failed(clientErrors.expectedAuthResponse(this.exchange === 'scram' ? 'SASL' : 'password', msg[0]), 'unexpected message');
     }
     const body = msg.subarray(5);
+    if (this.exchange === 'password') return this.passwordStep(body);
     return this.exchange === 'scram' ? this.scramStep(body) : this.md5Step(body);
+  }
+
+  /** The password in clear (over TLS): checked against whatever form of it is stored. */
+  private passwordStep(body: Buffer): AuthStep {
+    const end = body.indexOf(0);
+    const password = (end < 0 ? body : body.subarray(0, end)).toString('utf8');
+    const secret = this.known?.secret;
+    if (!secret || password === '') return this.wrong(secret ? 'empty password' : 'no password known');
+    let expected: Buffer;
+    let got: Buffer;
+    if (secret.kind === 'password') [expected, got] = [Buffer.from(secret.password), Buffer.from(password)];
+    else if (secret.kind === 'md5') [expected, got] = [Buffer.from(secret.hash), Buffer.from(md5Hash(password, this.user))];
+    else [expected, got] = [secret.keys.storedKey, keysFromPassword(password, secret.keys.salt, secret.keys.iterations).storedKey];
+    if (got.length !== expected.length || !timingSafeEqual(got, expected)) return this.wrong('wrong password');
+    return { kind: 'ok', send: null, clientKey: null };
   }
 
   private md5Step(body: Buffer): AuthStep {

@@ -17,6 +17,10 @@ export interface HandshakeListener {
   goodbye(): void;
   /** A malformed packet; `what` names the cause. */
   violation(what: string): void;
+  /** TLS can be started now (configured, not started yet): an SSLRequest is answered 'S'. */
+  readonly tlsOffered: boolean;
+  /** Answers 'S' and starts TLS: what follows is read from the TLS connection, a fresh handshake buffer. */
+  startTls(): void;
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -60,8 +64,19 @@ export function readHandshake(held: Buffer, chunk: Buffer, listener: HandshakeLi
     }
     switch (parsed.kind) {
       case 'ssl':
+        if (listener.tlsOffered) {
+          // Bytes sent before the TLS handshake could be injected by anyone on the path: refused, as PostgreSQL does.
+          if (buf.length > 0) {
+            listener.violation('received unencrypted data after SSL request');
+            return null;
+          }
+          listener.startTls();
+          return EMPTY;
+        }
+        listener.answer(ENCRYPTION_REFUSED);
+        continue;
       case 'gssenc':
-        // Encryption comes in a later version: answer "not supported", the client goes on in plain text.
+        // GSSAPI encryption is not offered: "not supported", the client goes on in plain text or with TLS.
         listener.answer(ENCRYPTION_REFUSED);
         continue;
       case 'cancel':

@@ -5,6 +5,7 @@ import { Type, type Static, type TProperties, type TSchema } from '@sinclair/typ
 import { Ajv, type ErrorObject } from 'ajv';
 import type {
   AuthMethod,
+  TlsMode,
   Config,
   HostPort,
   LogLevel,
@@ -56,7 +57,7 @@ function ms(bounds: typeof POSITIVE, def: number, description: string) {
 const matchKey = (what: string) =>
   Type.Optional(Type.String({ ...NON_EMPTY, description: `the client's startup parameter ${what} must equal this` }));
 
-const AUTH_METHODS: readonly AuthMethod[] = ['scram-sha-256', 'md5', 'trust'];
+const AUTH_METHODS: readonly AuthMethod[] = ['scram-sha-256', 'md5', 'password', 'cert', 'trust'];
 
 const PASSWORD = Type.Optional(Type.String({ ...NON_EMPTY, description: 'the password' }));
 const PASSWORD_ENV = Type.Optional(Type.String({ ...NON_EMPTY, description: 'name of an environment variable that holds the password' }));
@@ -66,7 +67,7 @@ const AuthSchema = mapping(
     method: oneOf<AuthMethod>(AUTH_METHODS, {
       default: 'scram-sha-256',
       description:
-        'how clients prove who they are: a SCRAM-SHA-256 or md5 exchange against the password `users` or `file` give (`md5` uses SCRAM for a SCRAM verifier, as PostgreSQL does); `trust` lets anyone who reaches the port in as any user',
+        'how clients prove who they are: a SCRAM-SHA-256 or md5 exchange against the password `users` or `file` give (`md5` uses SCRAM for a SCRAM verifier, as PostgreSQL does); `password` sends it in clear, over TLS only; `cert` takes a client certificate whose CN is the user (`tls.mode` `verify-client`); `trust` lets anyone who reaches the port in as any user',
     }),
     users: defaulted(
       Type.Array(
@@ -96,6 +97,23 @@ const matchList = (what: string) =>
       description: `the client's startup parameter ${what} must equal this, or one of this list`,
     }),
   );
+
+const TlsSchema = mapping(
+  {
+    mode: defaulted(
+      Type.Unsafe<TlsMode>({
+        enum: ['disable', 'allow', 'require', 'verify-client'],
+        docDefault: '`allow` with a `cert`, else `disable`',
+        description:
+          'towards clients: `allow` answers SSLRequest with `S`; `require` refuses clients without TLS (`28000`); `verify-client` also wants a client certificate signed by `ca`',
+      }),
+    ),
+    cert: Type.Optional(Type.String({ ...NON_EMPTY, description: "the server certificate (PEM file), read at start and on reload" })),
+    key: Type.Optional(Type.String({ ...NON_EMPTY, description: 'its private key (PEM file)' })),
+    ca: Type.Optional(Type.String({ ...NON_EMPTY, description: 'CA certificates (PEM file) that client certificates must chain to' })),
+  },
+  { default: {}, description: 'TLS towards clients' },
+);
 
 const ServiceSchema = mapping({
   name: Type.String({ ...NON_EMPTY, description: 'unique; the `service` label of every metric' }),
@@ -173,6 +191,7 @@ export const ConfigSchema = mapping({
   ),
   authTimeoutMs: ms(POSITIVE, 10_000, 'a client that has not finished authenticating by then is closed (`08P01`)'),
   auth: defaulted(AuthSchema),
+  tls: defaulted(TlsSchema),
   shutdownTimeoutMs: ms(NON_NEGATIVE, 30_000, 'on SIGTERM, how long clients inside a transaction may take to finish'),
   serverIdleTimeoutMs: ms(POSITIVE, 600_000, 'an idle server connection is closed after this long unused'),
   serverLifetimeMs: ms(POSITIVE, 3_600_000, 'a server connection older than this is closed when next idle'),
@@ -346,6 +365,22 @@ function crossField(doc: Record<string, unknown>): Problem[] {
       problems.push({ at: ['auth', 'users', i, 'password'], what: 'exactly one of password or passwordEnv must be set' });
     }
   });
+  const tlsDoc = isMapping(doc.tls) ? doc.tls : {};
+  const tlsMode = tlsDoc.mode ?? (isName(tlsDoc.cert) ? 'allow' : 'disable');
+  if (tlsMode !== 'disable' && !(isName(tlsDoc.cert) && isName(tlsDoc.key))) {
+    problems.push({ at: ['tls', 'cert'], what: `and tls.key must be set for tls.mode ${show(tlsMode)}` });
+  }
+  if (tlsMode === 'verify-client' && !isName(tlsDoc.ca)) problems.push({ at: ['tls', 'ca'], what: 'must be set for tls.mode "verify-client"' });
+  // A method that needs TLS, where TLS cannot be had.
+  const globalMethod = isMapping(doc.auth) && typeof doc.auth.method === 'string' ? doc.auth.method : 'scram-sha-256';
+  const methods: [Segment[], unknown][] = [[['auth', 'method'], globalMethod]];
+  (Array.isArray(doc.services) ? doc.services : []).forEach((s: unknown, i: number) => {
+    if (isMapping(s) && isMapping(s.auth) && s.auth.method !== undefined) methods.push([['services', i, 'auth', 'method'], s.auth.method]);
+  });
+  for (const [at, method] of methods) {
+    if (method === 'password' && tlsMode === 'disable') problems.push({ at, what: 'password needs TLS: set tls.cert and tls.key' });
+    if (method === 'cert' && tlsMode !== 'verify-client') problems.push({ at, what: 'cert needs tls.mode "verify-client"' });
+  }
   if (isName(doc.defaultService) && !names.has(doc.defaultService)) {
     problems.push({ at: ['defaultService'], what: `must name one of services[].name (got ${show(doc.defaultService)})` });
   }
@@ -388,6 +423,7 @@ function filled(doc: Document): Config {
     s.queryTimeoutMs ??= doc.queryTimeoutMs;
     s.auth.method ??= doc.auth.method;
   }
+  doc.tls.mode ??= doc.tls.cert !== undefined ? 'allow' : 'disable';
   return { ...doc, listen: parseHostPort(doc.listen), admin: parseHostPort(doc.admin) };
 }
 

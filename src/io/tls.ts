@@ -7,9 +7,12 @@ import tls from 'node:tls';
 import { SocketTransport } from './socket.js';
 import type { Transport, TransportHandler } from './transport.js';
 
+/** The certificate a client showed: its CN once verified against the CA, else why it was not. */
+export type PeerCertificate = { verified: true; commonName: string | null } | { verified: false; reason: string };
+
 export interface TlsUpgradeHandler extends TransportHandler {
-  /** The TLS handshake is done; bytes flow. */
-  onSecure(): void;
+  /** The TLS handshake is done; bytes flow. `peer`: the client's certificate as verified (server side). */
+  onSecure(peer: PeerCertificate): void;
 }
 
 /**
@@ -17,11 +20,30 @@ export interface TlsUpgradeHandler extends TransportHandler {
  * that asked for it, else as the client of a server. Handshake failures
  * come to `handler.onError`, then `onClose`.
  */
+/**
+ * Whether the client's certificate chains to the CA. A TLSSocket made
+ * outside a tls.Server never checks it (tls.Server's own listener does,
+ * with the handle's verifyError): so it is checked here the same way. If
+ * that method ever goes, nobody counts as verified: it fails closed.
+ */
+function peerOf(socket: tls.TLSSocket): PeerCertificate {
+  const cert = socket.getPeerCertificate();
+  if (!cert || Object.keys(cert).length === 0) return { verified: false, reason: 'no certificate' };
+  const handle = (socket as unknown as { _handle?: { verifyError?: () => Error | null } })._handle;
+  if (typeof handle?.verifyError !== 'function') return { verified: false, reason: 'verification unavailable' };
+  const error = handle.verifyError();
+  if (error) return { verified: false, reason: (error as NodeJS.ErrnoException).code ?? error.message };
+  const cn = cert.subject?.CN;
+  return { verified: true, commonName: typeof cn === 'string' ? cn : null };
+}
+
+const NOT_A_CLIENT: PeerCertificate = { verified: false, reason: 'not asked' };
+
 export function startTls(under: Transport, options: tls.TLSSocketOptions & tls.ConnectionOptions, handler: TlsUpgradeHandler): SocketTransport {
   const socket = under.detach();
   const secure = options.isServer ? new tls.TLSSocket(socket, options) : tls.connect({ ...options, socket });
   const transport = new SocketTransport(secure, handler);
-  secure.on(options.isServer ? 'secure' : 'secureConnect', () => handler.onSecure());
+  secure.on(options.isServer ? 'secure' : 'secureConnect', () => handler.onSecure(options.isServer ? peerOf(secure) : NOT_A_CLIENT));
   secure.on('data', (chunk: Buffer) => transport.onRead(chunk));
   // The plain socket's own failures end the TLS socket, which reports them.
   socket.on('error', (err) => secure.destroy(err));

@@ -50,6 +50,11 @@ export function authenticationOk(): Buffer {
   return message('R', int32s(0));
 }
 
+/** AuthenticationCleartextPassword: the password itself is asked for (over TLS only). */
+export function authenticationCleartextPassword(): Buffer {
+  return message('R', int32s(3));
+}
+
 /** AuthenticationMD5Password: the 4-byte salt the client hashes its answer with. */
 export function authenticationMD5Password(salt: Buffer): Buffer {
   return message('R', Buffer.concat([int32s(5), salt]));

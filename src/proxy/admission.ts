@@ -11,8 +11,10 @@ import { matchService } from '../client/match.js';
 import { clientErrors } from '../errors.js';
 import type { ErrorFields } from '../protocol/encode.js';
 import type { Transport } from '../io/transport.js';
+import type { PeerCertificate } from '../io/tls.js';
 import { poolKey } from '../server/poolKey.js';
 import type { Credentials } from './credentials.js';
+import type { ClientTls } from './clientTls.js';
 
 /** A session a CancelRequest can name. */
 export interface Cancellable {
@@ -26,6 +28,8 @@ export interface AdmissionContext {
   credentials(): Credentials;
   readonly log: Logger;
   readonly shuttingDown: boolean;
+  /** TLS towards clients, when configured (tls.mode is not disable). */
+  tls(): ClientTls | null;
   /** The live sessions, by the BackendKeyData process id they were given; `size` counts them all. */
   readonly sessions: { get(processId: number): Cancellable | undefined; readonly size: number };
   /** Clients of a service that are in (admitted, not yet gone). */
@@ -40,6 +44,8 @@ export interface Identity {
 }
 
 export interface AdmissionOwner extends Cancellable {
+  /** The client asked for TLS and got 'S': its connection becomes a TLS one (the owner's socket changes). */
+  startTls(tls: ClientTls): void;
   /** The client is in: its service and pool key are known; `rest` is what it pipelined after the startup packet. */
   admitted(who: Identity, service: ServiceConfig, key: string, rest: Buffer): void;
   /** No way in: FATAL with `fields`, counted as `rejection` (under `service` once it is known), logged with `reason`. */
@@ -59,13 +65,18 @@ export class Admission implements HandshakeListener {
   private deadline: number;
   /** This connection carried a CancelRequest: nothing after it is read. */
   private cancelling = false;
+  /** The connection is TLS (an SSLRequest was answered 'S'). */
+  private secure = false;
+  /** The CN of the client certificate the TLS handshake verified, if any (the cert method). */
+  private peerCommonName: string | null = null;
   /** The password exchange under way, and who it admits when it succeeds. */
   private auth: { exchange: Authentication; who: Identity; service: ServiceConfig; key: string; timeoutMs: number } | null = null;
 
   constructor(
     private readonly ctx: AdmissionContext,
     private readonly owner: AdmissionOwner,
-    private readonly socket: Transport,
+    /** The client's connection; a TLS one once TLS has started. */
+    public socket: Transport,
     connectedAt: number,
     private readonly timeoutMs: number,
   ) {
@@ -92,7 +103,28 @@ export class Admission implements HandshakeListener {
     this.owner.refused('auth_timeout', clientErrors.authTimeout(auth.timeoutMs), 'authentication timeout', auth.service.name);
   }
 
+  /** The TLS handshake is done: under verify-client, a certificate that does not chain to the CA ends the client. */
+  secured(peer: PeerCertificate): void {
+    if (peer.verified) this.peerCommonName = peer.commonName;
+    else if (this.ctx.tls()?.verifyClient) {
+      this.deadline = 0;
+      this.held = null;
+      this.owner.refused('auth_failed', clientErrors.clientCertificateRejected(peer.reason), `client certificate rejected: ${peer.reason}`);
+    }
+  }
+
   // ---- HandshakeListener ----
+
+  get tlsOffered(): boolean {
+    return !this.secure && this.ctx.tls() !== null;
+  }
+
+  startTls(): void {
+    const tls = this.ctx.tls()!;
+    this.secure = true;
+    this.socket.write(TLS_ACCEPTED);
+    this.owner.startTls(tls);
+  }
 
   answer(bytes: Buffer): void {
     this.socket.write(bytes);
@@ -110,8 +142,11 @@ export class Admission implements HandshakeListener {
       return this.owner.refused('no_service', clientErrors.noService(who.user, who.database, who.applicationName), 'no service matches');
     }
     if (this.ctx.shuttingDown) return this.owner.endForShutdown();
-    // As PostgreSQL: refused right after the startup packet, before any password is asked.
     const config = this.ctx.config();
+    if (!this.secure && (config.tls.mode === 'require' || config.tls.mode === 'verify-client')) {
+      return this.owner.refused('tls_required', clientErrors.tlsRequired(), 'TLS required', service.name);
+    }
+    // As PostgreSQL: refused right after the startup packet, before any password is asked.
     if (this.ctx.sessions.size > config.maxClients) {
       return this.owner.refused('too_many_clients', clientErrors.tooManyClients(config.maxClients, null), 'too many clients', service.name);
     }
@@ -125,6 +160,12 @@ export class Admission implements HandshakeListener {
     }
     const method = service.auth.method;
     if (method === 'trust') return this.owner.admitted(who, service, lastKey, rest);
+    if (method === 'cert') {
+      if (this.peerCommonName !== null && this.peerCommonName === who.user) return this.owner.admitted(who, service, lastKey, rest);
+      return this.owner.refused('auth_failed', clientErrors.certFailed(who.user), 'authentication failed: no client certificate for the user', service.name);
+    }
+    // The password in clear goes over TLS only.
+    if (method === 'password' && !this.secure) return this.owner.refused('tls_required', clientErrors.tlsRequired(), 'TLS required', service.name);
     const exchange = new Authentication(method, who.user, this.ctx.credentials().lookup(who.user));
     const timeoutMs = this.ctx.config().authTimeoutMs;
     this.auth = { exchange, who, service, key: lastKey, timeoutMs };
@@ -197,6 +238,7 @@ export class Admission implements HandshakeListener {
 }
 
 const EMPTY = Buffer.alloc(0);
+const TLS_ACCEPTED = Buffer.from('S');
 
 /** The longest answer to an authentication request PostgreSQL reads (PG_MAX_AUTH_TOKEN_LENGTH). */
 const MAX_AUTH_MESSAGE = 65535;

@@ -62,7 +62,7 @@ export class ServerLink implements ServerOwner, WaitHandlers, CancelSubject {
   /** The client's cancels, against where its statement is. */
   readonly cancels: Cancels;
 
-  private readonly socket: Transport;
+  private socket: Transport;
   private readonly tx: TransactionTracker;
   private readonly statementLayer: StatementLayer;
   private readonly inbound: ClientInbound;
@@ -79,6 +79,11 @@ export class ServerLink implements ServerOwner, WaitHandlers, CancelSubject {
     this.inbound = client.inbound;
     this.outbound = client.outbound;
     this.cancels = new Cancels(ctx.pool, this, client, owner);
+  }
+
+  /** The client's connection became a TLS one (during its admission, before any server is linked). */
+  clientUpgraded(socket: Transport): void {
+    this.socket = socket;
   }
 
   /** The client's service and pool key are known (startup is done). */

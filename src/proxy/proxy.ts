@@ -12,6 +12,7 @@ import { SessionRegistry } from '../client/registry.js';
 import { acceptRaw, closeAccepted, type Accepted } from '../io/accept.js';
 import { checkFastPath } from '../io/selfTest.js';
 import { Credentials } from './credentials.js';
+import { loadClientTls, type ClientTls } from './clientTls.js';
 
 export class Proxy {
   readonly stats = new Stats();
@@ -21,6 +22,8 @@ export class Proxy {
   private readonly ctx: SessionContext;
   private shuttingDown = false;
   private sessionSweep: NodeJS.Timeout | null = null;
+  /** TLS towards clients (null: off); replaced whole on reload. */
+  private clientTls: ClientTls | null;
   /** What is known of clients' passwords; replaced whole on reload. */
   private credentials: Credentials;
   /** Each service's timeouts; a removed service's stay for the clients it still has. */
@@ -31,11 +34,13 @@ export class Proxy {
     private readonly log: Logger,
   ) {
     this.credentials = Credentials.load(config);
+    this.clientTls = loadClientTls(config.tls);
     this.pool = new ServerPool(config, this.stats, log, (user) => this.credentials.serverPassword(user));
     const self = this;
     this.ctx = {
       config: () => self.config,
       credentials: () => self.credentials,
+      tls: () => self.clientTls,
       pool: this.pool,
       stats: this.stats,
       log,
@@ -132,14 +137,17 @@ export class Proxy {
     };
     // Read before anything changes: a file that cannot be read keeps the running config whole.
     let credentials: Credentials;
+    let clientTls: ClientTls | null;
     try {
       credentials = Credentials.load(kept, this.credentials);
+      clientTls = loadClientTls(kept.tls);
     } catch (err) {
       throw new Error(`reload failed, running config kept: ${(err as Error).message}`);
     }
     const previous = this.config;
     this.config = kept;
     this.credentials = credentials;
+    this.clientTls = clientTls;
     try {
       for (const s of kept.services) this.stats.service(s.name);
       this.pool.applyConfig(kept);

@@ -10,7 +10,9 @@ import { clientErrors } from '../errors.js';
 import { Backend } from '../protocol/codes.js';
 import { errorResponse, type ErrorFields } from '../protocol/encode.js';
 import { clientTransport, type Accepted } from '../io/accept.js';
-import type { Transport, TransportHandler } from '../io/transport.js';
+import type { Transport } from '../io/transport.js';
+import { startTls, type PeerCertificate, type TlsUpgradeHandler } from '../io/tls.js';
+import type { ClientTls } from './clientTls.js';
 import type { RejectedBecause } from '../server/pool.js';
 import type { SessionRegistry } from '../client/registry.js';
 import type { SessionStateReason } from '../client/sessionState.js';
@@ -35,7 +37,7 @@ export type { SessionTimeouts };
 
 type State = 'startup' | 'open' | 'closed';
 
-export class ClientSession implements TransportHandler, AdmissionOwner, LinkOwner {
+export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwner {
   state: State = 'startup';
   service: ServiceConfig | null = null;
   user = '';
@@ -59,7 +61,8 @@ export class ClientSession implements TransportHandler, AdmissionOwner, LinkOwne
   readonly inbound: ClientInbound;
   /** Server bytes on their way to the client: tracked, the answers to the proxy's own requests left out. */
   readonly outbound: ClientOutbound;
-  readonly socket: Transport;
+  /** The client's connection: plain, or TLS once an SSLRequest was answered 'S'. */
+  socket: Transport;
   /** The way in: handshake, deadline, service. */
   private readonly admission: Admission;
   /** The server side: waiting, forwarding, cancel, giving back. */
@@ -274,6 +277,27 @@ export class ClientSession implements TransportHandler, AdmissionOwner, LinkOwne
     else this.link.requestLogin();
     // The welcome or the login may have ended the session already (TS narrows state to 'open' here).
     if (rest.length > 0 && (this.state as State) !== 'closed') this.clientData(rest);
+  }
+
+  /** AdmissionOwner: the client's connection becomes a TLS one; reads go on through it. */
+  startTls(tls: ClientTls): void {
+    const secure = startTls(
+      this.socket,
+      { isServer: true, secureContext: tls.context, requestCert: tls.verifyClient, rejectUnauthorized: tls.verifyClient },
+      this,
+    );
+    this.socket = secure;
+    this.admission.socket = secure;
+    this.link.clientUpgraded(secure);
+  }
+
+  /** TlsUpgradeHandler: the TLS handshake is done; the client's startup packet comes next. */
+  onSecure(peer: PeerCertificate): void {
+    try {
+      this.admission.secured(peer);
+    } catch (err) {
+      this.failed(err, 'tls handshake');
+    }
   }
 
   refused(rejection: RejectReason, fields: ErrorFields, reason: string, service?: string): void {

@@ -383,6 +383,9 @@ export class ServerPool {
     this.lastUpstreamOkAt = Date.now();
     this.welcomes.remember(key, conn.params);
     this.log.info({ service, conn: connId, pid: conn.processId, user, database }, 'server connection opened');
+    // The server may have ended it in the same read as its login (a restart's
+    // 57P01 after ReadyForQuery): then it is closing already, and its close frees the slot.
+    if (this.scheduler.connState(connId) !== 'opening') return;
     this.run(this.scheduler.opened(connId, Date.now()));
   }
 

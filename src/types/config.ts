@@ -4,8 +4,12 @@
 
 export type PoolMode = 'session' | 'transaction';
 export type OnSessionState = 'pin' | 'error';
-/** How clients prove who they are: a SCRAM-SHA-256 or md5 exchange against a known password, or not at all. */
-export type AuthMethod = 'scram-sha-256' | 'md5' | 'trust';
+/**
+ * How clients prove who they are: a SCRAM-SHA-256 or md5 exchange against
+ * a known password, the password itself (over TLS only), a client
+ * certificate whose CN is the user, or not at all.
+ */
+export type AuthMethod = 'scram-sha-256' | 'md5' | 'password' | 'cert' | 'trust';
 
 export interface AuthUser {
   name: string;
@@ -19,6 +23,17 @@ export interface AuthConfig {
   users: AuthUser[];
   /** A file in PgBouncer's userlist.txt format. */
   file?: string;
+}
+
+/** TLS towards clients: off; offered; required; required with a client certificate the CA signed. */
+export type TlsMode = 'disable' | 'allow' | 'require' | 'verify-client';
+
+export interface TlsConfig {
+  /** `allow` when a certificate is set, else `disable`. */
+  mode: TlsMode;
+  cert?: string;
+  key?: string;
+  ca?: string;
 }
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -71,6 +86,7 @@ export interface Config {
   /** A client that has not authenticated by then is closed (08P01). */
   authTimeoutMs: number;
   auth: AuthConfig;
+  tls: TlsConfig;
   shutdownTimeoutMs: number;
   serverIdleTimeoutMs: number;
   serverLifetimeMs: number;

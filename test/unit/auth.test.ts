@@ -178,3 +178,14 @@ t.test('stored secrets and userlist.txt', async (t) => {
   const bad = parseUserlist('"alice" "secret-value\n');
   t.same(bad, { error: 'line 1: expected "name" "secret"' }, 'a malformed line is named by number, never by its content');
 });
+
+t.test('password (over TLS): the password in clear, checked against a password, an md5 hash or a verifier', async (t) => {
+  for (const stored of ['pw', md5Hash('pw', 'alice'), verifierText('pw')]) {
+    for (const [given, ok] of [['pw', true], ['nope', false], ['', false]] as const) {
+      const auth = new Authentication('password', 'alice', known(stored));
+      t.equal(auth.start().readInt32BE(5), 3, 'AuthenticationCleartextPassword');
+      const step = auth.receive(p(Buffer.from(given + '\0')));
+      t.equal(step.kind, ok ? 'ok' : 'failed', `${stored.slice(0, 5)} stored, ${JSON.stringify(given)} given`);
+    }
+  }
+});

@@ -235,7 +235,7 @@ t.test('auth: a service may set its own method; each user has exactly one passwo
       ].join('\n'),
     },
   );
-  t.throws(() => validateConfig({ auth: { method: 'password' }, services: [{ name: 'w', budget: 1 }] }), /auth\.method: must be one of/);
+  t.throws(() => validateConfig({ auth: { method: 'ldap' }, services: [{ name: 'w', budget: 1 }] }), /auth\.method: must be one of/);
 });
 
 t.test('trust on an address others can reach is allowed but said', async (t) => {
@@ -259,5 +259,19 @@ t.test('match.user and match.database may each be a list', async (t) => {
   t.equal(who('web', 'dw'), 'rest');
   t.same(problems({ services: [{ name: 'a', budget: 1, match: { user: [] } }] }), [
     'services[0].match.user: must be a non-empty string or a non-empty list of them (got [])',
+  ]);
+});
+
+t.test('tls: allow once a certificate is set; every mode but disable needs cert and key, verify-client a CA', async (t) => {
+  t.equal(validateConfig(minimal).tls.mode, 'disable');
+  t.equal(validateConfig({ ...minimal, tls: { cert: 'c.pem', key: 'k.pem' } }).tls.mode, 'allow');
+  t.same(problems({ ...minimal, tls: { mode: 'require' } }), ['tls.cert: and tls.key must be set for tls.mode "require"']);
+  t.same(problems({ ...minimal, tls: { mode: 'verify-client', cert: 'c', key: 'k' } }), ['tls.ca: must be set for tls.mode "verify-client"']);
+});
+
+t.test('password needs TLS; cert needs verify-client', async (t) => {
+  t.same(problems({ ...minimal, auth: { method: 'password' } }), ['auth.method: password needs TLS: set tls.cert and tls.key']);
+  t.same(problems({ services: [{ name: 'w', budget: 1, auth: { method: 'cert' } }], tls: { cert: 'c', key: 'k' } }), [
+    'services[0].auth.method: cert needs tls.mode "verify-client"',
   ]);
 });

@@ -1,0 +1,34 @@
+// TLS towards clients: the certificate, key and CA read from their files
+// into one secure context, at start and at each reload (a new context
+// serves new connections; those already up keep theirs).
+import { readFileSync } from 'node:fs';
+import tls from 'node:tls';
+import type { TlsConfig } from '../types/config.js';
+
+export interface ClientTls {
+  readonly context: tls.SecureContext;
+  /** verify-client: a certificate signed by the CA is required. */
+  readonly verifyClient: boolean;
+}
+
+/** The context for `config`, or null when TLS is off; throws an Error naming the file that cannot be used. */
+export function loadClientTls(config: TlsConfig): ClientTls | null {
+  if (config.mode === 'disable') return null;
+  const read = (what: 'cert' | 'key' | 'ca') => {
+    const file = config[what];
+    if (file === undefined) return undefined;
+    try {
+      return readFileSync(file);
+    } catch (err) {
+      throw new Error(`tls.${what}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+  };
+  const [cert, key, ca] = [read('cert'), read('key'), read('ca')];
+  let context: tls.SecureContext;
+  try {
+    context = tls.createSecureContext({ cert, key, ca });
+  } catch (err) {
+    throw new Error(`tls: the certificate and key cannot be used: ${(err as Error).message}`);
+  }
+  return { context, verifyClient: config.mode === 'verify-client' };
+}
