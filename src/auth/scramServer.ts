@@ -1,7 +1,7 @@
 // The server side of a SCRAM-SHA-256 exchange (RFC 5802) with one client,
-// as PostgreSQL runs it: no channel binding yet ("n" or "y" in the GS2
-// header), the user name in the messages ignored (the startup packet's
-// counts). An exchange with no keys (an unknown user) runs to its end with
+// as PostgreSQL runs it: SCRAM-SHA-256-PLUS with tls-server-end-point
+// channel binding over TLS, the user name in the messages ignored (the
+// startup packet's counts). An exchange with no keys (an unknown user) runs to its end with
 // a salt made up from the name and fails there, so that a client cannot
 // tell which users exist. Pure but for the random nonce.
 import { randomBytes, timingSafeEqual } from 'node:crypto';
@@ -23,6 +23,10 @@ export class ScramServer {
     keys: ScramKeys | null,
     /** Used only to make up a salt when `keys` is null. */
     user: string,
+    /** The client chose SCRAM-SHA-256-PLUS, bound to this tls-server-end-point data; null: no binding. */
+    private readonly binding: Buffer | null = null,
+    /** The server offered PLUS (a client that says "y" is being downgraded). */
+    private readonly plusOffered = false,
     nonce = randomBytes(18).toString('base64'),
   ) {
     this.nonce = nonce;
@@ -34,7 +38,15 @@ export class ScramServer {
     // gs2-header: a channel-binding flag, an authzid (PostgreSQL refuses one), and a comma.
     const m = /^([ny]|p=[^,]*),(a=[^,]*)?,/.exec(clientFirst);
     if (!m) return malformed('Unexpected channel-binding flag or attribute in SCRAM client-first-message.');
-    if (m[1].startsWith('p=')) return malformed('The client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data.');
+    const flag = m[1];
+    if (this.binding !== null) {
+      if (!flag.startsWith('p=')) return malformed('The client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data.');
+      if (flag !== 'p=tls-server-end-point') return { ok: false, malformed: true, reason: `unsupported SCRAM channel-binding type "${flag.slice(2)}"` };
+    } else if (flag.startsWith('p=')) {
+      return malformed('The client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data.');
+    } else if (flag === 'y' && this.plusOffered) {
+      return malformed('The client supports SCRAM channel binding but thinks the server does not.  However, this server does support channel binding.');
+    }
     if (m[2]) return malformed('client uses authorization identity, but it is not supported');
     this.gs2Header = m[0];
     this.clientFirstBare = clientFirst.slice(m[0].length);
@@ -53,7 +65,8 @@ export class ScramServer {
     if (proofAt < 0) return malformed('Could not find proof in SCRAM client-final-message.');
     const withoutProof = clientFinal.slice(0, proofAt);
     const attrs = parseAttributes(withoutProof);
-    if (attrs.get('c') !== Buffer.from(this.gs2Header).toString('base64')) {
+    const bound = this.binding === null ? Buffer.from(this.gs2Header) : Buffer.concat([Buffer.from(this.gs2Header), this.binding]);
+    if (attrs.get('c') !== bound.toString('base64')) {
       return malformed('SCRAM channel binding check failed.');
     }
     const nonce = attrs.get('r');

@@ -30,6 +30,7 @@ export type AuthStep =
   | { kind: 'failed'; error: ErrorFields; reason: string };
 
 const SCRAM = 'SCRAM-SHA-256';
+const SCRAM_PLUS = 'SCRAM-SHA-256-PLUS';
 /** PasswordMessage, SASLInitialResponse and SASLResponse are all 'p'. */
 const PASSWORD_MESSAGE = 0x70;
 
@@ -43,6 +44,8 @@ export class Authentication {
     method: PasswordMethod,
     private readonly user: string,
     private readonly known: KnownSecret | null,
+    /** Over TLS: the tls-server-end-point data, and SCRAM-SHA-256-PLUS is offered first. */
+    private readonly channelBinding: Buffer | null = null,
   ) {
     // As PostgreSQL: md5 in the configuration, a SCRAM verifier stored: SCRAM is used.
     this.exchange = method === 'password' ? 'password' : method === 'scram-sha-256' || known?.secret.kind === 'scram' ? 'scram' : 'md5';
@@ -51,7 +54,8 @@ export class Authentication {
   /** The request that opens the exchange. */
   start(): Buffer {
     if (this.exchange === 'password') return authenticationCleartextPassword();
-    return this.exchange === 'scram' ? authenticationSASL([SCRAM]) : authenticationMD5Password(this.salt);
+    if (this.exchange === 'md5') return authenticationMD5Password(this.salt);
+    return authenticationSASL(this.channelBinding === null ? [SCRAM] : [SCRAM_PLUS, SCRAM]);
   }
 
   /** One whole client message (type byte and length included). */
@@ -96,11 +100,13 @@ export class Authentication {
       // SASLInitialResponse: the mechanism, then int32 length and the client-first-message.
       const nul = body.indexOf(0);
       if (nul < 0 || body.length < nul + 5) return this.malformed('The message is too short.');
-      if (body.toString('utf8', 0, nul) !== SCRAM) return this.failed(clientErrors.invalidSaslMechanism(), 'invalid SASL mechanism');
+      const mechanism = body.toString('utf8', 0, nul);
+      const plus = mechanism === SCRAM_PLUS && this.channelBinding !== null;
+      if (mechanism !== SCRAM && !plus) return this.failed(clientErrors.invalidSaslMechanism(), 'invalid SASL mechanism');
       const len = body.readInt32BE(nul + 1);
       const data = body.subarray(nul + 5);
       if (len !== data.length) return this.malformed('The message length does not match its contents.');
-      this.scram = new ScramServer(this.scramKeys(), this.user);
+      this.scram = new ScramServer(this.scramKeys(), this.user, plus ? this.channelBinding : null, this.channelBinding !== null);
       const first = this.scram.first(data.toString('utf8'));
       if (!first.ok) return this.malformed(first.reason);
       this.step = 'final';

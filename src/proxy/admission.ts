@@ -5,6 +5,7 @@
 import type { Logger } from 'pino';
 import type { RejectReason } from '../budget/stats.js';
 import { Authentication } from '../client/authenticate.js';
+import { tlsServerEndPoint } from '../auth/channelBinding.js';
 import type { Config, ServiceConfig } from '../types/config.js';
 import { readHandshake, type HandshakeListener } from '../client/handshake.js';
 import { matchService } from '../client/match.js';
@@ -69,6 +70,8 @@ export class Admission implements HandshakeListener {
   private secure = false;
   /** The CN of the client certificate the TLS handshake verified, if any (the cert method). */
   private peerCommonName: string | null = null;
+  /** tls-server-end-point data of the certificate the proxy presented: SCRAM-SHA-256-PLUS is offered. */
+  private channelBinding: Buffer | null = null;
   /** The password exchange under way, and who it admits when it succeeds. */
   private auth: { exchange: Authentication; who: Identity; service: ServiceConfig; key: string; timeoutMs: number } | null = null;
 
@@ -104,7 +107,8 @@ export class Admission implements HandshakeListener {
   }
 
   /** The TLS handshake is done: under verify-client, a certificate that does not chain to the CA ends the client. */
-  secured(peer: PeerCertificate): void {
+  secured(peer: PeerCertificate, ownCertificate: Buffer | null): void {
+    if (ownCertificate !== null) this.channelBinding = tlsServerEndPoint(ownCertificate);
     if (peer.verified) this.peerCommonName = peer.commonName;
     else if (this.ctx.tls()?.verifyClient) {
       this.deadline = 0;
@@ -166,7 +170,7 @@ export class Admission implements HandshakeListener {
     }
     // The password in clear goes over TLS only.
     if (method === 'password' && !this.secure) return this.owner.refused('tls_required', clientErrors.tlsRequired(), 'TLS required', service.name);
-    const exchange = new Authentication(method, who.user, this.ctx.credentials().lookup(who.user));
+    const exchange = new Authentication(method, who.user, this.ctx.credentials().lookup(who.user), this.channelBinding);
     const timeoutMs = this.ctx.config().authTimeoutMs;
     this.auth = { exchange, who, service, key: lastKey, timeoutMs };
     this.deadline = Date.now() + timeoutMs;

@@ -52,6 +52,8 @@ t.test('psql with sslmode=verify-full: TLS to the proxy, SCRAM inside it', async
   t.equal(r.code, 0, r.stderr);
   t.match(r.stdout, /^app_u$/m, 'authenticated with SCRAM over TLS');
   t.match(r.stdout, /SSL connection \(protocol: TLSv1\.[23]/, 'psql reports a TLS connection');
+  const bound = await run('psql', ['-X', '-A', '-t', '-d', conninfo(proxy.port, 'channel_binding=require'), '-c', 'select 5'], { env: { PGPASSWORD: 'app-pw' } });
+  t.equal(bound.stdout.trim(), '5', `channel_binding=require: SCRAM-SHA-256-PLUS over TLS (${bound.stderr.trim()})`);
   const wrongCa = await run('psql', ['-X', '-d', conninfo(proxy.port, '', 'ca2.pem'), '-c', 'select 1'], { env: { PGPASSWORD: 'app-pw' } });
   t.not(wrongCa.code, 0, 'a client that trusts another CA refuses the proxy');
   t.match(wrongCa.stderr, /certificate verify failed/);

@@ -4,7 +4,8 @@
 import t from 'tap';
 import fc from 'fast-check';
 import { md5Hash, md5Password } from '../../src/auth/md5.js';
-import { keysFromPassword, parseVerifier } from '../../src/auth/scram.js';
+import { hmac, keysFromPassword, parseVerifier, xor } from '../../src/auth/scram.js';
+import { tlsServerEndPoint } from '../../src/auth/channelBinding.js';
 import { ScramServer } from '../../src/auth/scramServer.js';
 import { parseSecret } from '../../src/auth/secret.js';
 import { parseUserlist } from '../../src/auth/userlist.js';
@@ -44,7 +45,7 @@ function scramLogin(auth: Authentication, password: string): { steps: AuthStep[]
   const start = auth.start();
   const steps: AuthStep[] = [];
   t.equal(start.readInt32BE(5), 10, 'AuthenticationSASL');
-  t.match(start.toString('latin1', 9), /^SCRAM-SHA-256\0\0$/, 'offers SCRAM-SHA-256 only');
+  t.match(start.toString('latin1', 9), /^(SCRAM-SHA-256-PLUS\0)?SCRAM-SHA-256\0\0$/, 'offers SCRAM-SHA-256 (and PLUS over TLS)');
   const first = auth.receive(saslInitial(client.clientFirst()));
   steps.push(first);
   if (first.kind !== 'continue') return { steps, client };
@@ -93,7 +94,7 @@ t.test('SCRAM: a wrong password, an unknown user, an md5 hash: 28P01 at the end 
 
 t.test('SCRAM: malformed messages get 08P01 with the detail PostgreSQL gives', async (t) => {
   const cases: [string, string][] = [
-    ['p=tls-server-end-point,,n=*,r=abc', 'SCRAM-SHA-256-PLUS'],
+    ['p=tls-server-end-point,,n=*,r=abc', 'without channel binding, but the SCRAM message includes channel binding data'],
     ['x,,n=*,r=abc', 'channel-binding flag'],
     ['n,a=bob,n=*,r=abc', 'authorization identity'],
     ['n,,n=*', 'client nonce'],
@@ -188,4 +189,38 @@ t.test('password (over TLS): the password in clear, checked against a password, 
       t.equal(step.kind, ok ? 'ok' : 'failed', `${stored.slice(0, 5)} stored, ${JSON.stringify(given)} given`);
     }
   }
+});
+
+/** A SCRAM-SHA-256-PLUS login as a client bound to `binding` runs it. */
+function plusLogin(auth: Authentication, password: string, binding: Buffer): AuthStep {
+  const bare = 'n=*,r=clientnonce';
+  const gs2 = 'p=tls-server-end-point,,';
+  const first = auth.receive(saslInitial(gs2 + bare, 'SCRAM-SHA-256-PLUS'));
+  if (first.kind !== 'continue') return first;
+  const serverFirst = saslData(first.send);
+  const attrs = new Map(serverFirst.split(',').map((a) => [a[0], a.slice(2)] as [string, string]));
+  const keys = keysFromPassword(password, Buffer.from(attrs.get('s')!, 'base64'), Number(attrs.get('i')));
+  const withoutProof = `c=${Buffer.concat([Buffer.from(gs2), binding]).toString('base64')},r=${attrs.get('r')}`;
+  const proof = xor(keys.clientKey, hmac(keys.storedKey, `${bare},${serverFirst},${withoutProof}`));
+  return auth.receive(p(Buffer.from(`${withoutProof},p=${proof.toString('base64')}`)));
+}
+
+t.test('over TLS: SCRAM-SHA-256-PLUS is offered first and binds the exchange to the certificate', async (t) => {
+  const binding = tlsServerEndPoint(Buffer.from('a certificate, DER'));
+  const fresh = () => new Authentication('scram-sha-256', 'alice', known(verifierText('pw')), binding);
+  const offer = fresh().start();
+  t.equal(offer.toString('latin1', 9), 'SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0', 'both mechanisms, PLUS first');
+  t.equal(plusLogin(fresh(), 'pw', binding).kind, 'ok', 'bound to the same certificate: in');
+  const other = plusLogin(fresh(), 'pw', tlsServerEndPoint(Buffer.from('another certificate')));
+  t.same(other.kind === 'failed' && [other.error.message, other.error.detail], ['malformed SCRAM message', 'SCRAM channel binding check failed.'], 'bound to another: refused');
+  const { steps } = scramLogin(fresh(), 'pw');
+  t.equal(steps[1]?.kind, 'ok', 'a client that does not bind ("n") may still use SCRAM-SHA-256');
+  const downgraded = fresh();
+  downgraded.start();
+  const y = downgraded.receive(saslInitial('y,,n=*,r=abc'));
+  t.match(y.kind === 'failed' && y.error.detail, /thinks the server does not/, '"y" while PLUS is offered: a downgrade, refused');
+  const plain = new Authentication('scram-sha-256', 'alice', known(verifierText('pw')));
+  plain.start();
+  const unasked = plain.receive(saslInitial('p=tls-server-end-point,,n=*,r=abc', 'SCRAM-SHA-256-PLUS'));
+  t.equal(unasked.kind === 'failed' && unasked.error.message, 'client selected an invalid SASL authentication mechanism', 'PLUS without TLS: not offered');
 });
