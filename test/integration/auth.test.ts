@@ -4,7 +4,7 @@
 // is closed, and the server connections of an authenticated role open with
 // the client's own password (auth.users), md5 hash or SCRAM key (auth.file
 // holds only what pg_authid holds), none in any service's config.
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
@@ -29,6 +29,7 @@ const stored = await cluster.query<{ rolname: string; rolpassword: string }>(
   "select rolname, rolpassword from pg_authid where rolname in ('md5_u', 'ver_u')",
 );
 const dir = await mkdtemp(path.join(os.tmpdir(), 'pgbudget-auth-'));
+t.teardown(() => rm(dir, { recursive: true, force: true }));
 const userlist = path.join(dir, 'userlist.txt');
 await writeFile(userlist, ['; from pg_authid', ...stored.map((r) => `"${r.rolname}" "${r.rolpassword}"`), ''].join('\n'));
 

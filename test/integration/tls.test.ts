@@ -4,7 +4,7 @@
 // require and verify-client, bytes sent before the TLS handshake refused,
 // and a certificate replaced by a reload while a TLS client stays connected.
 import { execFileSync } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -16,6 +16,7 @@ import { withCluster } from '../helpers/cluster.js';
 import { assertNoLeaks, proxyConfig, run, startProxy } from '../helpers/proxy.js';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'pgbudget-tls-'));
+t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 const file = (name: string) => path.join(dir, name);
 const openssl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
 
