@@ -2,7 +2,7 @@
 // password or a stored verifier gives, and the message attributes. Both
 // sides use these: the proxy as a server to its clients, and as a client
 // to PostgreSQL.
-import { createHash, createHmac, pbkdf2Sync } from 'node:crypto';
+import { createHash, createHmac, pbkdf2Sync, timingSafeEqual } from 'node:crypto';
 
 /** What a server stores of a password (pg_authid.rolpassword's SCRAM-SHA-256 verifier). */
 export interface ScramKeys {
@@ -20,6 +20,11 @@ export function hmac(key: Buffer, data: string | Buffer): Buffer {
 
 export function sha256(data: Buffer): Buffer {
   return createHash('sha256').update(data).digest();
+}
+
+/** Equal bytes, compared in constant time (a length that differs is no secret). */
+export function sameBytes(a: Buffer, b: Buffer): boolean {
+  return a.length === b.length && timingSafeEqual(a, b);
 }
 
 export function xor(a: Buffer, b: Buffer): Buffer {

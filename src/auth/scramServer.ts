@@ -4,8 +4,8 @@
 // startup packet's counts). An exchange with no keys (an unknown user) runs to its end with
 // a salt made up from the name and fails there, so that a client cannot
 // tell which users exist. Pure but for the random nonce.
-import { randomBytes, timingSafeEqual } from 'node:crypto';
-import { hmac, parseAttributes, sha256, xor, SCRAM_ITERATIONS, type ScramKeys } from './scram.js';
+import { randomBytes } from 'node:crypto';
+import { hmac, parseAttributes, sameBytes, sha256, xor, SCRAM_ITERATIONS, type ScramKeys } from './scram.js';
 
 export type ScramResult<T> = { ok: true; value: T } | { ok: false; malformed: boolean; reason: string };
 
@@ -78,7 +78,7 @@ export class ScramServer {
     if (storedKey.length === 0 || proof.length !== storedKey.length) return { ok: false, malformed: false, reason: storedKey.length === 0 ? 'no such user' : 'wrong proof length' };
     const authMessage = `${this.clientFirstBare},${this.serverFirst},${withoutProof}`;
     const clientKey = xor(proof, hmac(storedKey, authMessage));
-    if (!timingSafeEqual(sha256(clientKey), storedKey)) return { ok: false, malformed: false, reason: 'wrong password' };
+    if (!sameBytes(sha256(clientKey), storedKey)) return { ok: false, malformed: false, reason: 'wrong password' };
     return { ok: true, value: { serverFinal: `v=${hmac(serverKey, authMessage).toString('base64')}`, clientKey } };
   }
 }

@@ -3,10 +3,10 @@
 // its password, and the outcome. A user the proxy knows nothing of runs the
 // same exchange and fails at its end with the same error, as PostgreSQL
 // does. Pure: messages in, messages out (and a random salt or nonce).
-import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { md5Hash, md5Response } from '../auth/md5.js';
 import { ScramServer } from '../auth/scramServer.js';
-import { keysFromPassword, type ScramKeys } from '../auth/scram.js';
+import { keysFromPassword, sameBytes, type ScramKeys } from '../auth/scram.js';
 import type { Secret } from '../auth/secret.js';
 import { clientErrors } from '../errors.js';
 import { authenticationCleartextPassword, authenticationMD5Password, authenticationSASL, authenticationSASLData, type ErrorFields } from '../protocol/encode.js';
@@ -79,7 +79,7 @@ export class Authentication {
     if (secret.kind === 'password') [expected, got] = [Buffer.from(secret.password), Buffer.from(password)];
     else if (secret.kind === 'md5') [expected, got] = [Buffer.from(secret.hash), Buffer.from(md5Hash(password, this.user))];
     else [expected, got] = [secret.keys.storedKey, keysFromPassword(password, secret.keys.salt, secret.keys.iterations).storedKey];
-    if (got.length !== expected.length || !timingSafeEqual(got, expected)) return this.wrong('wrong password');
+    if (!sameBytes(got, expected)) return this.wrong('wrong password');
     return { kind: 'ok', send: null, clientKey: null };
   }
 
@@ -91,7 +91,7 @@ export class Authentication {
     if (hash === null) return this.wrong('no password known');
     const expected = Buffer.from(md5Response(hash, this.salt));
     const got = Buffer.from(answer);
-    if (got.length !== expected.length || !timingSafeEqual(got, expected)) return this.wrong('wrong password');
+    if (!sameBytes(got, expected)) return this.wrong('wrong password');
     return { kind: 'ok', send: null, clientKey: null };
   }
 

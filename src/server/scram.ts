@@ -1,8 +1,8 @@
 // SCRAM-SHA-256 client side (RFC 5802 / RFC 7677), as PostgreSQL uses it:
 // no channel binding ("n,,"), and the user name in the messages is ignored
 // by the server, so "*" is sent.
-import { randomBytes, timingSafeEqual } from 'node:crypto';
-import { hmac, keysFromPassword, parseAttributes, sha256, xor, type ScramKeys } from '../auth/scram.js';
+import { randomBytes } from 'node:crypto';
+import { hmac, keysFromPassword, parseAttributes, sameBytes, sha256, xor, type ScramKeys } from '../auth/scram.js';
 
 export class ScramError extends Error {}
 
@@ -63,7 +63,7 @@ export class ScramClient {
     const v = parseAttributes(serverFinal).get('v');
     if (!v || !this.expectedServerSignature) throw new ScramError('SCRAM server-final-message lacks a signature');
     const got = Buffer.from(v, 'base64');
-    if (got.length !== this.expectedServerSignature.length || !timingSafeEqual(got, this.expectedServerSignature)) {
+    if (!sameBytes(got, this.expectedServerSignature)) {
       throw new ScramError('SCRAM server signature does not match');
     }
   }
