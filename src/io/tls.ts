@@ -11,12 +11,8 @@ import type { Transport, TransportHandler } from './transport.js';
 export type PeerCertificate = { verified: true; commonName: string | null } | { verified: false; reason: string };
 
 export interface TlsUpgradeHandler extends TransportHandler {
-  /**
-   * The TLS handshake is done; bytes flow. Server side: `peer`, the
-   * client's certificate as verified, and `ownCertificate`, the DER of the
-   * certificate the proxy presented (channel binding), or null.
-   */
-  onSecure(peer: PeerCertificate, ownCertificate: Buffer | null): void;
+  /** The TLS handshake is done; bytes flow. `peer`: the client's certificate as verified (server side). */
+  onSecure(peer: PeerCertificate): void;
 }
 
 /**
@@ -47,9 +43,7 @@ export function startTls(under: Transport, options: tls.TLSSocketOptions & tls.C
   const socket = under.detach();
   const secure = options.isServer ? new tls.TLSSocket(socket, options) : tls.connect({ ...options, socket });
   const transport = new SocketTransport(secure, handler);
-  secure.on(options.isServer ? 'secure' : 'secureConnect', () =>
-    handler.onSecure(options.isServer ? peerOf(secure) : NOT_A_CLIENT, options.isServer ? (secure.getX509Certificate()?.raw ?? null) : null),
-  );
+  secure.on(options.isServer ? 'secure' : 'secureConnect', () => handler.onSecure(options.isServer ? peerOf(secure) : NOT_A_CLIENT));
   secure.on('data', (chunk: Buffer) => transport.onRead(chunk));
   // The plain socket's own failures end the TLS socket, which reports them.
   socket.on('error', (err) => secure.destroy(err));

@@ -5,7 +5,6 @@
 import type { Logger } from 'pino';
 import type { RejectReason } from '../budget/stats.js';
 import { Authentication } from '../client/authenticate.js';
-import { tlsServerEndPoint } from '../auth/channelBinding.js';
 import type { Config, ServiceConfig } from '../types/config.js';
 import { readHandshake, type HandshakeListener } from '../client/handshake.js';
 import { matchService } from '../client/match.js';
@@ -70,7 +69,7 @@ export class Admission implements HandshakeListener {
   private secure = false;
   /** The CN of the client certificate the TLS handshake verified, if any (the cert method). */
   private peerCommonName: string | null = null;
-  /** tls-server-end-point data of the certificate the proxy presented: SCRAM-SHA-256-PLUS is offered. */
+  /** tls-server-end-point data of the certificate presented on this connection: SCRAM-SHA-256-PLUS is offered. */
   private channelBinding: Buffer | null = null;
   /** The password exchange under way, and who it admits when it succeeds. */
   private auth: { exchange: Authentication; who: Identity; service: ServiceConfig; key: string; timeoutMs: number } | null = null;
@@ -107,8 +106,7 @@ export class Admission implements HandshakeListener {
   }
 
   /** The TLS handshake is done: under verify-client, a certificate that does not chain to the CA ends the client. */
-  secured(peer: PeerCertificate, ownCertificate: Buffer | null): void {
-    if (ownCertificate !== null) this.channelBinding = tlsServerEndPoint(ownCertificate);
+  secured(peer: PeerCertificate): void {
     if (peer.verified) this.peerCommonName = peer.commonName;
     else if (this.ctx.tls()?.verifyClient) {
       this.deadline = 0;
@@ -126,6 +124,7 @@ export class Admission implements HandshakeListener {
   startTls(): void {
     const tls = this.ctx.tls()!;
     this.secure = true;
+    this.channelBinding = tls.channelBinding;
     this.socket.write(TLS_ACCEPTED);
     this.owner.startTls(tls);
   }
@@ -141,12 +140,12 @@ export class Admission implements HandshakeListener {
       database: params.database || params.user,
       applicationName: params.application_name ?? '',
     };
-    const service = matchService(this.ctx.config(), who);
+    const config = this.ctx.config();
+    const service = matchService(config, who);
     if (!service) {
       return this.owner.refused('no_service', clientErrors.noService(who.user, who.database, who.applicationName), 'no service matches');
     }
     if (this.ctx.shuttingDown) return this.owner.endForShutdown();
-    const config = this.ctx.config();
     if (!this.secure && (config.tls.mode === 'require' || config.tls.mode === 'verify-client')) {
       return this.owner.refused('tls_required', clientErrors.tlsRequired(), 'TLS required', service.name);
     }
@@ -171,7 +170,7 @@ export class Admission implements HandshakeListener {
     // The password in clear goes over TLS only.
     if (method === 'password' && !this.secure) return this.owner.refused('tls_required', clientErrors.tlsRequired(), 'TLS required', service.name);
     const exchange = new Authentication(method, who.user, this.ctx.credentials().lookup(who.user), this.channelBinding);
-    const timeoutMs = this.ctx.config().authTimeoutMs;
+    const timeoutMs = config.authTimeoutMs;
     this.auth = { exchange, who, service, key: lastKey, timeoutMs };
     this.deadline = Date.now() + timeoutMs;
     this.socket.write(exchange.start());

@@ -292,9 +292,9 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
   }
 
   /** TlsUpgradeHandler: the TLS handshake is done; the client's startup packet comes next. */
-  onSecure(peer: PeerCertificate, ownCertificate: Buffer | null): void {
+  onSecure(peer: PeerCertificate): void {
     try {
-      this.admission.secured(peer, ownCertificate);
+      this.admission.secured(peer);
     } catch (err) {
       this.failed(err, 'tls handshake');
     }
