@@ -226,6 +226,29 @@ export const clientErrors = {
     code: '28000',
     message: `pgbudget: server requested unsupported authentication method ${method}`,
   }),
+
+  /** 08006 connection_failure: auth.query could not be asked (the cause is in pgbudget's log, not here: it may name the lookup's internals). */
+  passwordLookupFailed: (user: string): ErrorFields => ({
+    severity: 'FATAL',
+    code: '08006',
+    message: `pgbudget: could not look up the password of user "${user}"`,
+    hint: "The cause is in pgbudget's log (auth.query).",
+  }),
+
+  /** 08001 sqlclient_unable_to_establish_sqlconnection: upstream.tls.mode wants TLS and the server has none (libpq's words). */
+  upstreamTlsUnavailable: (mode: string): ErrorFields => ({
+    severity: 'FATAL',
+    code: '08001',
+    message: 'pgbudget: server does not support SSL, but SSL was required',
+    detail: `upstream.tls.mode is "${mode}"`,
+  }),
+
+  /** 08001: the TLS handshake with the server failed (its certificate did not verify, most often). */
+  upstreamTlsFailed: (reason: string): ErrorFields => ({
+    severity: 'FATAL',
+    code: '08001',
+    message: `pgbudget: TLS to the server failed: ${reason}`,
+  }),
 } as const;
 
 export type ClientErrorName = keyof typeof clientErrors;

@@ -14,6 +14,7 @@ import type {
   ServiceConfig,
   ServiceMatch,
   UpstreamConfig,
+  UpstreamTlsMode,
 } from '../types/config.js';
 
 export type { Config, HostPort, LogLevel, OnSessionState, PoolMode, ServiceConfig, ServiceMatch, UpstreamConfig };
@@ -62,6 +63,10 @@ const AUTH_METHODS: readonly AuthMethod[] = ['scram-sha-256', 'md5', 'password',
 const PASSWORD = Type.Optional(Type.String({ ...NON_EMPTY, description: 'the password' }));
 const PASSWORD_ENV = Type.Optional(Type.String({ ...NON_EMPTY, description: 'name of an environment variable that holds the password' }));
 
+/** PgBouncer's own default: the verifier or hash, none for a role whose password has expired. */
+export const AUTH_QUERY_SQL =
+  'SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname = $1 AND rolcanlogin';
+
 const AuthSchema = mapping(
   {
     method: oneOf<AuthMethod>(AUTH_METHODS, {
@@ -84,6 +89,29 @@ const AuthSchema = mapping(
         ...NON_EMPTY,
         description: "a file in PgBouncer's `userlist.txt` format (`\"user\" \"secret\"`: a password, an md5 hash or a SCRAM verifier), read at start and on reload; `users` wins",
       }),
+    ),
+    query: Type.Optional(
+      mapping(
+        {
+          user: Type.String({ ...NON_EMPTY, description: 'the role the lookup logs in as: give it nothing but EXECUTE on the lookup function' }),
+          password: PASSWORD,
+          passwordEnv: PASSWORD_ENV,
+          database: defaulted(Type.String({ ...NON_EMPTY, default: 'postgres', description: 'the database the lookup runs in' })),
+          sql: defaulted(
+            Type.String({
+              ...NON_EMPTY,
+              default: AUTH_QUERY_SQL,
+              description:
+                "the lookup, with the user name as `$1`; it returns no row or one, whose second column is the role's SCRAM verifier or md5 hash (NULL: no password). The default reads `pg_authid` (superuser only); the README shows a `SECURITY DEFINER` function for a least-privileged role",
+            }),
+          ),
+          cacheMs: ms(NON_NEGATIVE, 10_000, 'how long a lookup answers for the same user before it is asked again (`0`: every login)'),
+        },
+        {
+          description:
+            "look up passwords in the database itself, as PgBouncer's `auth_query`, for users neither `users` nor `file` names; the lookup holds one server connection, taken from the cap, as its own service `pgbudget:auth_query`",
+        },
+      ),
     ),
   },
   { default: {}, description: 'client authentication' },
@@ -239,6 +267,21 @@ export const ConfigSchema = mapping({
           Type.Integer({ ...POSITIVE, default: 40, description: 'the cap: server connections of all services together' }),
         ),
         connectTimeoutMs: ms(POSITIVE, 5_000, 'connect plus login to the server'),
+        tls: defaulted(
+          mapping(
+            {
+              mode: oneOf<UpstreamTlsMode>(['disable', 'prefer', 'require', 'verify-ca', 'verify-full'], {
+                default: 'prefer',
+                description:
+                  "TLS towards the server, as libpq's `sslmode`: `prefer` uses it when the server offers it; `require` refuses a server without it; `verify-ca` also checks the server's certificate against `ca`; `verify-full` also checks it names `upstream.host`",
+              }),
+              ca: Type.Optional(Type.String({ ...NON_EMPTY, description: "CA certificates (PEM file) the server's certificate must chain to; without it, Node's bundled roots" })),
+              cert: Type.Optional(Type.String({ ...NON_EMPTY, description: 'a client certificate (PEM file) for servers that ask for one' })),
+              key: Type.Optional(Type.String({ ...NON_EMPTY, description: 'its private key (PEM file)' })),
+            },
+            { default: {}, description: 'TLS towards the server; files read at start and on reload' },
+          ),
+        ),
       },
       { default: {} },
     ),
@@ -348,6 +391,7 @@ function crossField(doc: Record<string, unknown>): Problem[] {
     if (isName(s.name)) {
       if (names.has(s.name)) problems.push({ at: ['services', i, 'name'], what: `must be unique (got ${show(s.name)})` });
       names.add(s.name);
+      if (s.name === 'pgbudget:auth_query') problems.push({ at: ['services', i, 'name'], what: 'is the name of the auth.query lookup; choose another' });
     }
     if (isName(s.password) && isName(s.passwordEnv)) {
       problems.push({ at: ['services', i, 'passwordEnv'], what: 'cannot be set together with password' });
@@ -365,11 +409,17 @@ function crossField(doc: Record<string, unknown>): Problem[] {
       problems.push({ at: ['auth', 'users', i, 'password'], what: 'exactly one of password or passwordEnv must be set' });
     }
   });
+  const query = isMapping(auth.query) ? auth.query : null;
+  if (query && isName(query.password) && isName(query.passwordEnv)) {
+    problems.push({ at: ['auth', 'query', 'passwordEnv'], what: 'cannot be set together with password' });
+  }
   const tlsDoc = isMapping(doc.tls) ? doc.tls : {};
   const tlsMode = tlsDoc.mode ?? (isName(tlsDoc.cert) ? 'allow' : 'disable');
   if (tlsMode !== 'disable' && !(isName(tlsDoc.cert) && isName(tlsDoc.key))) {
     problems.push({ at: ['tls', 'cert'], what: `and tls.key must be set for tls.mode ${show(tlsMode)}` });
   }
+  const upTls = isMapping(doc.upstream) && isMapping(doc.upstream.tls) ? doc.upstream.tls : {};
+  if (isName(upTls.cert) !== isName(upTls.key)) problems.push({ at: ['upstream', 'tls', isName(upTls.cert) ? 'key' : 'cert'], what: 'must be set with upstream.tls.' + (isName(upTls.cert) ? 'cert' : 'key') });
   if (tlsMode === 'verify-client' && !isName(tlsDoc.ca)) problems.push({ at: ['tls', 'ca'], what: 'must be set for tls.mode "verify-client"' });
   // A method that needs TLS, where TLS cannot be had.
   const globalMethod = isMapping(doc.auth) && typeof doc.auth.method === 'string' ? doc.auth.method : 'scram-sha-256';

@@ -142,6 +142,8 @@ export interface ConnectOptions {
   port: number;
   /** TCP keepalive idle time (0: off), so a peer host that vanished is noticed. */
   keepAliveMs: number;
+  /** The caller calls goDirect itself, when it knows the connection stays plain (TLS may start first). */
+  deferDirect?: boolean;
 }
 
 export interface ConnectHandler extends TransportHandler {
@@ -170,7 +172,7 @@ export function connectTransport(options: ConnectOptions, handler: ConnectHandle
   const t = transport;
   if (!fast) socket.on('data', (chunk: Buffer) => t.onRead(chunk));
   socket.once('connect', () => {
-    if (fast) t.goDirect();
+    if (fast && !options.deferDirect) t.goDirect();
     handler.onConnect();
   });
   return t;

@@ -4,7 +4,7 @@
 // to its session (AdmissionOwner).
 import type { Logger } from 'pino';
 import type { RejectReason } from '../budget/stats.js';
-import { Authentication } from '../client/authenticate.js';
+import { Authentication, type KnownSecret, type PasswordMethod } from '../client/authenticate.js';
 import type { Config, ServiceConfig } from '../types/config.js';
 import { readHandshake, type HandshakeListener } from '../client/handshake.js';
 import { matchService } from '../client/match.js';
@@ -56,6 +56,20 @@ export interface AdmissionOwner extends Cancellable {
   endForShutdown(): void;
   /** The connection ends without a word: closed after a Terminate (`graceful`), else destroyed. */
   leave(reason: string, graceful: boolean): void;
+  /** An internal error while admitting this client: XX000, this client alone. */
+  failed(err: unknown, where: string): void;
+  /** The client is gone (or has been ended): a late answer (a lookup) is dropped. */
+  readonly ended: boolean;
+}
+
+/** A password exchange, from the moment its method is known; `exchange` is null while the password is looked up. */
+interface PendingAuth {
+  exchange: Authentication | null;
+  method: PasswordMethod;
+  who: Identity;
+  service: ServiceConfig;
+  key: string;
+  timeoutMs: number;
 }
 
 export class Admission implements HandshakeListener {
@@ -71,8 +85,8 @@ export class Admission implements HandshakeListener {
   private peerCommonName: string | null = null;
   /** tls-server-end-point data of the certificate presented on this connection: SCRAM-SHA-256-PLUS is offered. */
   private channelBinding: Buffer | null = null;
-  /** The password exchange under way, and who it admits when it succeeds. */
-  private auth: { exchange: Authentication; who: Identity; service: ServiceConfig; key: string; timeoutMs: number } | null = null;
+  /** The password exchange under way (or its lookup), and who it admits when it succeeds. */
+  private auth: PendingAuth | null = null;
 
   constructor(
     private readonly ctx: AdmissionContext,
@@ -101,7 +115,7 @@ export class Admission implements HandshakeListener {
     this.deadline = 0;
     const auth = this.auth;
     if (auth === null) return this.owner.refused('startup_timeout', clientErrors.startupTimeout(this.timeoutMs), 'startup timeout');
-    this.held = null;
+    this.endAuth();
     this.owner.refused('auth_timeout', clientErrors.authTimeout(auth.timeoutMs), 'authentication timeout', auth.service.name);
   }
 
@@ -169,18 +183,65 @@ export class Admission implements HandshakeListener {
     }
     // The password in clear goes over TLS only.
     if (method === 'password' && !this.secure) return this.owner.refused('tls_required', clientErrors.tlsRequired(), 'TLS required', service.name);
-    const exchange = new Authentication(method, who.user, this.ctx.credentials().lookup(who.user), this.channelBinding);
     const timeoutMs = config.authTimeoutMs;
-    this.auth = { exchange, who, service, key: lastKey, timeoutMs };
+    const auth: PendingAuth = { exchange: null, method, who, service, key: lastKey, timeoutMs };
+    this.auth = auth;
     this.deadline = Date.now() + timeoutMs;
-    this.socket.write(exchange.start());
     this.held = EMPTY;
-    if (rest.length > 0) this.readAuth(rest);
+    const credentials = this.ctx.credentials();
+    const known = credentials.lookup(who.user);
+    if (known !== undefined) return this.beginExchange(auth, known, rest);
+    // Only the database knows (auth.query): the exchange starts once it has answered, within authTimeoutMs.
+    if (rest.length > 0) this.held = Buffer.from(rest);
+    credentials.fetch(who.user).then(
+      (k) => this.afterLookup(auth, 'password lookup', () => this.beginExchange(auth, k, EMPTY)),
+      (err: Error) =>
+        this.afterLookup(auth, 'password lookup failure', () => {
+          this.ctx.log.warn({ service: service.name, user: who.user, err: err.message }, 'auth.query: password lookup failed; client refused');
+          this.endAuth();
+          this.owner.refused('auth_failed', clientErrors.passwordLookupFailed(who.user), 'password lookup failed', service.name);
+        }),
+    );
+  }
+
+  /** A lookup has answered: acted on only if this client still waits for it; a failure here is this client's alone. */
+  private afterLookup(auth: PendingAuth, where: string, act: () => void): void {
+    if (this.auth !== auth || this.owner.ended) return;
+    try {
+      act();
+    } catch (err) {
+      this.owner.failed(err, where);
+    }
+  }
+
+  /** The password exchange begins: the request for the method, then whatever the client already sent. */
+  private beginExchange(auth: PendingAuth, known: KnownSecret | null, rest: Buffer): void {
+    auth.exchange = new Authentication(auth.method, auth.who.user, known, this.channelBinding);
+    this.socket.write(auth.exchange.start());
+    const early = this.held!;
+    this.held = EMPTY;
+    const pending = early.length === 0 ? rest : rest.length === 0 ? early : Buffer.concat([early, rest]);
+    if (pending.length > 0) this.readAuth(pending);
+  }
+
+  private endAuth(): void {
+    this.auth = null;
+    this.held = null;
+    this.deadline = 0;
   }
 
   /** The client's answers to the authentication requests: whole messages, each taken in turn. */
   private readAuth(chunk: Buffer): void {
     let buf = this.held!.length > 0 ? Buffer.concat([this.held!, chunk]) : chunk;
+    if (this.auth!.exchange === null) {
+      // Nothing is asked yet (the lookup runs): a client has no business sending more than one answer's worth.
+      if (buf.length > MAX_AUTH_MESSAGE + 1) {
+        this.endAuth();
+        return this.owner.protocolViolation('unexpected data before the authentication request');
+      }
+      this.held = Buffer.from(buf);
+      return;
+    }
     while (this.auth !== null && buf.length >= 5) {
       const length = buf.readInt32BE(1);
       if (length < 4 || length > MAX_AUTH_MESSAGE) {
@@ -197,14 +258,12 @@ export class Admission implements HandshakeListener {
 
   private authMessage(msg: Buffer, rest: Buffer): void {
     const auth = this.auth!;
-    const step = auth.exchange.receive(msg);
+    const step = auth.exchange!.receive(msg);
     if (step.kind === 'continue') {
       this.socket.write(step.send);
       return;
     }
-    this.auth = null;
-    this.held = null;
-    this.deadline = 0;
+    this.endAuth();
     if (step.kind === 'failed') {
       if (this.ctx.log.isLevelEnabled('info')) {
         this.ctx.log.info({ service: auth.service.name, user: auth.who.user, reason: step.reason }, 'client authentication failed');

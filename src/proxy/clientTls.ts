@@ -2,7 +2,7 @@
 // into one secure context, at start and at each reload (a new context
 // serves new connections; those already up keep theirs).
 import { X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readSettingFile } from '../io/files.js';
 import tls from 'node:tls';
 import { tlsServerEndPoint } from '../auth/channelBinding.js';
 import type { TlsConfig } from '../types/config.js';
@@ -20,12 +20,7 @@ export function loadClientTls(config: TlsConfig): ClientTls | null {
   if (config.mode === 'disable') return null;
   const read = (what: 'cert' | 'key' | 'ca') => {
     const file = config[what];
-    if (file === undefined) return undefined;
-    try {
-      return readFileSync(file);
-    } catch (err) {
-      throw new Error(`tls.${what}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-    }
+    return file === undefined ? undefined : readSettingFile(`tls.${what}`, file);
   };
   const [cert, key, ca] = [read('cert'), read('key'), read('ca')];
   let context: tls.SecureContext;

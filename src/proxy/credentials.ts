@@ -1,44 +1,59 @@
 // What the proxy knows of its clients' passwords, from the config's
 // auth.users (passwordEnv read then) and auth.file (PgBouncer's
-// userlist.txt), built at start and at each reload. Secrets never leave
+// userlist.txt), built at start and at each reload, and from auth.query
+// (looked up in the database, cached for cacheMs). Secrets never leave
 // here but to check a client's answer or to log in to the server.
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readSettingFile } from '../io/files.js';
 import { keysFromPassword, SCRAM_ITERATIONS } from '../auth/scram.js';
 import { parseSecret, type Secret } from '../auth/secret.js';
 import { parseUserlist } from '../auth/userlist.js';
 import type { KnownSecret } from '../client/authenticate.js';
 import type { Config } from '../types/config.js';
 import type { ScramClientKey } from '../server/scram.js';
+import { lookUpSecret, type LookupPool } from '../server/authQuery.js';
 
 /** What the proxy knows of one user; `clientKey` once a client has proved it against the stored verifier. */
 interface Known extends KnownSecret {
   clientKey?: Buffer;
 }
 
+/** What a lookup found for one user (null: nothing to log in with), and when. */
+interface Looked {
+  known: Known | null;
+  at: number;
+}
+
+/** Users whose lookups are remembered; past it the oldest are forgotten (random user names must not grow memory). */
+const MAX_LOOKED = 10_000;
+
 export class Credentials {
   private readonly known = new Map<string, Known>();
+  /** auth.query's answers, by user, oldest first. */
+  private readonly looked: Map<string, Looked>;
+  /** Lookups under way, so that a burst of one user's clients asks once. */
+  private readonly inFlight = new Map<string, Promise<KnownSecret | null>>();
 
-  private constructor(secrets: Map<string, Secret>, previous: Credentials | null) {
-    for (const [user, secret] of secrets) {
-      // A reload keeps what clients have proved, as long as the verifier is the same.
-      const before = previous?.known.get(user);
-      const clientKey = before?.clientKey && before.secret.kind === 'scram' && secret.kind === 'scram' && before.secret.keys.storedKey.equals(secret.keys.storedKey) ? before.clientKey : undefined;
-      this.known.set(user, { secret, clientKey });
-    }
+  private constructor(
+    secrets: Map<string, Secret>,
+    previous: Credentials | null,
+    private readonly config: Config,
+    private readonly pool: LookupPool | null,
+  ) {
+    for (const [user, secret] of secrets) this.known.set(user, withProof(secret, previous?.known.get(user)));
+    // A reload that keeps the same lookup keeps its answers (each still expires on time).
+    const q = config.auth.query;
+    const pq = previous?.config.auth.query;
+    const same = q && pq && q.user === pq.user && q.database === pq.database && q.sql === pq.sql;
+    this.looked = same ? previous!.looked : new Map();
   }
 
   /** Reads the config's sources; throws an Error naming the source (never a secret) when one cannot be read. */
-  static load(config: Config, previous: Credentials | null = null): Credentials {
+  static load(config: Config, previous: Credentials | null = null, pool: LookupPool | null = null): Credentials {
     const secrets = new Map<string, Secret>();
     const file = config.auth.file;
     if (file !== undefined) {
-      let text: string;
-      try {
-        text = readFileSync(file, 'utf8');
-      } catch (err) {
-        throw new Error(`auth.file: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-      }
+      const text = readSettingFile('auth.file', file).toString('utf8');
       const parsed = parseUserlist(text);
       if ('error' in parsed) throw new Error(`auth.file: ${file}, ${parsed.error}`);
       // An empty secret is no password: nobody logs in with it, as with PostgreSQL.
@@ -51,18 +66,55 @@ export class Credentials {
       }
       secrets.set(u.name, { kind: 'password', password });
     }
-    return new Credentials(secrets, previous);
+    const q = config.auth.query;
+    if (q?.passwordEnv !== undefined && !process.env[q.passwordEnv]) {
+      throw new Error(`auth.query: the environment variable ${q.passwordEnv} of the lookup user "${q.user}" is not set`);
+    }
+    return new Credentials(secrets, previous, config, pool);
   }
 
   /**
-   * What is known of `user`'s password, or null. A password kept in clear
-   * gets its SCRAM keys here, once, with a salt of this process's.
+   * What is known of `user`'s password now, or null; undefined when only a
+   * lookup (auth.query) can tell. A password kept in clear gets its SCRAM
+   * keys here, once, with a salt of this process's.
    */
-  lookup(user: string): KnownSecret | null {
+  lookup(user: string, now = Date.now()): KnownSecret | null | undefined {
     const k = this.known.get(user);
-    if (!k) return null;
-    if (k.secret.kind === 'password' && !k.scram) k.scram = keysFromPassword(k.secret.password, randomBytes(16), SCRAM_ITERATIONS);
-    return k;
+    if (k) return withScram(k);
+    const q = this.config.auth.query;
+    if (!q) return null;
+    const l = this.looked.get(user);
+    return l && now - l.at < q.cacheMs ? l.known && withScram(l.known) : undefined;
+  }
+
+  /** Asks the database (auth.query) what `user`'s password is; rejects with a LookupError when it cannot be asked. */
+  fetch(user: string): Promise<KnownSecret | null> {
+    const q = this.config.auth.query;
+    if (!q || !this.pool) return Promise.resolve(null);
+    let pending = this.inFlight.get(user);
+    if (!pending) {
+      pending = lookUpSecret(this.pool, q, user)
+        .then((text) => {
+          const before = this.looked.get(user);
+          const known = text === null || text === '' ? null : withProof(parseSecret(text), before?.known ?? undefined);
+          this.remember(user, { known, at: Date.now() });
+          return known && withScram(known);
+        })
+        .finally(() => this.inFlight.delete(user));
+      this.inFlight.set(user, pending);
+    }
+    return pending;
+  }
+
+  private remember(user: string, looked: Looked): void {
+    this.looked.delete(user);
+    this.looked.set(user, looked);
+    if (this.looked.size > MAX_LOOKED) this.looked.delete(this.looked.keys().next().value!);
+  }
+
+  /** Static sources first, then what a lookup found (still used to log in to the server after it expires for clients). */
+  private entry(user: string): Known | undefined {
+    return this.known.get(user) ?? this.looked.get(user)?.known ?? undefined;
   }
 
   /**
@@ -71,7 +123,7 @@ export class Credentials {
    * log in as `user` without the password (as PgBouncer does).
    */
   proved(user: string, clientKey: Buffer): void {
-    const k = this.known.get(user);
+    const k = this.entry(user);
     if (k?.secret.kind === 'scram') k.clientKey = clientKey;
   }
 
@@ -80,7 +132,7 @@ export class Credentials {
    * hash (which answers md5 alone), or a proved ClientKey (SCRAM alone).
    */
   serverPassword(user: string): string | ScramClientKey | undefined {
-    const k = this.known.get(user);
+    const k = this.entry(user);
     const s = k?.secret;
     if (s?.kind === 'password') return s.password;
     if (s?.kind === 'md5') return s.hash;
@@ -91,4 +143,16 @@ export class Credentials {
   get size(): number {
     return this.known.size;
   }
+}
+
+/** `k`, with SCRAM keys for a password kept in clear (a salt of this process's, made once), so that SCRAM can be offered. */
+function withScram(k: Known): Known {
+  if (k.secret.kind === 'password' && !k.scram) k.scram = keysFromPassword(k.secret.password, randomBytes(16), SCRAM_ITERATIONS);
+  return k;
+}
+
+/** `secret`, keeping the ClientKey a client proved against `before` if the verifier is the same. */
+function withProof(secret: Secret, before: Known | undefined): Known {
+  const same = before?.clientKey && before.secret.kind === 'scram' && secret.kind === 'scram' && before.secret.keys.storedKey.equals(secret.keys.storedKey);
+  return { secret, clientKey: same ? before.clientKey : undefined };
 }

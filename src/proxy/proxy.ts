@@ -13,6 +13,7 @@ import { acceptRaw, closeAccepted, type Accepted } from '../io/accept.js';
 import { checkFastPath } from '../io/selfTest.js';
 import { Credentials } from './credentials.js';
 import { loadClientTls, type ClientTls } from './clientTls.js';
+import { loadUpstreamTls, type UpstreamTls } from '../server/upstreamTls.js';
 
 export class Proxy {
   readonly stats = new Stats();
@@ -26,6 +27,8 @@ export class Proxy {
   private clientTls: ClientTls | null;
   /** What is known of clients' passwords; replaced whole on reload. */
   private credentials: Credentials;
+  /** TLS towards the server; replaced whole on reload (new server connections use it). */
+  private upstreamTls: UpstreamTls;
   /** Each service's timeouts; a removed service's stay for the clients it still has. */
   private readonly timeouts = new Map<string, SessionTimeouts>();
 
@@ -33,9 +36,18 @@ export class Proxy {
     private config: Config,
     private readonly log: Logger,
   ) {
-    this.credentials = Credentials.load(config);
     this.clientTls = loadClientTls(config.tls);
-    this.pool = new ServerPool(config, this.stats, log, (user) => this.credentials.serverPassword(user));
+    this.upstreamTls = loadUpstreamTls(config.upstream.tls);
+    this.pool = new ServerPool(config, this.stats, log, {
+      userPassword: (user) => this.credentials.serverPassword(user),
+      tls: () => this.upstreamTls,
+    });
+    try {
+      this.credentials = Credentials.load(config, null, this.pool);
+    } catch (err) {
+      this.pool.stop();
+      throw err;
+    }
     const self = this;
     this.ctx = {
       config: () => self.config,
@@ -138,9 +150,11 @@ export class Proxy {
     // Read before anything changes: a file that cannot be read keeps the running config whole.
     let credentials: Credentials;
     let clientTls: ClientTls | null;
+    let upstreamTls: UpstreamTls;
     try {
-      credentials = Credentials.load(kept, this.credentials);
+      credentials = Credentials.load(kept, this.credentials, this.pool);
       clientTls = loadClientTls(kept.tls);
+      upstreamTls = loadUpstreamTls(kept.upstream.tls);
     } catch (err) {
       throw new Error(`reload failed, running config kept: ${(err as Error).message}`);
     }
@@ -148,6 +162,7 @@ export class Proxy {
     this.config = kept;
     this.credentials = credentials;
     this.clientTls = clientTls;
+    this.upstreamTls = upstreamTls;
     try {
       for (const s of kept.services) this.stats.service(s.name);
       this.pool.applyConfig(kept);

@@ -165,6 +165,11 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
     this.destroySocket();
   }
 
+  /** AdmissionOwner: the client is gone or being ended. */
+  get ended(): boolean {
+    return this.state === 'closed';
+  }
+
   /**
    * The error boundary's answer (LinkOwner too): a bug (or anything
    * unexpected) while serving this client ends this client with XX000,

@@ -11,7 +11,9 @@ import { FrameScanner } from '../protocol/framing.js';
 import { clientErrors } from '../errors.js';
 import { connectTransport, type ConnectHandler, type SocketTransport } from '../io/socket.js';
 import { isMd5Hash, md5Password, md5Response } from '../auth/md5.js';
+import { startTls, type TlsUpgradeHandler } from '../io/tls.js';
 import { ScramClient, type ScramClientKey } from './scram.js';
+import type { UpstreamTls } from './upstreamTls.js';
 
 /** Who receives the server's bytes while linked. */
 export interface ServerOwner {
@@ -34,6 +36,8 @@ export interface ServerLogin {
   connectTimeoutMs: number;
   /** TCP keepalive idle time (0: off), so a server host that vanished is noticed. */
   keepAliveMs: number;
+  /** TLS towards the server (upstream.tls). */
+  tls: UpstreamTls;
 }
 
 /**
@@ -56,7 +60,12 @@ export class ServerLoginError extends Error {
 // SQLSTATE classes and codes after which trying again later can succeed.
 const TRANSIENT_SQLSTATE = /^(08|53|57P0[123]|58)/;
 
-type Phase = 'connecting' | 'login' | 'ready' | 'closed';
+/** SSLRequest: length 8, code 80877103. */
+const SSL_REQUEST = Buffer.from([0, 0, 0, 8, 4, 210, 22, 47]);
+const TLS_YES = 0x53; // 'S'
+const TLS_NO = 0x4e; // 'N'
+
+type Phase = 'connecting' | 'negotiating' | 'tls' | 'login' | 'ready' | 'closed';
 
 interface Control {
   resolve: () => void;
@@ -64,8 +73,11 @@ interface Control {
   onMessage: (msg: BackendMessage, raw: Buffer) => void;
 }
 
-export class ServerConnection implements ConnectHandler {
-  private readonly transport: SocketTransport;
+export class ServerConnection implements ConnectHandler, TlsUpgradeHandler {
+  /** The TCP connection; a TLS one once the server has agreed to TLS. */
+  private transport: SocketTransport;
+  /** Why the TLS handshake with the server failed, if it did. */
+  private tlsError: NodeJS.ErrnoException | null = null;
   readonly createdAt = Date.now();
   processId = 0;
   secretKey = 0;
@@ -98,12 +110,51 @@ export class ServerConnection implements ConnectHandler {
     readonly id: number,
     readonly login: ServerLogin,
   ) {
-    this.transport = connectTransport({ host: login.host, port: login.port, keepAliveMs: login.keepAliveMs }, this);
+    this.transport = connectTransport(
+      { host: login.host, port: login.port, keepAliveMs: login.keepAliveMs, deferDirect: login.tls.mode !== 'disable' },
+      this,
+    );
   }
 
   // ---- transport events ----
 
   onConnect(): void {
+    if (this.login.tls.mode === 'disable') return this.sendStartup();
+    this.phase = 'negotiating';
+    this.transport.write(SSL_REQUEST);
+  }
+
+  /** TlsUpgradeHandler: the TLS handshake with the server is done (and verified, as the mode asks). */
+  onSecure(): void {
+    this.sendStartup();
+  }
+
+  /** The server's one-byte answer to SSLRequest. */
+  private negotiated(chunk: Buffer): void {
+    const { tls } = this.login;
+    // Bytes after the answer and before the handshake could be injected by anyone on the path (CVE-2021-23222).
+    if (chunk.length > 1) return this.refuseLogin(clientErrors.serverProtocolViolation('received unencrypted data after SSL response'));
+    if (chunk[0] === TLS_YES) {
+      this.phase = 'tls';
+      this.transport = startTls(this.transport, tls.options(this.login.host), this);
+      (this.transport.socket as NodeJS.EventEmitter).once('error', (err: NodeJS.ErrnoException) => (this.tlsError = err));
+      return;
+    }
+    if (chunk[0] !== TLS_NO) return this.refuseLogin(clientErrors.serverProtocolViolation(`unexpected response to SSLRequest (0x${chunk[0].toString(16)})`));
+    if (tls.required) return this.refuseLogin(clientErrors.upstreamTlsUnavailable(tls.mode));
+    this.transport.goDirect();
+    this.sendStartup();
+  }
+
+  /** The login cannot succeed, for a reason of the proxy's own: its waiters get `fields`, and no retry helps. */
+  private refuseLogin(fields: ErrorFields): void {
+    const control = this.control;
+    this.control = null;
+    control?.reject(new ServerLoginError(fields.message, false, errorResponse(fields)));
+    this.transport.destroy();
+  }
+
+  private sendStartup(): void {
     this.phase = 'login';
     const { login } = this;
     this.transport.write(
@@ -131,15 +182,30 @@ export class ServerConnection implements ConnectHandler {
     if (this.control) {
       const c = this.control;
       this.control = null;
-      c.reject(new ServerLoginError(`upstream ${this.login.host}:${this.login.port}: ${this.closeCause}`, true));
+      c.reject(this.closedDuringLogin(was));
     }
     // The pool's callbacks and the owner's are error boundaries of their own: none of these throws.
     this.onSocketClose();
-    if (was !== 'connecting' && was !== 'login') this.owner?.onServerClose(this.closeCause);
+    if (was === 'ready') this.owner?.onServerClose(this.closeCause);
     // After the open() promise has settled, so a failed login is classified
     // (backoff, or failing its waiters) before its slot is handed out again.
     const cause = this.closeCause;
     setImmediate(() => this.onClosed(cause));
+  }
+
+  /**
+   * The server closed before login finished. A TLS handshake refused for a
+   * reason other than the network (a certificate that does not verify, no
+   * common protocol) is not retried: its waiters get the reason at once.
+   */
+  private closedDuringLogin(phase: Phase): ServerLoginError {
+    const err = this.tlsError;
+    const network = err === null || (err.code !== undefined && /^E[A-Z]+$/.test(err.code));
+    if (phase === 'tls' && !network) {
+      const fields = clientErrors.upstreamTlsFailed(err.message);
+      return new ServerLoginError(fields.message, false, errorResponse(fields));
+    }
+    return new ServerLoginError(`upstream ${this.login.host}:${this.login.port}: ${this.closeCause}`, true);
   }
 
   get ready(): boolean {
@@ -255,36 +321,58 @@ export class ServerConnection implements ConnectHandler {
    * and resolves at its ReadyForQuery; rejects on an error or a status
    * other than idle. Only while no client owns the connection.
    */
-  query(sql: string, timeoutMs = 5000): Promise<void> {
+  async query(sql: string, timeoutMs = 5000): Promise<void> {
+    await this.converse(serialize.query(sql), sql, timeoutMs);
+  }
+
+  /**
+   * Runs one statement of the proxy's own with `params` as text values
+   * ($1…, never spliced into the SQL), and resolves with its rows as text.
+   * The same conditions as query().
+   */
+  rows(sql: string, params: string[], timeoutMs = 5000): Promise<(string | null)[][]> {
+    const messages = Buffer.concat([
+      serialize.parse({ text: sql }),
+      serialize.bind({ values: params }),
+      serialize.execute({}),
+      serialize.sync(),
+    ]);
+    return this.converse(messages, sql, timeoutMs);
+  }
+
+  /** Sends `messages` (ending with a Query or a Sync) and collects the rows until ReadyForQuery. */
+  private converse(messages: Buffer, what: string, timeoutMs: number): Promise<(string | null)[][]> {
     if (this.phase !== 'ready' || this.owner) return Promise.reject(new Error('connection not available'));
     // A reply is read only while the connection flows.
     this.transport.resume();
-    return new Promise<void>((resolve, reject) => {
+    return new Promise<(string | null)[][]>((resolve, reject) => {
       let failure: Error | null = null;
+      const rows: (string | null)[][] = [];
       const timer = setTimeout(() => {
         this.control = null;
-        this.destroy(`${sql}: no reply within ${timeoutMs} ms`);
-        reject(new Error(`${sql}: no reply within ${timeoutMs} ms`));
+        this.destroy(`${what}: no reply within ${timeoutMs} ms`);
+        reject(new Error(`${what}: no reply within ${timeoutMs} ms`));
       }, timeoutMs);
       this.control = {
-        resolve,
+        resolve: () => {},
         reject: (err) => {
           clearTimeout(timer);
           reject(err);
         },
         onMessage: (msg) => {
-          const m = msg as unknown as { name: string; message?: string; status?: string };
-          if (m.name === 'error') failure = new Error(m.message);
-          if (m.name === 'readyForQuery') {
+          const m = msg as unknown as { name: string; message?: string; status?: string; fields?: (string | null)[] };
+          if (m.name === 'dataRow') rows.push(m.fields!);
+          else if (m.name === 'error') failure = new Error(m.message);
+          else if (m.name === 'readyForQuery') {
             clearTimeout(timer);
             this.control = null;
-            if (!failure && m.status !== 'I') failure = new Error(`status ${m.status} after ${sql}`);
+            if (!failure && m.status !== 'I') failure = new Error(`status ${m.status} after ${what}`);
             if (failure) reject(failure);
-            else resolve();
+            else resolve(rows);
           }
         },
       };
-      this.transport.write(serialize.query(sql));
+      this.transport.write(messages);
     });
   }
 
@@ -333,6 +421,7 @@ export class ServerConnection implements ConnectHandler {
   }
 
   private route(chunk: Buffer): void {
+    if (this.phase === 'negotiating') return this.negotiated(chunk);
     if (this.control) return this.onControlData(chunk);
     if (this.owner) return this.owner.onServerData(chunk);
     // Nobody owns it: the server spoke unprompted (a notice, a parameter

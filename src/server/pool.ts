@@ -12,6 +12,8 @@ import { ServerConnection, ServerLoginError } from './connection.js';
 import { parsePoolKey } from './poolKey.js';
 import { probePostmaster, sendCancel } from './postmaster.js';
 import { WelcomeCache, type Welcome } from './welcomes.js';
+import type { UpstreamTls } from './upstreamTls.js';
+import { AUTH_QUERY_SERVICE, authQueryService } from './authQuery.js';
 
 export type RejectedBecause = 'queue_full' | 'queue_timeout' | 'server_login' | 'internal_error';
 
@@ -19,6 +21,14 @@ export interface WaitHandlers {
   onAssign(conn: ServerConnection, waitedMs: number): void;
   /** `error` is a whole ErrorResponse message, ready to write to the client. */
   onReject(error: Buffer, reason: RejectedBecause): void;
+}
+
+/** What server logins need that the proxy reads from files and secrets, as of the last reload. */
+export interface LoginMaterial {
+  /** What the proxy knows to log in as a user (client authentication): the server login's when the service sets no password. */
+  userPassword(user: string): string | ScramClientKey | undefined;
+  /** TLS towards the server. */
+  tls(): UpstreamTls;
 }
 
 const SWEEP_MS = 50;
@@ -46,8 +56,7 @@ export class ServerPool {
     private config: Config,
     private readonly stats: Stats,
     private readonly log: Logger,
-    /** What the proxy knows to log in as a user (client authentication): the server login's when the service sets no password. */
-    private readonly userPassword: (user: string) => string | ScramClientKey | undefined = () => undefined,
+    private readonly material: LoginMaterial,
   ) {
     this.scheduler = new Scheduler(this.poolLimits(config));
     this.applyConfig(config);
@@ -66,8 +75,10 @@ export class ServerPool {
   applyConfig(config: Config): void {
     this.config = config;
     this.scheduler.setPoolLimits(this.poolLimits(config));
-    const next = new Map(config.services.map((s) => [s.name, s]));
-    for (const s of config.services) {
+    const lookup = authQueryService(config);
+    const all = lookup ? [...config.services, lookup] : config.services;
+    const next = new Map(all.map((s) => [s.name, s]));
+    for (const s of all) {
       this.scheduler.setService(s.name, { budget: s.budget, maxWaiting: s.queue.maxWaiting, timeoutMs: s.queue.timeoutMs });
       this.retired.delete(s.name);
     }
@@ -332,11 +343,12 @@ export class ServerPool {
       user,
       database,
       params,
-      applicationName: `pgbudget:${service}`,
+      applicationName: service === AUTH_QUERY_SERVICE ? service : `pgbudget:${service}`,
       service,
       connectTimeoutMs,
       keepAliveMs: this.config.tcpKeepaliveMs,
-      password: () => (svc?.passwordEnv ? process.env[svc.passwordEnv] : svc?.password) ?? this.userPassword(user),
+      password: () => (svc?.passwordEnv ? process.env[svc.passwordEnv] : svc?.password) ?? this.material.userPassword(user),
+      tls: this.material.tls(),
     });
     this.conns.set(connId, conn);
     const stats = this.stats.service(service);

@@ -23,6 +23,20 @@ export interface AuthConfig {
   users: AuthUser[];
   /** A file in PgBouncer's userlist.txt format. */
   file?: string;
+  /** Passwords looked up in the database itself (PgBouncer's auth_query). */
+  query?: AuthQueryConfig;
+}
+
+export interface AuthQueryConfig {
+  /** The lookup role. */
+  user: string;
+  password?: string;
+  passwordEnv?: string;
+  database: string;
+  /** `$1` is the user name; the second column of its one row is the secret (NULL: none). */
+  sql: string;
+  /** How long an answer is reused (0: never). */
+  cacheMs: number;
 }
 
 /** TLS towards clients: off; offered; required; required with a client certificate the CA signed. */
@@ -69,11 +83,24 @@ export interface ServiceConfig {
   passwordEnv?: string;
 }
 
+/** TLS towards the server, libpq's sslmode values: off; tried; required; required with the CA checked; and the host name too. */
+export type UpstreamTlsMode = 'disable' | 'prefer' | 'require' | 'verify-ca' | 'verify-full';
+
+export interface UpstreamTlsConfig {
+  mode: UpstreamTlsMode;
+  /** CA certificates the server's must chain to (verify-ca, verify-full). */
+  ca?: string;
+  /** A client certificate and key, for a server that asks for one. */
+  cert?: string;
+  key?: string;
+}
+
 export interface UpstreamConfig {
   host: string;
   port: number;
   maxConnections: number;
   connectTimeoutMs: number;
+  tls: UpstreamTlsConfig;
 }
 
 export interface Config {

@@ -20,7 +20,7 @@ t.test('defaults are filled in', async (t) => {
   const c = validateConfig(minimal);
   t.same(c.listen, { host: '127.0.0.1', port: 6432 });
   t.same(c.admin, { host: '127.0.0.1', port: 9187 });
-  t.same(c.upstream, { host: '127.0.0.1', port: 5432, maxConnections: 40, connectTimeoutMs: 5000 });
+  t.same(c.upstream, { host: '127.0.0.1', port: 5432, maxConnections: 40, connectTimeoutMs: 5000, tls: { mode: 'prefer' } });
   t.equal(c.startupTimeoutMs, 10000);
   t.same(c.services[0], {
     name: 'web',
@@ -121,7 +121,7 @@ t.test('overcommit warning', async (t) => {
 
 t.test('upstream URL gives one default service', async (t) => {
   const c = configFromUpstreamUrl('postgres://u:s%40cret@db.local:5433/x');
-  t.same(c.upstream, { host: 'db.local', port: 5433, maxConnections: 40, connectTimeoutMs: 5000 });
+  t.same(c.upstream, { host: 'db.local', port: 5433, maxConnections: 40, connectTimeoutMs: 5000, tls: { mode: 'prefer' } });
   t.equal(c.defaultService, 'default');
   t.equal(c.services[0].password, 's@cret');
   t.throws(() => configFromUpstreamUrl('mysql://x'), /must start with postgres:\/\//);
@@ -274,4 +274,24 @@ t.test('password needs TLS; cert needs verify-client', async (t) => {
   t.same(problems({ services: [{ name: 'w', budget: 1, auth: { method: 'cert' } }], tls: { cert: 'c', key: 'k' } }), [
     'services[0].auth.method: cert needs tls.mode "verify-client"',
   ]);
+});
+
+t.test("auth.query: PgBouncer's default query and a 10 s cache; one password source; the lookup's service name is reserved", async (t) => {
+  const c = validateConfig({ ...minimal, auth: { query: { user: 'lookup' } } });
+  t.same(c.auth.query, {
+    user: 'lookup',
+    database: 'postgres',
+    sql: 'SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname = $1 AND rolcanlogin',
+    cacheMs: 10_000,
+  });
+  t.same(problems({ ...minimal, auth: { query: { user: 'l', password: 'a', passwordEnv: 'B' } } }), ['auth.query.passwordEnv: cannot be set together with password']);
+  t.same(problems({ ...minimal, auth: { query: { password: 'a' } } }), ['auth.query.user: is required']);
+  t.same(problems({ services: [{ name: 'pgbudget:auth_query', budget: 1 }] }), ['services[0].name: is the name of the auth.query lookup; choose another']);
+});
+
+t.test('upstream.tls: prefer by default; the modes are libpq sslmode values; a client certificate needs its key', async (t) => {
+  t.equal(validateConfig(minimal).upstream.tls.mode, 'prefer');
+  t.equal(validateConfig({ ...minimal, upstream: { tls: { mode: 'verify-full', ca: '/ca.pem' } } }).upstream.tls.ca, '/ca.pem');
+  t.match(problems({ ...minimal, upstream: { tls: { mode: 'allow' } } }), [/^upstream\.tls\.mode: must be one of/]);
+  t.same(problems({ ...minimal, upstream: { tls: { key: '/k.pem' } } }), ['upstream.tls.cert: must be set with upstream.tls.key']);
 });
