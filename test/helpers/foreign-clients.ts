@@ -9,10 +9,12 @@
  *   `$PGBUDGET_TEST_PGJDBC_JAR`, else the newest
  *   ~/.m2/repository/org/postgresql/postgresql/<v>/postgresql-<v>.jar, else
  *   Debian's /usr/share/java/postgresql.jar.
- *   Scenario.java is compiled once per process into a temp dir under
- *   os.tmpdir() (removed on exit).
+ *   Every .java file in test/clients (Scenario, ShapeScenario, AuthProbe) is
+ *   compiled once per process into a temp dir under os.tmpdir() (removed on
+ *   exit); runJava runs any of them.
  * - psycopg2: the first of `$PGBUDGET_TEST_PYTHON`, /usr/bin/python3 (Debian's
  *   python3-psycopg2), `python3` on PATH that can `import psycopg2`.
+ *   runPython runs any program in test/clients with it (auth_probe.py).
  *
  * The run* functions never reject: a non-zero exit resolves with its code;
  * an unavailable client resolves with code 127, a timeout with code 124 (the
@@ -247,9 +249,15 @@ export async function psycopg2Available(): Promise<boolean> {
 }
 
 /** runs `<python> test/clients/scenario.py ...` */
-export async function runPsycopg2Scenario(opts: ForeignScenarioOptions): Promise<ForeignResult> {
+export function runPsycopg2Scenario(opts: ForeignScenarioOptions): Promise<ForeignResult> {
+  return runPython('scenario.py', scenarioArgs(opts), opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+}
+
+/** Runs one of the Python programs in test/clients (`script`, e.g. auth_probe.py) with the python3 that has psycopg2. */
+export async function runPython(script: string, args: string[], timeoutMs = DEFAULT_TIMEOUT_MS): Promise<ForeignResult> {
   const py = await findPython();
-  if (!py || !existsSync(pythonScript)) return unavailable('psycopg2 (python3 with psycopg2)');
+  const file = path.join(clientsDir, script);
+  if (!py || !existsSync(file)) return unavailable('psycopg2 (python3 with psycopg2)');
   const env = { ...process.env, PYTHONDONTWRITEBYTECODE: '1', PYTHONUNBUFFERED: '1' };
-  return run(py, [pythonScript, ...scenarioArgs(opts)], opts.timeoutMs ?? DEFAULT_TIMEOUT_MS, env);
+  return run(py, [file, ...args], timeoutMs, env);
 }
