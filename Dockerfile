@@ -2,7 +2,9 @@
 FROM node:20-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json tsconfig.json ./
-RUN npm ci --no-audit --no-fund --omit=optional
+# No install scripts: the TypeScript build needs none, and a dev-only native addon (pg-native, for the tests)
+# would need a compiler and libpq-dev this image does not have.
+RUN npm ci --no-audit --no-fund --omit=optional --ignore-scripts
 COPY src ./src
 RUN npm run build
 
