@@ -51,6 +51,12 @@ const PLAN_CHANGED_SQL = raiseStatement('0A000', clientErrors.cachedPlanChanged(
 /** A name no server connection ever has: what unknown client names are sent as. */
 const ABSENT = `${SERVER_STATEMENT_PREFIX}absent`;
 
+/** Stand-ins for DEALLOCATE, numbered for the whole process (never reused, so never a clash). */
+let standIns = 0;
+const NO_PARAMETERS = Buffer.from([0, 0]);
+/** Sync ('S'). */
+const SYNC = Buffer.from([0x53, 0, 0, 0, 4]);
+
 const DEALLOCATE = /^\s*deallocate\s+(?:prepare\s+)?("(?:[^"]|"")+"|[^\s;]+)\s*;?\s*$/i;
 const DEALLOCATE_ALL = /^\s*deallocate\s+(?:prepare\s+)?all\s*;?\s*$/i;
 const DISCARD_ALL = /^\s*discard\s+all\s*;?\s*$/i;
@@ -164,10 +170,11 @@ export class PreparedStatements {
         this.requests.ready();
         break;
       case 0x51: // 'Q' Query: also destroys the unnamed statement
-        this.requests.ready();
         this.unnamed = null;
         server.unnamedOwner = null;
+        // Requests the proxy adds for it are answered before its ReadyForQuery.
         this.query(msg, server, out);
+        this.requests.ready();
         return true;
     }
     out.push(msg);
@@ -342,14 +349,29 @@ export class PreparedStatements {
       // The server knows the statement by the proxy's name: deallocate that
       // one (preparing it first if this connection lacks it).
       this.defs.delete(unquote(m[1]));
-      let name = server.use(def.key);
-      if (name === undefined) {
-        name = server.add(def.key).name;
-        this.requests.ownParse(def.key, name);
-        out.push(buildParse(name, def.query, def.paramTypes));
+      const name = server.use(def.key);
+      if (name !== undefined) {
+        server.forget(def.key, name);
+        out.push(buildQuery(`DEALLOCATE "${name}"`));
+        return;
       }
-      server.forget(def.key, name);
-      out.push(buildQuery(`DEALLOCATE "${name}"`));
+      // This connection lacks it: a stand-in is prepared and deallocated, so
+      // the client gets DEALLOCATE's own answer. All of it in the extended
+      // protocol up to a Sync, so that a stand-in the server refuses (in a
+      // failed transaction: 25P02, as the DEALLOCATE itself would get) still
+      // ends with a ReadyForQuery: a Parse before a simple Query would have
+      // the Query skipped, and the client would wait for ever.
+      const standIn = `${SERVER_STATEMENT_PREFIX}gone${++standIns}`;
+      this.requests.ownParse();
+      this.requests.ownParse();
+      this.requests.ownBind();
+      out.push(
+        buildParse(standIn, 'SELECT 1', NO_PARAMETERS),
+        buildParse('', `DEALLOCATE "${standIn}"`, NO_PARAMETERS),
+        buildBind('', ''),
+        buildExecute(''),
+        SYNC,
+      );
       return;
     }
     // Anything else that may drop statements (in a multi-statement string,

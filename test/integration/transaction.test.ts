@@ -338,3 +338,44 @@ t.test('review findings: unnamed statements, skipped Parses, refusals, DEALLOCAT
   s.socket.end(frontend('X'));
   await assertNoLeaks(t, one);
 });
+
+t.test('DEALLOCATE of a statement the server connection lacks: DEALLOCATE, and inside a failed transaction 25P02, never a hang', async (t) => {
+  const p = await startProxy(t, cluster, {
+    maxPreparedStatements: 1,
+    services: [{ name: 'app', match: { user: 'app' }, budget: 1, poolMode: 'transaction' }],
+  });
+  const parse = (name: string, sql: string) => frontend('P', Buffer.from(`${name}\0${sql}\0\0\0`, 'utf8'));
+  const bind = (name: string) => frontend('B', Buffer.from(`\0${name}\0\0\0\0\0\0\0`, 'latin1'));
+  const execute = frontend('E', Buffer.from('\0\0\0\0\0', 'latin1'));
+  const sync = frontend('S');
+  const a = rawClient(p.port);
+  await a.login('app');
+  const tag = () => a.messages.filter((m) => m.type === 'C').at(-1)?.body.toString('latin1');
+  const lastError = () => a.messages.filter((m) => m.type === 'E').at(-1)?.body.toString('utf8') ?? '';
+  let z = a.count('Z');
+  const round = async (bytes: Buffer) => {
+    a.socket.write(bytes);
+    z++;
+    await a.until(() => a.count('Z') === z, 3000);
+  };
+  // One statement per server connection: preparing y closes x on the server; the client still has both.
+  await round(Buffer.concat([parse('x', 'select 1'), parse('y', 'select 2'), sync]));
+  await round(simpleQuery('deallocate x'));
+  t.equal(tag(), 'DEALLOCATE\0', 'answered as PostgreSQL answers it');
+  await round(Buffer.concat([bind('x'), execute, sync]));
+  t.match(lastError(), /C26000/, 'x is gone for the client');
+  await round(Buffer.concat([bind('y'), execute, sync]));
+  t.equal(a.messages.filter((m) => m.type === 'D').at(-1)?.body.toString('utf8', 6), '2', 'y still runs');
+  // The same inside a failed transaction: PostgreSQL refuses every command there with 25P02.
+  await round(Buffer.concat([parse('w', 'select 3'), sync])); // closes y on the server
+  await round(simpleQuery('begin'));
+  await round(simpleQuery('select 1/0'));
+  const errors = a.count('E');
+  await round(simpleQuery('deallocate y'));
+  t.equal(a.count('E'), errors + 1, 'one error');
+  t.match(lastError(), /C25P02/, 'current transaction is aborted');
+  t.equal(a.messages.at(-1)?.body.toString('latin1'), 'E', 'and the ReadyForQuery of a failed transaction');
+  await round(simpleQuery('rollback'));
+  a.socket.end(frontend('X'));
+  await assertNoLeaks(t, p);
+});
