@@ -12,7 +12,9 @@
 // behind the startup packet or after the welcome): every frontend message
 // type with a broken body, strings without terminators, truncated and
 // oversized lengths, garbage pipelined after valid messages, mutated
-// extended-protocol batches, all written in random chunk splits.
+// extended-protocol batches, all written in random chunk splits; and for the
+// password services (SCRAM, md5, and a user only auth.query could know),
+// well-formed and broken answers to the authentication request.
 //
 // Meanwhile pgbench (-S, simple and extended) and node-postgres clients that
 // check every result run through services of their own. The run passes when
@@ -179,10 +181,37 @@ function extendedBatch(sql: string): Buffer {
 }
 
 const HOSTILE_USERS = ['fuzz_tx', 'fuzz_sess'];
+/** Users of the password services: a SCRAM one, an md5 one, and one only auth.query can tell about (it has no role: the lookup finds none). */
+const AUTH_USERS = ['fuzz_scram', 'fuzz_md5', 'fuzz_lookup'];
+
+/** An answer to the password request: SASLInitialResponse or SASLResponse or PasswordMessage (all 'p'), well formed or not. */
+function authAnswer(r: Random): Buffer {
+  const nonce = r.bytes(18).toString('base64');
+  switch (r.int(5)) {
+    case 0: {
+      // SASLInitialResponse: mechanism, int32 length, client-first-message (a valid one, or junk).
+      const mech = r.pick(['SCRAM-SHA-256', 'SCRAM-SHA-256-PLUS', 'SCRAM-SHA-1', '']);
+      const first = Buffer.from(r.pick([`n,,n=,r=${nonce}`, `y,,n=,r=${nonce}`, `p=tls-server-end-point,,n=,r=${nonce}`, `n,,r=${nonce}`, 'n,,', '']));
+      const len = Buffer.alloc(4);
+      len.writeInt32BE(r.pick([first.length, -1, first.length + 5, 0]));
+      return msg('p', Buffer.concat([Buffer.from(`${mech}\0`), len, first]));
+    }
+    case 1:
+      // SASLResponse: a client-final-message, with a proof that cannot be right.
+      return msg('p', `c=biws,r=${nonce},p=${r.bytes(32).toString('base64')}`);
+    case 2:
+      // PasswordMessage: an md5 answer or a password in clear.
+      return msg('p', `${r.pick([`md5${r.bytes(16).toString('hex')}`, 'secret', ''])}\0`);
+    case 3:
+      return mutate(r, msg('p', `SCRAM-SHA-256\0\0\0\0\x17n,,n=,r=${nonce.slice(0, 8)}`));
+    default:
+      return r.bytes(1 + r.int(40));
+  }
+}
 
 function hostileCase(r: Random): Case {
   const login = startupPacket({ user: r.pick(HOSTILE_USERS), database: 'postgres' });
-  const pick = r.int(12);
+  const pick = r.int(13);
   const afterLogin = (kind: string, payload: Buffer): Case => {
     const pipelined = r.chance(0.5);
     return pipelined
@@ -219,6 +248,14 @@ function hostileCase(r: Random): Case {
       return afterLogin('login: mutated query', mutate(r, msg('Q', `${r.pick(['select 1', 'set x = 1', 'begin; select 1', 'deallocate all', 'copy (select 1) to stdout'])}\0`)));
     case 10:
       return afterLogin('login: valid then broken', Buffer.concat([extendedBatch('select 1'), brokenBody(r)]));
+    case 11: {
+      // Password services: answers to the authentication request, pipelined or not, in random splits.
+      const startup = startupPacket({ user: r.pick(AUTH_USERS), database: 'postgres' });
+      const answers = Buffer.concat(Array.from({ length: 1 + r.int(3) }, () => authAnswer(r)));
+      return r.chance(0.5)
+        ? { kind: 'auth: answers (pipelined)', writes: split(r, Buffer.concat([startup, answers])), waitForReady: false }
+        : { kind: 'auth: answers', writes: [startup, ...split(r, answers)], waitForReady: false };
+    }
     default:
       return afterLogin('login: random bytes', r.bytes(1 + r.int(48)));
   }
@@ -325,7 +362,11 @@ async function startProxy(cluster: Cluster): Promise<Proxy> {
           { name: 'fuzz_sess', match: { user: 'fuzz_sess' }, budget: 3, poolMode: 'session', queue },
           { name: 'bench', match: { user: 'bench' }, budget: 4, poolMode: 'transaction', queue },
           { name: 'check', match: { user: 'check' }, budget: 3, poolMode: 'transaction', queue },
+          { name: 'fuzz_scram', match: { user: ['fuzz_scram', 'fuzz_lookup'] }, budget: 2, poolMode: 'transaction', queue, auth: { method: 'scram-sha-256' } },
+          { name: 'fuzz_md5', match: { user: 'fuzz_md5' }, budget: 2, poolMode: 'transaction', queue, auth: { method: 'md5' } },
         ],
+        // The password exchanges, and the lookup of a user only the database could know (none: no such role).
+        auth: { method: 'trust', users: [{ name: 'fuzz_scram', password: 'fuzz-pw' }, { name: 'fuzz_md5', password: 'fuzz-pw' }], query: { user: 'postgres' } },
       }),
     ),
   );
