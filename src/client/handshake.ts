@@ -1,5 +1,6 @@
 // The handshake before a session starts: the startup packet, SSL/GSSENC
-// negotiation, CancelRequest, and a Terminate sent before anything else.
+// negotiation, direct TLS, CancelRequest, and a Terminate sent before
+// anything else.
 // (Client authentication comes here too.) Pure: bytes in, decisions out to
 // a listener; the caller keeps what is not yet a whole packet.
 import { negotiateProtocolVersion } from '../protocol/encode.js';
@@ -21,9 +22,25 @@ export interface HandshakeListener {
   readonly tlsOffered: boolean;
   /** Answers 'S' and starts TLS: what follows is read from the TLS connection, a fresh handshake buffer. */
   startTls(): void;
+  /** Nothing has been taken from this connection yet: the bytes start with the first the client sent. */
+  readonly fresh: boolean;
+  /**
+   * Direct TLS (PostgreSQL 17's sslnegotiation=direct), when tlsOffered: TLS
+   * starts without an 'S', `hello` (the bytes read so far, the start of the
+   * ClientHello) given back to it; ALPN "postgresql" is required.
+   */
+  startDirectTls(hello: Buffer): void;
+  /** Direct TLS when TLS is not offered: as PostgreSQL, the connection closes without a word. */
+  refuseDirectTls(): void;
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/**
+ * The first byte of a TLS handshake record. No startup packet starts with
+ * it (its length would be hundreds of megabytes), so one byte tells.
+ */
+const TLS_HANDSHAKE = 0x16;
 
 /** The answer to SSLRequest and GSSENCRequest: 'N', not supported. */
 const ENCRYPTION_REFUSED = Buffer.from('N');
@@ -36,6 +53,15 @@ const ENCRYPTION_REFUSED = Buffer.from('N');
 export function readHandshake(held: Buffer, chunk: Buffer, listener: HandshakeListener): Buffer | null {
   let buf = held.length ? Buffer.concat([held, chunk]) : chunk;
   for (;;) {
+    // Only where the connection starts, as PostgreSQL: later (after an 'N', or inside TLS) it is an invalid length.
+    if (buf.length > 0 && buf[0] === TLS_HANDSHAKE && listener.fresh) {
+      if (!listener.tlsOffered) {
+        listener.refuseDirectTls();
+        return null;
+      }
+      listener.startDirectTls(Buffer.from(buf));
+      return EMPTY;
+    }
     let length: number;
     try {
       length = startupPacketLength(buf);

@@ -11,15 +11,14 @@ import type { Transport, TransportHandler } from './transport.js';
 export type PeerCertificate = { verified: true; commonName: string | null } | { verified: false; reason: string };
 
 export interface TlsUpgradeHandler extends TransportHandler {
-  /** The TLS handshake is done; bytes flow. `peer`: the client's certificate as verified (server side). */
-  onSecure(peer: PeerCertificate): void;
+  /**
+   * The TLS handshake is done; bytes flow. `peer`: the client's certificate
+   * as verified (server side); `alpn`: the application protocol ALPN
+   * settled on, or null when the peer offered none.
+   */
+  onSecure(peer: PeerCertificate, alpn: string | null): void;
 }
 
-/**
- * Starts TLS on `under`, between reads: `options.isServer` for a client
- * that asked for it, else as the client of a server. Handshake failures
- * come to `handler.onError`, then `onClose`.
- */
 /**
  * Whether the client's certificate chains to the CA. A TLSSocket made
  * outside a tls.Server never checks it (tls.Server's own listener does,
@@ -39,11 +38,31 @@ function peerOf(socket: tls.TLSSocket): PeerCertificate {
 
 const NOT_A_CLIENT: PeerCertificate = { verified: false, reason: 'not asked' };
 
-export function startTls(under: Transport, options: tls.TLSSocketOptions & tls.ConnectionOptions, handler: TlsUpgradeHandler): SocketTransport {
+/**
+ * Starts TLS on `under`, between reads: `options.isServer` for a client
+ * that asked for it, else as the client of a server. `head`: bytes of the
+ * TLS handshake already read from `under` (a client's direct TLS: the start
+ * of its ClientHello), given back to TLS first. Handshake failures come to
+ * `handler.onError`, then `onClose`.
+ */
+export function startTls(
+  under: Transport,
+  options: tls.TLSSocketOptions & tls.ConnectionOptions,
+  handler: TlsUpgradeHandler,
+  head: Buffer | null = null,
+): SocketTransport {
   const socket = under.detach();
+  if (head !== null && head.length > 0) {
+    // Buffered in the socket (a flowing one would hand it to no listener), where
+    // the TLSSocket takes it before its first read from the handle.
+    if (socket.readableFlowing) socket.pause();
+    socket.unshift(head);
+  }
   const secure = options.isServer ? new tls.TLSSocket(socket, options) : tls.connect({ ...options, socket });
   const transport = new SocketTransport(secure, handler);
-  secure.on(options.isServer ? 'secure' : 'secureConnect', () => handler.onSecure(options.isServer ? peerOf(secure) : NOT_A_CLIENT));
+  secure.on(options.isServer ? 'secure' : 'secureConnect', () =>
+    handler.onSecure(options.isServer ? peerOf(secure) : NOT_A_CLIENT, secure.alpnProtocol || null),
+  );
   secure.on('data', (chunk: Buffer) => transport.onRead(chunk));
   // The plain socket's own failures end the TLS socket, which reports them.
   socket.on('error', (err) => secure.destroy(err));

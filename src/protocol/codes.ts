@@ -49,3 +49,6 @@ export const PROTOCOL_V3 = 196608; // 3.0
 export const SSL_REQUEST = 80877103;
 export const GSSENC_REQUEST = 80877104;
 export const CANCEL_REQUEST = 80877102;
+
+/** The protocol name a TLS client offers by ALPN (IANA's registered "postgresql"); direct TLS requires it. */
+export const ALPN_POSTGRESQL = 'postgresql';

@@ -9,6 +9,7 @@ import type { Config, ServiceConfig } from '../types/config.js';
 import { readHandshake, type HandshakeListener } from '../client/handshake.js';
 import { matchService } from '../client/match.js';
 import { clientErrors } from '../errors.js';
+import { ALPN_POSTGRESQL } from '../protocol/codes.js';
 import type { ErrorFields } from '../protocol/encode.js';
 import type { Transport } from '../io/transport.js';
 import type { PeerCertificate } from '../io/tls.js';
@@ -44,14 +45,20 @@ export interface Identity {
 }
 
 export interface AdmissionOwner extends Cancellable {
-  /** The client asked for TLS and got 'S': its connection becomes a TLS one (the owner's socket changes). */
-  startTls(tls: ClientTls): void;
+  /**
+   * The client asked for TLS and got 'S', or started it directly (`hello`:
+   * the bytes of its TLS handshake read so far): its connection becomes a
+   * TLS one (the owner's socket changes).
+   */
+  startTls(tls: ClientTls, hello: Buffer | null): void;
   /** The client is in: its service and pool key are known; `rest` is what it pipelined after the startup packet. */
   admitted(who: Identity, service: ServiceConfig, key: string, rest: Buffer): void;
   /** No way in: FATAL with `fields`, counted as `rejection` (under `service` once it is known), logged with `reason`. */
   refused(rejection: RejectReason, fields: ErrorFields, reason: string, service?: string): void;
   /** A malformed packet: 08P01. */
   protocolViolation(what: string): void;
+  /** No way in and not a word said (PostgreSQL refuses direct TLS so): counted as `rejection`, closed. */
+  dropped(rejection: RejectReason, reason: string): void;
   /** The proxy is shutting down: 57P01. */
   endForShutdown(): void;
   /** The connection ends without a word: closed after a Terminate (`graceful`), else destroyed. */
@@ -79,8 +86,12 @@ export class Admission implements HandshakeListener {
   private deadline: number;
   /** This connection carried a CancelRequest: nothing after it is read. */
   private cancelling = false;
-  /** The connection is TLS (an SSLRequest was answered 'S'). */
+  /** The connection is TLS (an SSLRequest was answered 'S', or direct TLS). */
   private secure = false;
+  /** Nothing has been taken from the connection yet (direct TLS is recognised only then). */
+  private untouched = true;
+  /** Direct TLS: without ALPN "postgresql" the client is refused once the TLS handshake is done. */
+  private direct = false;
   /** The CN of the client certificate the TLS handshake verified, if any (the cert method). */
   private peerCommonName: string | null = null;
   /** tls-server-end-point data of the certificate presented on this connection: SCRAM-SHA-256-PLUS is offered. */
@@ -119,8 +130,17 @@ export class Admission implements HandshakeListener {
     this.owner.refused('auth_timeout', clientErrors.authTimeout(auth.timeoutMs), 'authentication timeout', auth.service.name);
   }
 
-  /** The TLS handshake is done: under verify-client, a certificate that does not chain to the CA ends the client. */
-  secured(peer: PeerCertificate): void {
+  /**
+   * The TLS handshake is done: direct TLS without ALPN "postgresql" ends the
+   * client, as PostgreSQL ends it (a mismatched ALPN failed the handshake
+   * already); under verify-client, so does a certificate that does not chain to the CA.
+   */
+  secured(peer: PeerCertificate, alpn: string | null): void {
+    if (this.direct && alpn !== ALPN_POSTGRESQL) {
+      this.deadline = 0;
+      this.held = null;
+      return this.drop('direct TLS without ALPN "postgresql"', 'info');
+    }
     if (peer.verified) this.peerCommonName = peer.commonName;
     else if (this.ctx.tls()?.verifyClient) {
       this.deadline = 0;
@@ -135,15 +155,41 @@ export class Admission implements HandshakeListener {
     return !this.secure && this.ctx.tls() !== null;
   }
 
+  get fresh(): boolean {
+    return this.untouched;
+  }
+
   startTls(): void {
+    this.socket.write(TLS_ACCEPTED);
+    this.beginTls(null);
+  }
+
+  startDirectTls(hello: Buffer): void {
+    this.direct = true;
+    this.beginTls(hello);
+  }
+
+  refuseDirectTls(): void {
+    this.deadline = 0;
+    // At debug only, as PostgreSQL logs it only when asked: scanners send TLS hellos to any port.
+    this.drop('direct TLS, but TLS is not configured', 'debug');
+  }
+
+  private beginTls(hello: Buffer | null): void {
     const tls = this.ctx.tls()!;
     this.secure = true;
+    this.untouched = false;
     this.channelBinding = tls.channelBinding;
-    this.socket.write(TLS_ACCEPTED);
-    this.owner.startTls(tls);
+    this.owner.startTls(tls, hello);
+  }
+
+  private drop(reason: string, level: 'info' | 'debug'): void {
+    if (this.ctx.log.isLevelEnabled(level)) this.ctx.log[level]({ reason }, 'client refused');
+    this.owner.dropped('protocol_violation', reason);
   }
 
   answer(bytes: Buffer): void {
+    this.untouched = false;
     this.socket.write(bytes);
   }
 

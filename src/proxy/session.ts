@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import { UNMATCHED, type RejectReason, type ServiceStats, type Stats } from '../budget/stats.js';
 import type { ServiceConfig } from '../types/config.js';
 import { clientErrors } from '../errors.js';
-import { Backend } from '../protocol/codes.js';
+import { ALPN_POSTGRESQL, Backend } from '../protocol/codes.js';
 import { errorResponse, type ErrorFields } from '../protocol/encode.js';
 import { clientTransport, type Accepted } from '../io/accept.js';
 import type { Transport } from '../io/transport.js';
@@ -61,7 +61,7 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
   readonly inbound: ClientInbound;
   /** Server bytes on their way to the client: tracked, the answers to the proxy's own requests left out. */
   readonly outbound: ClientOutbound;
-  /** The client's connection: plain, or TLS once an SSLRequest was answered 'S'. */
+  /** The client's connection: plain, or TLS once an SSLRequest was answered 'S' (or the client started TLS directly). */
   socket: Transport;
   /** The way in: handshake, deadline, service. */
   private readonly admission: Admission;
@@ -284,12 +284,17 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
     if (rest.length > 0 && (this.state as State) !== 'closed') this.clientData(rest);
   }
 
-  /** AdmissionOwner: the client's connection becomes a TLS one; reads go on through it. */
-  startTls(tls: ClientTls): void {
+  /**
+   * AdmissionOwner: the client's connection becomes a TLS one; reads go on
+   * through it. ALPN "postgresql" is chosen when offered; a client that
+   * offers only other protocols fails the handshake (as PostgreSQL 17).
+   */
+  startTls(tls: ClientTls, hello: Buffer | null): void {
     const secure = startTls(
       this.socket,
-      { isServer: true, secureContext: tls.context, requestCert: tls.verifyClient, rejectUnauthorized: tls.verifyClient },
+      { isServer: true, secureContext: tls.context, requestCert: tls.verifyClient, rejectUnauthorized: tls.verifyClient, ALPNProtocols: ALPN },
       this,
+      hello,
     );
     this.socket = secure;
     this.admission.socket = secure;
@@ -297,9 +302,9 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
   }
 
   /** TlsUpgradeHandler: the TLS handshake is done; the client's startup packet comes next. */
-  onSecure(peer: PeerCertificate): void {
+  onSecure(peer: PeerCertificate, alpn: string | null): void {
     try {
-      this.admission.secured(peer);
+      this.admission.secured(peer, alpn);
     } catch (err) {
       this.failed(err, 'tls handshake');
     }
@@ -308,6 +313,12 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
   refused(rejection: RejectReason, fields: ErrorFields, reason: string, service?: string): void {
     (service === undefined ? this.stats() : this.ctx.stats.service(service)).rejections[rejection]++;
     this.fatal(fields, reason);
+  }
+
+  dropped(rejection: RejectReason, reason: string): void {
+    this.stats().rejections[rejection]++;
+    this.closeReason = reason;
+    this.endWith(EMPTY);
   }
 
   leave(reason: string, graceful: boolean): void {
@@ -434,3 +445,4 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
 }
 
 const EMPTY = Buffer.alloc(0);
+const ALPN = [ALPN_POSTGRESQL];
