@@ -5,12 +5,16 @@
 //
 // Each argument is one case: a label, a JDBC URL, then the connection
 // properties (sslmode, sslrootcert, sslcert, sslkey, channelBinding, ...) as
-// key=value, all separated by tabs. The first line printed says which driver
-// this is: {"driver":"42.7.13","channelBinding":true}, channelBinding being
-// whether the driver knows that property (pgjdbc 42.7 and later). Then one
-// JSON line per case: {"label":..,"user":..} after `select current_user`, or
+// key=value, all separated by tabs. The arguments are ASCII whatever the
+// JVM's locale (a password may not be): a backslash escapes as in JSON, two
+// for one backslash, one before `u` and four hex digits for that UTF-16 unit.
+// The first line printed says which driver this is:
+// {"driver":"42.7.13","channelBinding":true}, channelBinding being whether the
+// driver knows that property (pgjdbc 42.7 and later). Then one JSON line per
+// case: {"label":..,"user":..} after `select current_user`, or
 // {"label":..,"code":SQLState,"error":getMessage()} exactly as the driver
-// raised it (for an exception that is no SQLException: its class and message).
+// raised it (for an exception that is no SQLException: its class and
+// message). What is printed is ASCII too, in JSON's escapes.
 import java.sql.Connection;
 import java.sql.DriverManager;
 import java.sql.ResultSet;
@@ -31,7 +35,7 @@ public final class AuthProbe {
     }
     System.out.println("{\"driver\":" + json(DriverInfo.DRIVER_VERSION) + ",\"channelBinding\":" + channelBinding + "}");
     for (String arg : args) {
-      String[] parts = arg.split("\t");
+      String[] parts = unescape(arg).split("\t");
       Properties props = new Properties();
       for (int i = 2; i < parts.length; i++) {
         int eq = parts[i].indexOf('=');
@@ -55,7 +59,24 @@ public final class AuthProbe {
     }
   }
 
-  /** A JSON string, or null. */
+  /** `s` with its JSON escapes (a backslash, then another or `u` and four hex digits) read. */
+  private static String unescape(String s) {
+    StringBuilder b = new StringBuilder();
+    for (int i = 0; i < s.length(); i++) {
+      char ch = s.charAt(i);
+      if (ch != '\\') {
+        b.append(ch);
+      } else if (s.charAt(i + 1) == 'u') {
+        b.append((char) Integer.parseInt(s.substring(i + 2, i + 6), 16));
+        i += 5;
+      } else {
+        b.append(s.charAt(++i));
+      }
+    }
+    return b.toString();
+  }
+
+  /** A JSON string in ASCII, or null. */
   private static String json(String s) {
     if (s == null) return "null";
     StringBuilder b = new StringBuilder("\"");
@@ -63,7 +84,7 @@ public final class AuthProbe {
       char ch = s.charAt(i);
       if (ch == '"' || ch == '\\') {
         b.append('\\').append(ch);
-      } else if (ch < 0x20) {
+      } else if (ch < 0x20 || ch > 0x7e) {
         b.append(String.format("\\u%04x", (int) ch));
       } else {
         b.append(ch);

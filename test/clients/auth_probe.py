@@ -6,7 +6,8 @@ asks through test/helpers/foreign-clients.ts:
 
 The argument is a JSON list of cases: a label and the keyword arguments of
 psycopg2.connect (libpq's connection parameters: host, port, user, password,
-dbname, sslmode, sslrootcert, sslcert, sslkey, channel_binding, ...). The first
+dbname, sslmode, sslrootcert, sslcert, sslkey, channel_binding, ...), written
+in ASCII whatever the locale (JSON's \\u escapes for anything else). The first
 line printed says which psycopg2 and libpq these are; then one JSON line per
 case: {"label", "user"} after `select current_user`, or {"label",
 "code", "error"} with the error's pgcode and str() exactly as psycopg2 raised

@@ -2,11 +2,16 @@
 // psycopg2, node-postgres (JavaScript, and over libpq when pg-native is
 // installed), postgres.js and the JDBC driver. For each: the right and a wrong
 // password for SCRAM and md5, TLS with sslmode=verify-full against a CA made
-// here with openssl, channel binding (SCRAM-SHA-256-PLUS) and a client
-// certificate. A refused login must read, in each client, exactly as it reads
-// from PostgreSQL itself (the same case against a throwaway cluster, with TLS
-// where the case has it) once the port is taken out: the same words, the same
-// SQLSTATE where the client shows one. The outcomes are printed as a table.
+// here with openssl, channel binding (SCRAM-SHA-256-PLUS), a client
+// certificate, and auth.query: passwords only the database knows, looked up
+// through a least-privileged role and the README's SECURITY DEFINER function
+// (SCRAM and md5 roles, a SASLprep password, a role without a password, an
+// expired one), and once a pool of server connections that opens for such a
+// role with no password in pgbudget's config. A refused login must read, in
+// each client, exactly as it reads from PostgreSQL itself (the same case
+// against a throwaway cluster, with TLS where the case has it) once the port
+// is taken out: the same words, the same SQLSTATE where the client shows one.
+// The outcomes are printed as a table.
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
@@ -20,6 +25,8 @@ import { jdbcAvailable, psycopg2Available, runJava, runPython, type ForeignResul
 import { assertNoLeaks, run, startProxy } from '../helpers/proxy.js';
 
 const WRONG = 'not-the-password';
+// U+2168 ROMAN NUMERAL NINE: SASLprep (NFKC) makes "IX-IX" of it, which is what PostgreSQL's verifier is made from.
+const PREP = 'IX-\u2168';
 
 // Certificates: a CA and the server certificate it signs (for the proxy and the TLS cluster alike), a
 // client certificate for app_u, and another CA that signed none of them.
@@ -36,8 +43,32 @@ const passwordUsers = [
   { name: 'md5_u', password: 'md5-pw', method: 'md5' as const },
   { name: 'app_u', password: 'app-pw', method: 'scram-sha-256' as const },
 ];
+// auth.query's roles: pgbudget knows none of their passwords, only lookup_u's. nopw_u loses its password and
+// expired_u's expires below; their pg_hba lines still ask for SCRAM, so PostgreSQL itself refuses them as pgbudget must.
+const lookupUsers = [
+  { name: 'lookup_u', password: 'lookup-pw', method: 'scram-sha-256' as const },
+  { name: 'aq_scram_u', password: 'aq-scram-pw', method: 'scram-sha-256' as const },
+  { name: 'aq_md5_u', password: 'aq-md5-pw', method: 'md5' as const },
+  { name: 'prep_u', password: PREP, method: 'scram-sha-256' as const },
+  { name: 'nopw_u', password: 'nopw-pw', method: 'scram-sha-256' as const },
+  { name: 'expired_u', password: 'expired-pw', method: 'scram-sha-256' as const },
+];
 // The cluster behind every proxy, and the one the password cases are compared with (no TLS, as the proxy in front of it).
-const cluster = await withCluster(t, { maxConnections: 30, passwordUsers });
+const cluster = await withCluster(t, { maxConnections: 30, passwordUsers: [...passwordUsers, ...lookupUsers] });
+await cluster.query('ALTER ROLE nopw_u PASSWORD NULL');
+await cluster.query(`ALTER ROLE expired_u VALID UNTIL '2001-01-01'`);
+// The README's lookup, as test/integration/authQuery.test.ts sets it up: a function that reads pg_authid for whoever
+// may execute it (no password for an expired role), and a role that may do nothing else.
+await cluster.query(`
+  CREATE SCHEMA pgbudget;
+  CREATE FUNCTION pgbudget.user_lookup(i_username text, OUT usename name, OUT passwd text) RETURNS record
+    LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS $$
+      SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END
+        FROM pg_authid WHERE rolname = i_username AND rolcanlogin $$;
+  REVOKE ALL ON FUNCTION pgbudget.user_lookup(text) FROM PUBLIC;
+  GRANT USAGE ON SCHEMA pgbudget TO lookup_u;
+  GRANT EXECUTE ON FUNCTION pgbudget.user_lookup(text) TO lookup_u;
+`);
 // The same roles with TLS on, the same certificate and CA (a server that has a CA sends it in the chain, as the proxy
 // with tls.ca does: a Node.js client that trusts another CA then names it "self-signed certificate in certificate chain"):
 // what the TLS cases are compared with.
@@ -78,6 +109,20 @@ const certProxy = await startProxy(t, cluster, {
   tls: { ...tlsFiles, mode: 'verify-client' },
   services: [{ name: 'all', match: {}, ...transaction, password: 'app-pw' }],
 });
+// auth.query: no client's password anywhere in the config, only the lookup role's, from the environment. The server
+// connections log in with what the client's own login gave: the ClientKey of its SCRAM proof, the stored md5 hash.
+process.env.PGBUDGET_TEST_AUTHCLIENTS_LOOKUP_PW = 'lookup-pw';
+const lookup = await startProxy(t, cluster, {
+  auth: {
+    method: 'scram-sha-256',
+    query: { user: 'lookup_u', passwordEnv: 'PGBUDGET_TEST_AUTHCLIENTS_LOOKUP_PW', sql: 'SELECT * FROM pgbudget.user_lookup($1)' },
+  },
+  services: [
+    { name: 'aq_scram', match: { user: 'aq_scram_u' }, ...transaction },
+    { name: 'aq_md5', match: { user: 'aq_md5_u' }, ...transaction, auth: { method: 'md5' } },
+    { name: 'aq_others', match: { user: ['prep_u', 'nopw_u', 'expired_u'] }, ...transaction },
+  ],
+});
 
 // ---------------------------------------------------------------------------
 // the cases, the same for every client
@@ -90,15 +135,20 @@ interface Target {
   tls?: { rootcert: string; channelBinding?: boolean; cert?: boolean };
 }
 
+/** `name.ok` and `name.bad`, the right and a wrong password through `port`, and `name.direct`: the wrong one to the cluster itself. */
+function rightAndWrong<N extends string>(name: N, port: number, user: string, password: string) {
+  return {
+    [`${name}.ok`]: { port, user, password },
+    [`${name}.bad`]: { port, user, password: WRONG },
+    [`${name}.direct`]: { port: cluster.port, user, password: WRONG },
+  } as Record<`${N}.${'ok' | 'bad' | 'direct'}`, Target>;
+}
+
 const verifyFull = { rootcert: ca };
 const withClientCert = { rootcert: ca, cert: true };
 const cases = {
-  'scram.ok': { port: plain.port, user: 'scram_u', password: 'scram-pw' },
-  'scram.bad': { port: plain.port, user: 'scram_u', password: WRONG },
-  'scram.direct': { port: cluster.port, user: 'scram_u', password: WRONG },
-  'md5.ok': { port: plain.port, user: 'md5_u', password: 'md5-pw' },
-  'md5.bad': { port: plain.port, user: 'md5_u', password: WRONG },
-  'md5.direct': { port: cluster.port, user: 'md5_u', password: WRONG },
+  ...rightAndWrong('scram', plain.port, 'scram_u', 'scram-pw'),
+  ...rightAndWrong('md5', plain.port, 'md5_u', 'md5-pw'),
   'tls.ok': { port: tls.port, user: 'app_u', password: 'app-pw', tls: verifyFull },
   'tls.bad': { port: tls.port, user: 'app_u', password: WRONG, tls: verifyFull },
   'tls.direct': { port: tlsCluster.port, user: 'app_u', password: WRONG, tls: verifyFull },
@@ -109,6 +159,16 @@ const cases = {
   'cb.direct': { port: tlsCluster.port, user: 'app_u', password: WRONG, tls: { ...verifyFull, channelBinding: true } },
   'cert.ok': { port: certProxy.port, user: 'app_u', tls: withClientCert },
   'cert.other': { port: certProxy.port, user: 'postgres', tls: withClientCert },
+  ...rightAndWrong('aq.scram', lookup.port, 'aq_scram_u', 'aq-scram-pw'),
+  ...rightAndWrong('aq.md5', lookup.port, 'aq_md5_u', 'aq-md5-pw'),
+  // The password as the user typed it: a client that applies SASLprep logs in, one that does not is refused, directly too.
+  'prep': { port: lookup.port, user: 'prep_u', password: PREP },
+  'prep.direct': { port: cluster.port, user: 'prep_u', password: PREP },
+  // The password nopw_u had, and expired_u's right one.
+  'nopw': { port: lookup.port, user: 'nopw_u', password: 'nopw-pw' },
+  'nopw.direct': { port: cluster.port, user: 'nopw_u', password: 'nopw-pw' },
+  'expired': { port: lookup.port, user: 'expired_u', password: 'expired-pw' },
+  'expired.direct': { port: cluster.port, user: 'expired_u', password: 'expired-pw' },
 } satisfies Record<string, Target>;
 type Label = keyof typeof cases;
 const labels = Object.keys(cases) as Label[];
@@ -274,6 +334,12 @@ function parseProbe(r: ForeignResult, what: string): { about: Record<string, unk
   return { about, outcomes };
 }
 
+/**
+ * `s` in ASCII, as a JVM or a Python whose locale is not UTF-8 reads its command line intact (prep_u's password is
+ * not ASCII): every character past ASCII as JSON writes it, `\u2168`, which json.loads and AuthProbe.java read back.
+ */
+const asciiOnly = (s: string) => s.replace(/[\u0080-\uffff]/g, (ch) => `\\u${ch.charCodeAt(0).toString(16).padStart(4, '0')}`);
+
 async function jdbcOutcomes(): Promise<{ about: Record<string, unknown>; outcomes: Outcomes }> {
   const args = labels.map((label) => {
     const c: Target = cases[label];
@@ -284,7 +350,8 @@ async function jdbcOutcomes(): Promise<{ about: Record<string, unknown>; outcome
       if (c.tls.channelBinding) props.push('channelBinding=require');
       if (c.tls.cert) props.push(`sslcert=${certs.file('client.pem')}`, `sslkey=${clientKeyDer}`);
     }
-    return [label, `jdbc:postgresql://127.0.0.1:${c.port}/postgres`, ...props].join('\t');
+    // A backslash as JSON writes it too: AuthProbe.java reads `\\` and `\uXXXX` in its arguments.
+    return asciiOnly([label, `jdbc:postgresql://127.0.0.1:${c.port}/postgres`, ...props].join('\t').replace(/\\/g, '\\\\'));
   });
   const probe = parseProbe(await runJava('AuthProbe', args, 60_000), 'AuthProbe (JDBC)');
   if (probe.about.channelBinding !== true) {
@@ -296,7 +363,7 @@ async function jdbcOutcomes(): Promise<{ about: Record<string, unknown>; outcome
 
 async function psycopg2Outcomes(): Promise<{ about: Record<string, unknown>; outcomes: Outcomes }> {
   const list = labels.map((label) => ({ label, params: conninfo(cases[label], true) }));
-  return parseProbe(await runPython('auth_probe.py', [JSON.stringify(list)], 60_000), 'auth_probe.py (psycopg2)');
+  return parseProbe(await runPython('auth_probe.py', [asciiOnly(JSON.stringify(list))], 60_000), 'auth_probe.py (psycopg2)');
 }
 
 // ---------------------------------------------------------------------------
@@ -309,7 +376,20 @@ interface Client {
   outcomes: Outcomes;
 }
 
-const COLUMNS = ['scram right', 'scram wrong', 'md5 right', 'md5 wrong', 'TLS verify-full', 'channel binding', 'client cert'] as const;
+const COLUMNS = [
+  'scram right',
+  'scram wrong',
+  'md5 right',
+  'md5 wrong',
+  'TLS verify-full',
+  'channel binding',
+  'client cert',
+  'auth.query right',
+  'auth.query wrong',
+  'SASLprep',
+  'no password',
+  'expired',
+] as const;
 const rows: string[][] = [];
 const texts: string[] = [];
 
@@ -375,8 +455,28 @@ function check(t: Test, client: Client): void {
   const certOther = refused('cert.other', 'certificate authentication failed for user "postgres"', '28000');
   cells['client cert'] = `${certIn}; as another user ${certOther}`;
 
+  cells['auth.query right'] = `scram ${loggedIn('aq.scram.ok', 'aq_scram_u')}; md5 ${loggedIn('aq.md5.ok', 'aq_md5_u')}`;
+  cells['auth.query wrong'] =
+    `scram ${refused('aq.scram.bad', failed('aq_scram_u'), '28P01', 'aq.scram.direct')}; ` +
+    `md5 ${refused('aq.md5.bad', failed('aq_md5_u'), '28P01', 'aq.md5.direct')}`;
+  // Whether the client applies SASLprep is the client's business: through pgbudget as directly, whatever that is.
+  const prep = o.prep;
+  if (prep !== 'unsupported' && 'user' in prep) {
+    const direct = o['prep.direct'];
+    const same = direct !== 'unsupported' && 'user' in direct && direct.user === prep.user;
+    t.ok(same, `${client.name} prep: logged in directly too`, { direct });
+    cells.SASLprep = `${loggedIn('prep', 'prep_u')}${same ? ', = direct' : ` ≠ direct (${JSON.stringify(direct)})`}`;
+  } else {
+    // Refused directly too: the client sent a proof of the password as typed, not as SASLprep makes it.
+    const direct = o['prep.direct'];
+    const noSaslprep = direct !== 'unsupported' && 'error' in direct ? ' (the client does not apply SASLprep)' : '';
+    cells.SASLprep = `${refused('prep', failed('prep_u'), '28P01', 'prep.direct')}${noSaslprep}`;
+  }
+  cells['no password'] = refused('nopw', failed('nopw_u'), '28P01', 'nopw.direct');
+  cells.expired = refused('expired', failed('expired_u'), '28P01', 'expired.direct');
+
   rows.push([client.name, ...COLUMNS.map((c) => cells[c])]);
-  for (const label of ['scram.bad', 'md5.bad', 'cert.other'] as const) {
+  for (const label of ['scram.bad', 'md5.bad', 'cert.other', 'aq.scram.bad', 'aq.md5.bad', 'prep', 'nopw', 'expired'] as const) {
     const got = o[label];
     if (got !== 'unsupported' && 'error' in got) texts.push(`| ${client.name} | ${label} | ${got.code ?? ''} | \`${got.error.replace(/\n/g, '\\n').replace(/\|/g, '\\|')}\` |`);
   }
@@ -418,8 +518,38 @@ t.test('JDBC', async (t) => {
   check(t, { name: 'JDBC', sqlstate: true, outcomes: probe.outcomes });
 });
 
+// Once, with node-postgres: two transactions held open at once through the auth.query proxy take two server
+// connections, both logged in as aq_scram_u with what the clients' SCRAM proofs gave (no password in the config).
+let poolLine = 'auth.query pool: not run';
+t.test('auth.query: a pool of server connections in transaction mode, no password in the config', async (t) => {
+  const clients = [0, 1].map(
+    () => new pg.Client({ host: '127.0.0.1', port: lookup.port, user: 'aq_scram_u', password: 'aq-scram-pw', database: 'postgres' }),
+  );
+  try {
+    await Promise.all(clients.map((c) => c.connect()));
+    const pids = await Promise.all(
+      clients.map(async (c) => {
+        await c.query('begin');
+        return (await c.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0].pid;
+      }),
+    );
+    t.equal(new Set(pids).size, 2, 'two transactions open at once, on two server connections');
+    const backends = await cluster.countClientBackends({ user: 'aq_scram_u' });
+    t.ok(backends >= 2, `pg_stat_activity: ${backends} client backends of aq_scram_u`);
+    const [{ n }] = await cluster.query<{ n: number }>(
+      `select count(*)::int as n from pg_stat_activity where usename = 'aq_scram_u' and backend_type = 'client backend' and pid = any($1)`,
+      [pids],
+    );
+    t.equal(n, 2, 'the two transactions run in client backends of aq_scram_u');
+    await Promise.all(clients.map((c) => c.query('commit')));
+    poolLine = `auth.query pool (node-postgres, transaction mode, 2 transactions held open): ${backends} client backends of aq_scram_u in pg_stat_activity`;
+  } finally {
+    await Promise.all(clients.map((c) => c.end().catch(() => {})));
+  }
+});
+
 t.test('no slot left behind; the matrix', async (t) => {
-  for (const p of [plain, tls, certProxy]) await assertNoLeaks(t, p);
+  for (const p of [plain, tls, certProxy, lookup]) await assertNoLeaks(t, p);
   t.comment(
     [
       `logins through pgbudget, ${((Date.now() - started) / 1000).toFixed(1)} s. "= direct": the same text and SQLSTATE as from PostgreSQL itself,`,
@@ -427,6 +557,8 @@ t.test('no slot left behind; the matrix', async (t) => {
       `| client | ${COLUMNS.join(' | ')} |`,
       `|${' --- |'.repeat(COLUMNS.length + 1)}`,
       ...rows.map((r) => `| ${r.join(' | ')} |`),
+      '',
+      poolLine,
       '',
       'the words of each refusal through pgbudget (the port as the client printed it)',
       '| client | case | SQLSTATE | text |',
