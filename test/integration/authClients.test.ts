@@ -20,6 +20,7 @@ import t, { type Test } from 'tap';
 import pg from 'pg';
 import postgres from 'postgres';
 import { makeCertDir } from '../helpers/certs.js';
+import { createLookupFunction, LOOKUP_SQL } from '../helpers/authQuery.js';
 import { withCluster } from '../helpers/cluster.js';
 import { jdbcAvailable, psycopg2Available, runJava, runPython, type ForeignResult } from '../helpers/foreign-clients.js';
 import { assertNoLeaks, run, startProxy } from '../helpers/proxy.js';
@@ -57,18 +58,9 @@ const lookupUsers = [
 const cluster = await withCluster(t, { maxConnections: 30, passwordUsers: [...passwordUsers, ...lookupUsers] });
 await cluster.query('ALTER ROLE nopw_u PASSWORD NULL');
 await cluster.query(`ALTER ROLE expired_u VALID UNTIL '2001-01-01'`);
-// The README's lookup, as test/integration/authQuery.test.ts sets it up: a function that reads pg_authid for whoever
+// The README's lookup, run from the README itself: a function that reads pg_authid for whoever
 // may execute it (no password for an expired role), and a role that may do nothing else.
-await cluster.query(`
-  CREATE SCHEMA pgbudget;
-  CREATE FUNCTION pgbudget.user_lookup(i_username text, OUT usename name, OUT passwd text) RETURNS record
-    LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS $$
-      SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END
-        FROM pg_authid WHERE rolname = i_username AND rolcanlogin $$;
-  REVOKE ALL ON FUNCTION pgbudget.user_lookup(text) FROM PUBLIC;
-  GRANT USAGE ON SCHEMA pgbudget TO lookup_u;
-  GRANT EXECUTE ON FUNCTION pgbudget.user_lookup(text) TO lookup_u;
-`);
+await createLookupFunction(cluster, 'lookup_u');
 // The same roles with TLS on, the same certificate and CA (a server that has a CA sends it in the chain, as the proxy
 // with tls.ca does: a Node.js client that trusts another CA then names it "self-signed certificate in certificate chain"):
 // what the TLS cases are compared with.
@@ -115,7 +107,7 @@ process.env.PGBUDGET_TEST_AUTHCLIENTS_LOOKUP_PW = 'lookup-pw';
 const lookup = await startProxy(t, cluster, {
   auth: {
     method: 'scram-sha-256',
-    query: { user: 'lookup_u', passwordEnv: 'PGBUDGET_TEST_AUTHCLIENTS_LOOKUP_PW', sql: 'SELECT * FROM pgbudget.user_lookup($1)' },
+    query: { user: 'lookup_u', passwordEnv: 'PGBUDGET_TEST_AUTHCLIENTS_LOOKUP_PW', sql: LOOKUP_SQL },
   },
   services: [
     { name: 'aq_scram', match: { user: 'aq_scram_u' }, ...transaction },

@@ -5,6 +5,7 @@
 // of server connections that opens with no password anywhere in the config.
 import t from 'tap';
 import pg from 'pg';
+import { createLookupFunction, LOOKUP_SQL } from '../helpers/authQuery.js';
 import { withCluster } from '../helpers/cluster.js';
 import { assertNoLeaks, psql, sleep, startProxy, type TestProxy } from '../helpers/proxy.js';
 
@@ -23,24 +24,14 @@ const cluster = await withCluster(t, {
 await cluster.query(`ALTER ROLE expired_u VALID UNTIL '2001-01-01'`);
 await cluster.query('ALTER ROLE nopw_u PASSWORD NULL');
 // The README's lookup: a function that reads pg_authid for whoever may execute it, and a role that may do nothing else.
-await cluster.query(`
-  CREATE SCHEMA pgbudget;
-  CREATE FUNCTION pgbudget.user_lookup(i_username text, OUT usename name, OUT passwd text) RETURNS record
-    LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS $$
-      SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END
-        FROM pg_authid WHERE rolname = i_username AND rolcanlogin $$;
-  REVOKE ALL ON FUNCTION pgbudget.user_lookup(text) FROM PUBLIC;
-  GRANT USAGE ON SCHEMA pgbudget TO lookup_u;
-  GRANT EXECUTE ON FUNCTION pgbudget.user_lookup(text) TO lookup_u;
-`);
+await createLookupFunction(cluster, 'lookup_u');
 
-const SQL = 'SELECT * FROM pgbudget.user_lookup($1)';
 const services = [
   { name: 'scram', match: { user: ['scram_u', 'prep_u', 'expired_u', 'nopw_u', 'nobody_u'] }, budget: 3, poolMode: 'transaction', queue: { timeoutMs: 5000 } },
   { name: 'md5', match: { user: 'md5_u' }, budget: 2, poolMode: 'transaction', auth: { method: 'md5' } },
 ];
 process.env.PGBUDGET_TEST_LOOKUP_PW = 'lookup-pw';
-const query = { user: 'lookup_u', passwordEnv: 'PGBUDGET_TEST_LOOKUP_PW', sql: SQL, cacheMs: 300 };
+const query = { user: 'lookup_u', passwordEnv: 'PGBUDGET_TEST_LOOKUP_PW', sql: LOOKUP_SQL, cacheMs: 300 };
 // No password of any client role in here: only the lookup role's, from the environment.
 const proxy = await startProxy(t, cluster, { auth: { method: 'scram-sha-256', query }, services, upstream: { maxConnections: 6 } });
 
