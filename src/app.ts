@@ -4,6 +4,7 @@ import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { buildAdmin } from './admin/server.js';
+import { readAdminGuard, type AdminGuard } from './admin/token.js';
 import type { Config } from './types/config.js';
 import { Metrics } from './metrics/metrics.js';
 import { Proxy } from './proxy/proxy.js';
@@ -14,10 +15,14 @@ export interface RunningPgbudget {
   admin: FastifyInstance;
   address: AddressInfo;
   adminAddress: AddressInfo;
+  /** Applies a new, already validated config (the proxy's and the admin token); returns the notes to log. */
+  reload(next: Config): string[];
   stop(): Promise<void>;
 }
 
 export async function startPgbudget(config: Config, log: Logger): Promise<RunningPgbudget> {
+  // Read before anything starts: a token that cannot be read stops the start.
+  let guard: AdminGuard = readAdminGuard(config.admin);
   const proxy = new Proxy(config, log);
   const metrics = new Metrics(proxy);
   const admin = buildAdmin(
@@ -29,6 +34,7 @@ export async function startPgbudget(config: Config, log: Logger): Promise<Runnin
       upstreamReachable: () => proxy.pool.upstreamReachable(),
     },
     metrics,
+    () => guard,
   );
   const address = await proxy.listen();
   try {
@@ -46,6 +52,18 @@ export async function startPgbudget(config: Config, log: Logger): Promise<Runnin
     admin,
     address,
     adminAddress,
+    reload(next) {
+      // Read first: a token that cannot be read keeps the running config whole, the proxy's included.
+      let nextGuard: AdminGuard;
+      try {
+        nextGuard = readAdminGuard(next.admin);
+      } catch (err) {
+        throw new Error(`reload failed, running config kept: ${(err as Error).message}`);
+      }
+      const notes = proxy.reload(next);
+      guard = nextGuard;
+      return notes;
+    },
     async stop() {
       await proxy.shutdown();
       await admin.close();

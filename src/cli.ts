@@ -46,7 +46,7 @@ async function main(): Promise<number> {
   const withOverrides = (c: Config): Config => ({
     ...c,
     listen: args.listen ? parseHostPort(args.listen) : c.listen,
-    admin: args.admin ? parseHostPort(args.admin) : c.admin,
+    admin: args.admin ? { ...c.admin, ...parseHostPort(args.admin) } : c.admin,
   });
 
   let embedded: EmbeddedUpstream | null = null;
@@ -95,7 +95,7 @@ async function main(): Promise<number> {
   const reload = async (): Promise<void> => {
     try {
       const next = await loadConfigFile(configPath!);
-      const notes = app.proxy.reload(withOverrides(next));
+      const notes = app.reload(withOverrides(next));
       if (!levelOverride) log.level = next.logLevel;
       log.info({ notes, services: next.services.map((s) => ({ name: s.name, budget: s.budget })) }, 'config reloaded');
     } catch (err) {

@@ -8,6 +8,7 @@ interface Node {
   properties?: Record<string, Node>;
   required?: string[];
   items?: Node;
+  anyOf?: Node[];
   enum?: string[];
   default?: unknown;
   docDefault?: string;
@@ -29,7 +30,8 @@ export function configRows(): ConfigRow[] {
   const visit = (mapping: Node, prefix: string): void => {
     for (const [key, node] of Object.entries(mapping.properties ?? {})) {
       const field = `${prefix}${key}${node.type === 'array' ? '[]' : ''}`;
-      const inner = node.type === 'array' ? node.items : node;
+      // A list's fields are its items'; a union's (admin: "host:port" or a mapping), its mapping's.
+      const inner = node.type === 'array' ? node.items : (node.anyOf?.find((b) => b.properties) ?? node);
       if (node.description !== undefined || !inner?.properties) {
         rows.push({ field, default: defaultOf(node, mapping.required?.includes(key) ?? false), meaning: meaningOf(node) });
       }

@@ -4,6 +4,7 @@
 import { Type, type Static, type TProperties, type TSchema } from '@sinclair/typebox';
 import { Ajv, type ErrorObject } from 'ajv';
 import type {
+  AdminConfig,
   AuthMethod,
   TlsMode,
   Config,
@@ -17,7 +18,7 @@ import type {
   UpstreamTlsMode,
 } from '../types/config.js';
 
-export type { Config, HostPort, LogLevel, OnSessionState, PoolMode, ServiceConfig, ServiceMatch, UpstreamConfig };
+export type { AdminConfig, Config, HostPort, LogLevel, OnSessionState, PoolMode, ServiceConfig, ServiceMatch, UpstreamConfig };
 
 // Bounds of the integer fields, with the words a problem uses for them ("must be …").
 const POSITIVE = { minimum: 1, mustBe: 'a positive integer' };
@@ -117,6 +118,38 @@ const AuthSchema = mapping(
   { default: {}, description: 'client authentication' },
 );
 
+const ADMIN_LISTEN = '127.0.0.1:9187';
+
+// "host:port" as before, or a mapping that also names a bearer token. Inside
+// a union ajv fills in no defaults: validateConfig does (docDefault).
+const AdminSchema = defaulted(
+  Type.Union(
+    [
+      Type.String({ ...NON_EMPTY, format: 'host-port' }),
+      mapping({
+        listen: Type.Optional(
+          Type.String({ ...NON_EMPTY, format: 'host-port', docDefault: `\`${ADMIN_LISTEN}\``, description: 'where it listens (`host:port`)' }),
+        ),
+        tokenEnv: Type.Optional(
+          Type.String({ ...NON_EMPTY, description: 'name of an environment variable that holds the bearer token, read at start and on reload' }),
+        ),
+        tokenFile: Type.Optional(
+          Type.String({ ...NON_EMPTY, description: 'a file that holds the token (a trailing newline is dropped), read at start and on reload; not with `tokenEnv`' }),
+        ),
+        metricsNeedToken: Type.Optional(
+          Type.Boolean({ docDefault: '`false`', description: '`/metrics` asks for the token too; `/healthz` and `/readyz` never do' }),
+        ),
+      }),
+    ],
+    {
+      default: ADMIN_LISTEN,
+      mustBe: '"host:port" or a mapping',
+      description:
+        'metrics and health HTTP server: `host:port`, or a mapping with `listen` and a token that every route but `/healthz`, `/readyz` and (by default) `/metrics` asks for as `Authorization: Bearer <token>` (`401` otherwise)',
+    },
+  ),
+);
+
 /** A name, or a list of them (any matches). */
 const matchList = (what: string) =>
   Type.Optional(
@@ -204,7 +237,7 @@ const ServiceSchema = mapping({
 
 export const ConfigSchema = mapping({
   listen: address('127.0.0.1:6432', 'where clients connect (`host:port`)'),
-  admin: address('127.0.0.1:9187', 'metrics and health HTTP server'),
+  admin: AdminSchema,
   logLevel: oneOf<LogLevel>(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], {
     default: 'info',
     description: '`--log-level` or `PGBUDGET_LOG_LEVEL` override',
@@ -299,7 +332,7 @@ type Document = Static<typeof ConfigSchema>;
 // Config (every key, its optionality and its type), addresses aside.
 type Full<T> = T extends readonly (infer E)[] ? Full<E>[] : T extends object ? { [K in keyof T]-?: Full<T[K]> } : T;
 type Same<A, B> = [A, Full<A>] extends [B, Full<B>] ? ([B, Full<B>] extends [A, Full<A>] ? true : false) : false;
-const schemaIsConfig: Same<Omit<Document, 'listen' | 'admin'> & { listen: HostPort; admin: HostPort }, Config> = true;
+const schemaIsConfig: Same<Omit<Document, 'listen' | 'admin'> & { listen: HostPort; admin: AdminConfig }, Config> = true;
 void schemaIsConfig;
 
 export class ConfigError extends Error {
@@ -338,7 +371,12 @@ interface Problem {
   at: Segment[];
   what: string;
 }
-type Node = { type?: string; properties?: Record<string, Node>; items?: Node; enum?: string[]; mustBe?: string };
+type Node = { type?: string; properties?: Record<string, Node>; items?: Node; anyOf?: Node[]; enum?: string[]; mustBe?: string };
+
+/** The node itself, or the branch of a union (a string or a mapping, a string or a list), that has `key`. */
+function branchWith(node: Node | undefined, key: 'properties' | 'items'): Node | undefined {
+  return node?.[key] !== undefined ? node : node?.anyOf?.find((b) => b[key] !== undefined);
+}
 
 /** The schema of the value at `at`, and the position of each step in declaration order (unknown fields first). */
 function walk(at: Segment[]): { node: Node | undefined; rank: number[] } {
@@ -347,17 +385,54 @@ function walk(at: Segment[]): { node: Node | undefined; rank: number[] } {
   for (const seg of at) {
     if (typeof seg === 'number') {
       rank.push(seg);
-      node = node?.items;
+      node = branchWith(node, 'items')?.items;
     } else {
-      rank.push(Object.keys(node?.properties ?? {}).indexOf(seg));
-      node = node?.properties?.[seg];
+      const m = branchWith(node, 'properties');
+      rank.push(Object.keys(m?.properties ?? {}).indexOf(seg));
+      node = m?.properties?.[seg];
     }
   }
   return { node, rank };
 }
 
+function pathSegments(instancePath: string): Segment[] {
+  return instancePath
+    .split('/')
+    .slice(1)
+    .map((s) => (/^\d+$/.test(s) ? Number(s) : s.replace(/~1/g, '/').replace(/~0/g, '~')));
+}
+
+function valueAt(doc: unknown, at: Segment[]): unknown {
+  return at.reduce<unknown>((v, seg) => (v as Record<Segment, unknown>)[seg], doc);
+}
+
+function kindOf(v: unknown): string {
+  return Array.isArray(v) ? 'array' : v === null ? 'null' : typeof v;
+}
+
+/**
+ * ajv reports a failed union once for the union and once for every branch.
+ * The branch of the value's own kind says what is wrong (`admin: { lisen: … }`
+ * is an unknown field, not a wrong type); a value of no branch's kind is
+ * worded by the union itself.
+ */
+function fromFittingBranches(errors: ErrorObject[], doc: unknown): ErrorObject[] {
+  const unions = errors
+    .filter((e) => e.keyword === 'anyOf')
+    .map((e) => {
+      const at = pathSegments(e.instancePath);
+      const kind = kindOf(valueAt(doc, at));
+      return { error: e, fit: walk(at).node?.anyOf?.findIndex((b) => b.type === kind) ?? -1 };
+    });
+  const within = (e: ErrorObject, u: ErrorObject) =>
+    e.schemaPath.startsWith(`${u.schemaPath}/`) && `${e.instancePath}/`.startsWith(`${u.instancePath}/`);
+  return errors.filter((e) =>
+    unions.every(({ error: u, fit }) => (e === u ? fit === -1 : !within(e, u) || e.schemaPath.startsWith(`${u.schemaPath}/${fit}/`))),
+  );
+}
+
 // What a value of each kind must be; every string and list in the schema is non-empty.
-const MUST_BE: Record<string, string> = { object: 'a mapping', array: 'a non-empty list', string: 'a non-empty string' };
+const MUST_BE: Record<string, string> = { object: 'a mapping', array: 'a non-empty list', string: 'a non-empty string', boolean: 'true or false' };
 const FORMAT_MUST_BE: Record<string, string> = { 'host-port': '"host:port"' };
 
 function mustBe(node: Node | undefined): string {
@@ -367,10 +442,7 @@ function mustBe(node: Node | undefined): string {
 }
 
 function worded(e: ErrorObject, doc: unknown): Problem {
-  const at: Segment[] = e.instancePath
-    .split('/')
-    .slice(1)
-    .map((s) => (/^\d+$/.test(s) ? Number(s) : s.replace(/~1/g, '/').replace(/~0/g, '~')));
+  const at = pathSegments(e.instancePath);
   if (e.keyword === 'additionalProperties') return { at: [...at, e.params.additionalProperty], what: 'unknown field' };
   if (e.keyword === 'required') {
     const field = [...at, e.params.missingProperty as string];
@@ -378,13 +450,19 @@ function worded(e: ErrorObject, doc: unknown): Problem {
     return { at: field, what: walk(field).node?.type === 'array' ? `must be ${MUST_BE.array}` : 'is required' };
   }
   const what = e.keyword === 'format' ? FORMAT_MUST_BE[e.params.format] : mustBe(walk(at).node);
-  const got = at.reduce<unknown>((v, seg) => (v as Record<Segment, unknown>)[seg], doc);
-  return { at, what: `must be ${what} (got ${show(got)})` };
+  return { at, what: `must be ${what} (got ${show(valueAt(doc, at))})` };
 }
 
-/** The rules a schema cannot say: unique names, one source of password, defaultService names a service. */
+/** The rules a schema cannot say: unique names, one source of password or token, defaultService names a service. */
 function crossField(doc: Record<string, unknown>): Problem[] {
   const problems: Problem[] = [];
+  if (isMapping(doc.admin)) {
+    const { tokenEnv, tokenFile, metricsNeedToken } = doc.admin;
+    if (isName(tokenEnv) && isName(tokenFile)) problems.push({ at: ['admin', 'tokenFile'], what: 'cannot be set together with tokenEnv' });
+    if (metricsNeedToken === true && !isName(tokenEnv) && !isName(tokenFile)) {
+      problems.push({ at: ['admin', 'metricsNeedToken'], what: 'needs a token: set tokenEnv or tokenFile' });
+    }
+  }
   const names = new Set<unknown>();
   (Array.isArray(doc.services) ? doc.services : []).forEach((s: unknown, i: number) => {
     if (!isMapping(s)) return;
@@ -445,7 +523,7 @@ export function validateConfig(raw: unknown): Config {
   let doc: Record<string, unknown> = {};
   if (isMapping(top)) doc = structuredClone(top);
   else problems.push({ at: [], what: `must be a mapping (got ${show(top)})` });
-  if (!check(doc)) problems.push(...check.errors!.map((e) => worded(e, doc)));
+  if (!check(doc)) problems.push(...fromFittingBranches(check.errors!, doc).map((e) => worded(e, doc)));
   problems.push(...crossField(doc));
   if (problems.length > 0) throw new ConfigError(inOrder(problems));
   return filled(doc as Document);
@@ -468,13 +546,14 @@ function compareRanks(a: number[], b: number[]): number {
 
 /** The global timeouts become each service's own unless it sets one, and addresses are parsed. */
 function filled(doc: Document): Config {
+  const { listen = ADMIN_LISTEN, metricsNeedToken = false, ...token } = typeof doc.admin === 'string' ? { listen: doc.admin } : doc.admin;
   for (const s of doc.services) {
     s.idleInTransactionTimeoutMs ??= doc.idleInTransactionTimeoutMs;
     s.queryTimeoutMs ??= doc.queryTimeoutMs;
     s.auth.method ??= doc.auth.method;
   }
   doc.tls.mode ??= doc.tls.cert !== undefined ? 'allow' : 'disable';
-  return { ...doc, listen: parseHostPort(doc.listen), admin: parseHostPort(doc.admin) };
+  return { ...doc, listen: parseHostPort(doc.listen), admin: { ...parseHostPort(listen), ...token, metricsNeedToken } };
 }
 
 function pathOf(at: Segment[]): string {
@@ -499,6 +578,18 @@ export function trustWarning(config: Config): string | null {
   const trusting = config.services.filter((s) => s.auth.method === 'trust').map((s) => s.name);
   if (trusting.length === 0 || isLoopback(config.listen.host)) return null;
   return `auth.method trust on ${config.listen.host}: anyone who reaches the port logs in as any user (services: ${trusting.join(', ')})`;
+}
+
+/** An admin server others may reach, with no token: /status and /metrics are anyone's. */
+export function adminWarning(config: Config): string | null {
+  const { host, tokenEnv, tokenFile } = config.admin;
+  if (tokenEnv !== undefined || tokenFile !== undefined || isLoopback(host)) return null;
+  return `admin on ${host} without a token: anyone who reaches the port reads /status and /metrics (set admin.tokenEnv or admin.tokenFile)`;
+}
+
+/** What a config allows but should be said of it, at start and on reload. */
+export function configWarnings(config: Config): string[] {
+  return [overcommitWarning(config), trustWarning(config), adminWarning(config)].filter((w): w is string => w !== null);
 }
 
 function isLoopback(host: string): boolean {

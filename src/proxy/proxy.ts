@@ -4,7 +4,7 @@ import net from 'node:net';
 import type { Logger } from 'pino';
 import { Stats, UNMATCHED } from '../budget/stats.js';
 import { ClientSession, type SessionContext, type SessionTimeouts } from './session.js';
-import { overcommitWarning, trustWarning } from '../config/schema.js';
+import { configWarnings } from '../config/schema.js';
 import type { Config } from '../types/config.js';
 import type { ProxySnapshot, ServiceSnapshot } from '../types/snapshot.js';
 import { ServerPool } from '../server/pool.js';
@@ -66,10 +66,7 @@ export class Proxy {
     this.setTimeouts(config);
     for (const s of config.services) this.stats.service(s.name);
     this.server = net.createServer();
-    const warning = overcommitWarning(config);
-    if (warning) log.warn(warning);
-    const trust = trustWarning(config);
-    if (trust) log.warn(trust);
+    for (const warning of configWarnings(config)) log.warn(warning);
   }
 
   /** Starts listening; resolves with the bound address (port 0 picks a free port). */
@@ -144,7 +141,7 @@ export class Proxy {
     const kept = {
       ...next,
       listen: this.config.listen,
-      admin: this.config.admin,
+      admin: { ...next.admin, host: this.config.admin.host, port: this.config.admin.port },
       upstream: { ...next.upstream, host: this.config.upstream.host, port: this.config.upstream.port },
     };
     // Read before anything changes: a file that cannot be read keeps the running config whole.
@@ -173,10 +170,7 @@ export class Proxy {
       this.pool.applyConfig(previous);
       throw new Error(`reload failed, running config kept: ${(err as Error)?.message ?? err}`);
     }
-    const warning = overcommitWarning(kept);
-    if (warning) notes.push(warning);
-    const trust = trustWarning(kept);
-    if (trust) notes.push(trust);
+    notes.push(...configWarnings(kept));
     return notes;
   }
 

@@ -57,6 +57,19 @@ export interface HostPort {
   port: number;
 }
 
+/**
+ * The admin HTTP server: where it listens, and where its bearer token comes
+ * from (neither tokenEnv nor tokenFile: no token, every route open).
+ */
+export interface AdminConfig extends HostPort {
+  /** Name of an environment variable that holds the token. */
+  tokenEnv?: string;
+  /** A file that holds the token. */
+  tokenFile?: string;
+  /** /metrics asks for the token too; /healthz and /readyz never do. */
+  metricsNeedToken: boolean;
+}
+
 export interface ServiceMatch {
   /** One name, or any of a list. */
   user?: string | string[];
@@ -105,7 +118,7 @@ export interface UpstreamConfig {
 
 export interface Config {
   listen: HostPort;
-  admin: HostPort;
+  admin: AdminConfig;
   logLevel: LogLevel;
   startupTimeoutMs: number;
   /** The most client connections at once, authenticated or not; past it, 53300. */

@@ -184,14 +184,14 @@ export interface SpawnedProxy {
   exited: Promise<number | null>;
 }
 
-/** Runs the real CLI (dist/cli.js) with a YAML config file; killed at teardown. */
-export async function spawnProxy(t: Teardown, cluster: Cluster, raw: Record<string, unknown>): Promise<SpawnedProxy> {
+/** Runs the real CLI (dist/cli.js) with a YAML config file (and `args` after it); killed at teardown. */
+export async function spawnProxy(t: Teardown, cluster: Cluster, raw: Record<string, unknown>, args: string[] = []): Promise<SpawnedProxy> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'pgbudget-cli-'));
   const configPath = path.join(dir, 'pgbudget.yaml');
   const writeConfig = (r: Record<string, unknown>) =>
     writeFile(configPath, stringify(proxyConfig(cluster, { logLevel: 'info', ...r })));
   await writeConfig(raw);
-  const proc = spawn(process.execPath, [path.join(repoRoot, 'dist', 'cli.js'), '--config', configPath], {
+  const proc = spawn(process.execPath, [path.join(repoRoot, 'dist', 'cli.js'), '--config', configPath, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const logs: string[] = [];

@@ -2,7 +2,7 @@ import t from 'tap';
 import { Ajv } from 'ajv';
 import { configFromUpstreamUrl } from '../../src/config/load.js';
 import { matchService } from '../../src/client/match.js';
-import { AJV_OPTIONS, ConfigError, ConfigSchema, overcommitWarning, trustWarning, validateConfig } from '../../src/config/schema.js';
+import { AJV_OPTIONS, adminWarning, ConfigError, ConfigSchema, configWarnings, overcommitWarning, trustWarning, validateConfig } from '../../src/config/schema.js';
 
 const minimal = { services: [{ name: 'web', budget: 5 }] };
 
@@ -19,7 +19,7 @@ function problems(raw: unknown): string[] {
 t.test('defaults are filled in', async (t) => {
   const c = validateConfig(minimal);
   t.same(c.listen, { host: '127.0.0.1', port: 6432 });
-  t.same(c.admin, { host: '127.0.0.1', port: 9187 });
+  t.same(c.admin, { host: '127.0.0.1', port: 9187, metricsNeedToken: false }, 'loopback, no token');
   t.same(c.upstream, { host: '127.0.0.1', port: 5432, maxConnections: 40, connectTimeoutMs: 5000, tls: { mode: 'prefer' } });
   t.equal(c.startupTimeoutMs, 10000);
   t.same(c.services[0], {
@@ -129,7 +129,7 @@ t.test('upstream URL gives one default service', async (t) => {
 
 t.test('the wording of every kind of problem', async (t) => {
   t.same(problems({ ...minimal, listen: '' }), ['listen: must be a non-empty string (got "")']);
-  t.same(problems({ ...minimal, admin: 9187 }), ['admin: must be a non-empty string (got 9187)']);
+  t.same(problems({ ...minimal, admin: 9187 }), ['admin: must be "host:port" or a mapping (got 9187)']);
   t.same(problems({ ...minimal, admin: 'localhost:70000' }), ['admin: must be "host:port" (got "localhost:70000")']);
   t.same(problems({ ...minimal, listen: ':6432' }), ['listen: must be "host:port" (got ":6432")']);
   t.same(problems({ ...minimal, logLevel: 'loud' }), ['logLevel: must be one of fatal, error, warn, info, debug, trace, silent (got "loud")']);
@@ -173,7 +173,7 @@ t.test('addresses, and what is passed through as given', async (t) => {
     defaultService: 'a',
   });
   t.same(c.listen, { host: '::1', port: 0 });
-  t.same(c.admin, { host: 'localhost', port: 9000 });
+  t.same(c.admin, { host: 'localhost', port: 9000, metricsNeedToken: false });
   t.same(c.services[0].match, { user: 'u', applicationName: 'app' });
   t.equal(c.services[0].passwordEnv, 'PW');
   t.notOk('password' in c.services[0], 'no password key when none is given');
@@ -243,6 +243,38 @@ t.test('trust on an address others can reach is allowed but said', async (t) => 
   t.equal(trustWarning(loop), null, 'loopback: fine');
   const open = validateConfig({ listen: '0.0.0.0:6432', services: [{ name: 'w', budget: 1 }, { name: 's', budget: 1, auth: { method: 'trust' } }] });
   t.equal(trustWarning(open), 'auth.method trust on 0.0.0.0: anyone who reaches the port logs in as any user (services: s)');
+});
+
+t.test('admin: "host:port", or a mapping that also names a token', async (t) => {
+  t.same(validateConfig({ ...minimal, admin: '0.0.0.0:9000' }).admin, { host: '0.0.0.0', port: 9000, metricsNeedToken: false }, 'the string form');
+  t.same(validateConfig({ ...minimal, admin: {} }).admin, { host: '127.0.0.1', port: 9187, metricsNeedToken: false }, 'an empty mapping: the defaults');
+  t.same(
+    validateConfig({ ...minimal, admin: { listen: '[::1]:9000', tokenEnv: 'ADMIN_TOKEN' } }).admin,
+    { host: '::1', port: 9000, tokenEnv: 'ADMIN_TOKEN', metricsNeedToken: false },
+  );
+  t.same(
+    validateConfig({ ...minimal, admin: { tokenFile: '/run/secrets/admin', metricsNeedToken: true } }).admin,
+    { host: '127.0.0.1', port: 9187, tokenFile: '/run/secrets/admin', metricsNeedToken: true },
+  );
+  t.same(problems({ ...minimal, admin: { tokenEnv: 'A', tokenFile: '/f' } }), ['admin.tokenFile: cannot be set together with tokenEnv']);
+  t.same(problems({ ...minimal, admin: { metricsNeedToken: true } }), ['admin.metricsNeedToken: needs a token: set tokenEnv or tokenFile']);
+  // The branch of the value's kind is the one worded: a mapping's problems are its fields'.
+  t.same(problems({ ...minimal, admin: { lisen: '0.0.0.0:9000' } }), ['admin.lisen: unknown field']);
+  t.same(problems({ ...minimal, admin: { listen: 'nowhere' } }), ['admin.listen: must be "host:port" (got "nowhere")']);
+  t.same(problems({ ...minimal, admin: { tokenEnv: '' } }), ['admin.tokenEnv: must be a non-empty string (got "")']);
+  t.same(problems({ ...minimal, admin: { listen: '127.0.0.1:1', metricsNeedToken: 'yes' } }), ['admin.metricsNeedToken: must be true or false (got "yes")']);
+  t.same(problems({ ...minimal, admin: [] }), ['admin: must be "host:port" or a mapping (got [])']);
+  // The same for the other union: a list's problem is its item's.
+  t.same(problems({ services: [{ name: 'a', budget: 1, match: { user: ['a', ''] } }] }), ['services[0].match.user[1]: must be a non-empty string (got "")']);
+});
+
+t.test('an admin server others can reach without a token is allowed but said', async (t) => {
+  t.equal(adminWarning(validateConfig(minimal)), null, 'loopback: fine');
+  t.equal(adminWarning(validateConfig({ ...minimal, admin: { listen: '0.0.0.0:9187', tokenEnv: 'T' } })), null, 'with a token: fine');
+  const open = validateConfig({ ...minimal, admin: '0.0.0.0:9187' });
+  const warning = 'admin on 0.0.0.0 without a token: anyone who reaches the port reads /status and /metrics (set admin.tokenEnv or admin.tokenFile)';
+  t.equal(adminWarning(open), warning);
+  t.same(configWarnings(open), [warning], 'among the warnings logged at start and on reload');
 });
 
 t.test('match.user and match.database may each be a list', async (t) => {
