@@ -156,7 +156,9 @@ t.test('with no upstream configured, pgbudget starts an embedded PostgreSQL and 
     child.stdout.on('data', (d) => {
       out += d;
       const line = out.split('\n').find((l) => l.includes('pgbudget ready'));
-      if (line) {
+      // The ready line (pino, written asynchronously) and the banner (a plain
+      // stdout write) come in either order, and may come in separate chunks.
+      if (line && out.includes('Metrics: http')) {
         clearTimeout(timer);
         resolve(line);
       }
