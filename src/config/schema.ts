@@ -297,7 +297,23 @@ export const ConfigSchema = mapping({
         host: defaulted(Type.String({ ...NON_EMPTY, default: '127.0.0.1', description: 'the PostgreSQL server' })),
         port: defaulted(Type.Integer({ ...PORT, default: 5432, description: "the PostgreSQL server's port" })),
         maxConnections: defaulted(
-          Type.Integer({ ...POSITIVE, default: 40, description: 'the cap: server connections of all services together' }),
+          Type.Union([Type.Integer(POSITIVE), Type.Literal('auto')], {
+            default: 40,
+            mustBe: 'a positive integer or "auto"',
+            description:
+              "the cap: server connections of all services together; `auto`: what the database has free (`max_connections` less the reserved slots and the connections that are not pgbudget's, read every `headroom.intervalMs`) less `autoMargin`, at least 1; needs `headroom.user`",
+          }),
+        ),
+        autoMargin: defaulted(
+          Type.Integer({
+            ...NON_NEGATIVE,
+            default: 5,
+            description: "with `auto`: slots left free for connections that are not pgbudget's, for those that come between two readings",
+          }),
+        ),
+        autoCeiling: Type.Optional(Type.Integer({ ...POSITIVE, description: 'with `auto`: the cap never goes above this' })),
+        autoInitial: defaulted(
+          Type.Integer({ ...POSITIVE, default: 10, description: 'with `auto`: the cap until a reading has succeeded (at most `autoCeiling`)' }),
         ),
         connectTimeoutMs: ms(POSITIVE, 5_000, 'connect plus login to the server'),
         tls: defaulted(
@@ -317,6 +333,28 @@ export const ConfigSchema = mapping({
         ),
       },
       { default: {} },
+    ),
+  ),
+  headroom: defaulted(
+    mapping(
+      {
+        intervalMs: ms({ minimum: 100, mustBe: 'an integer >= 100 (milliseconds)' }, 5_000, 'how often the database is read'),
+        user: Type.Optional(
+          Type.String({
+            ...NON_EMPTY,
+            description:
+              "the role the reading logs in as: LOGIN is enough (with `pg_monitor`, other roles' connections are told from background workers exactly); without it, no readings",
+          }),
+        ),
+        password: PASSWORD,
+        passwordEnv: PASSWORD_ENV,
+        database: defaulted(Type.String({ ...NON_EMPTY, default: 'postgres', description: 'the database the reading logs in to' })),
+      },
+      {
+        default: {},
+        description:
+          "reads the database's `max_connections`, `superuser_reserved_connections`, `reserved_connections` and the client connections that are not pgbudget's, for the `pgbudget_database_*` metrics and `upstream.maxConnections: auto`; the reading holds one server connection, taken from the cap, as its own service `pgbudget:headroom`; without `password` or `passwordEnv` it logs in with what `auth.users` or `auth.file` give for `user`",
+      },
     ),
   ),
   defaultService: Type.Optional(
@@ -470,6 +508,7 @@ function crossField(doc: Record<string, unknown>): Problem[] {
       if (names.has(s.name)) problems.push({ at: ['services', i, 'name'], what: `must be unique (got ${show(s.name)})` });
       names.add(s.name);
       if (s.name === 'pgbudget:auth_query') problems.push({ at: ['services', i, 'name'], what: 'is the name of the auth.query lookup; choose another' });
+      if (s.name === 'pgbudget:headroom') problems.push({ at: ['services', i, 'name'], what: 'is the name of the headroom reading; choose another' });
     }
     if (isName(s.password) && isName(s.passwordEnv)) {
       problems.push({ at: ['services', i, 'passwordEnv'], what: 'cannot be set together with password' });
@@ -490,6 +529,13 @@ function crossField(doc: Record<string, unknown>): Problem[] {
   const query = isMapping(auth.query) ? auth.query : null;
   if (query && isName(query.password) && isName(query.passwordEnv)) {
     problems.push({ at: ['auth', 'query', 'passwordEnv'], what: 'cannot be set together with password' });
+  }
+  const headroom = isMapping(doc.headroom) ? doc.headroom : {};
+  if (isName(headroom.password) && isName(headroom.passwordEnv)) {
+    problems.push({ at: ['headroom', 'passwordEnv'], what: 'cannot be set together with password' });
+  }
+  if (isMapping(doc.upstream) && doc.upstream.maxConnections === 'auto' && !isName(headroom.user)) {
+    problems.push({ at: ['headroom', 'user'], what: 'must be set for upstream.maxConnections "auto" (the role that reads what the database has free)' });
   }
   const tlsDoc = isMapping(doc.tls) ? doc.tls : {};
   const tlsMode = tlsDoc.mode ?? (isName(tlsDoc.cert) ? 'allow' : 'disable');
@@ -599,9 +645,13 @@ function isLoopback(host: string): boolean {
 /** Budgets that add up to more than the cap are allowed (the cap still holds); say so. */
 export function overcommitWarning(config: Config): string | null {
   const sum = config.services.reduce((n, s) => n + s.budget, 0);
-  if (sum <= config.upstream.maxConnections) return null;
+  const { maxConnections, autoCeiling } = config.upstream;
+  // An auto cap is known only by its ceiling; that it may fall below the budgets is its point.
+  const cap = maxConnections === 'auto' ? autoCeiling : maxConnections;
+  if (cap === undefined || sum <= cap) return null;
+  const field = maxConnections === 'auto' ? 'upstream.autoCeiling' : 'upstream.maxConnections';
   return (
-    `service budgets add up to ${sum}, more than upstream.maxConnections ${config.upstream.maxConnections}: ` +
+    `service budgets add up to ${sum}, more than ${field} ${cap}: ` +
     `the cap still holds; freed capacity is shared round-robin among waiting services`
   );
 }

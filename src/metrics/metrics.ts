@@ -4,6 +4,7 @@
 import client from 'prom-client';
 import { QUEUE_WAIT_BUCKETS, REJECT_REASONS, UNMATCHED, type Stats } from '../budget/stats.js';
 import type { ProxySnapshot } from '../types/snapshot.js';
+import { registerDatabaseMetrics } from './database.js';
 
 export interface MetricsSource {
   snapshot(): ProxySnapshot;
@@ -115,6 +116,7 @@ export class Metrics {
       },
     });
     this.registry.registerMetric(waitHistogram(source.stats) as unknown as client.Metric);
+    registerDatabaseMetrics(this.registry, () => self.snap);
     client.collectDefaultMetrics({ register: this.registry, prefix: 'pgbudget_' });
   }
 

@@ -70,6 +70,10 @@ export class Credentials {
     if (q?.passwordEnv !== undefined && !process.env[q.passwordEnv]) {
       throw new Error(`auth.query: the environment variable ${q.passwordEnv} of the lookup user "${q.user}" is not set`);
     }
+    const h = config.headroom;
+    if (h.passwordEnv !== undefined && !process.env[h.passwordEnv]) {
+      throw new Error(`headroom: the environment variable ${h.passwordEnv} of the reading user "${h.user}" is not set`);
+    }
     return new Credentials(secrets, previous, config, pool);
   }
 

@@ -14,6 +14,7 @@ import { checkFastPath } from '../io/selfTest.js';
 import { Credentials } from './credentials.js';
 import { loadClientTls, type ClientTls } from './clientTls.js';
 import { loadUpstreamTls, type UpstreamTls } from '../server/upstreamTls.js';
+import { databaseSnapshot } from '../server/headroom.js';
 
 export class Proxy {
   readonly stats = new Stats();
@@ -198,9 +199,11 @@ export class Proxy {
         pins: { ...st.pins },
       });
     }
-    const { host, port, maxConnections } = this.config.upstream;
+    const { host, port } = this.config.upstream;
+    const maxConnections = this.pool.cap;
     return {
       upstream: { host, port, maxConnections, serverConnections: sched.totalHeld, lastError: this.pool.lastUpstreamError },
+      database: databaseSnapshot(this.config, this.pool.headroom, now),
       services,
       unmatched: { rejections: { ...this.stats.service(UNMATCHED).rejections } },
       shuttingDown: this.shuttingDown,
@@ -217,6 +220,8 @@ export class Proxy {
   async shutdown(): Promise<void> {
     if (this.shuttingDown) return;
     this.shuttingDown = true;
+    // No reading opens a connection while they close.
+    this.pool.headroom.stop();
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const s of this.sessions.values()) s.shutdown();
     await until(() => this.sessions.size === 0, this.config.shutdownTimeoutMs);

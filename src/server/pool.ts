@@ -14,6 +14,8 @@ import { probePostmaster, sendCancel } from './postmaster.js';
 import { WelcomeCache, type Welcome } from './welcomes.js';
 import type { UpstreamTls } from './upstreamTls.js';
 import { AUTH_QUERY_SERVICE, authQueryService } from './authQuery.js';
+import { Headroom, HEADROOM_SERVICE, headroomService } from './headroom.js';
+import { capOf } from '../budget/headroom.js';
 
 export type RejectedBecause = 'queue_full' | 'queue_timeout' | 'server_login' | 'internal_error';
 
@@ -51,6 +53,8 @@ export class ServerPool {
   lastUpstreamError: string | null = null;
   private lastUpstreamOkAt = 0;
   private readonly timer: NodeJS.Timeout;
+  /** The database's limits and others' connections, read every headroom.intervalMs. */
+  readonly headroom: Headroom;
 
   constructor(
     private config: Config,
@@ -58,6 +62,7 @@ export class ServerPool {
     private readonly log: Logger,
     private readonly material: LoginMaterial,
   ) {
+    this.headroom = new Headroom(this, log, () => this.guard('headroom reading', () => this.applyCap()));
     this.scheduler = new Scheduler(this.poolLimits(config));
     this.applyConfig(config);
     this.timer = setInterval(
@@ -65,18 +70,21 @@ export class ServerPool {
         this.guard('sweep', () => {
           this.run(this.scheduler.sweep(Date.now()));
           this.retireRemoved();
+          this.headroom.tick(this.config, Date.now());
         }),
       SWEEP_MS,
     );
     this.timer.unref();
+    // The first reading before any client can ask: with `auto`, its waiter is first in line.
+    this.headroom.tick(config, Date.now());
   }
 
   /** New budgets and queue settings apply at once; nothing is dropped. */
   applyConfig(config: Config): void {
     this.config = config;
     this.scheduler.setPoolLimits(this.poolLimits(config));
-    const lookup = authQueryService(config);
-    const all = lookup ? [...config.services, lookup] : config.services;
+    const internal = [authQueryService(config), headroomService(config)].filter((s) => s !== null);
+    const all = [...config.services, ...internal];
     const next = new Map(all.map((s) => [s.name, s]));
     for (const s of all) {
       this.scheduler.setService(s.name, { budget: s.budget, maxWaiting: s.queue.maxWaiting, timeoutMs: s.queue.timeoutMs });
@@ -112,9 +120,27 @@ export class ServerPool {
     }
   }
 
+  /** The cap in force, of upstream.maxConnections or (auto) of the last headroom reading. */
+  get cap(): number {
+    return capOf(this.config.upstream, this.headroom.reading);
+  }
+
+  /** A new reading: the cap follows; a lowered one closes idle connections now and released ones until within it. */
+  private applyCap(): void {
+    this.scheduler.setPoolLimits(this.poolLimits(this.config));
+    this.run(this.scheduler.sweep(Date.now()));
+  }
+
+  /** Backend pids of the server connections held (logged in), for the headroom reading. */
+  serverPids(): Set<number> {
+    const pids = new Set<number>();
+    for (const conn of this.conns.values()) if (conn.processId !== 0) pids.add(conn.processId);
+    return pids;
+  }
+
   private poolLimits(config: Config) {
     return {
-      cap: config.upstream.maxConnections,
+      cap: capOf(config.upstream, this.headroom.reading),
       idleTimeoutMs: config.serverIdleTimeoutMs,
       lifetimeMs: config.serverLifetimeMs,
     };
@@ -241,6 +267,7 @@ export class ServerPool {
 
   stop(): void {
     clearInterval(this.timer);
+    this.headroom.stop();
   }
 
   /**
@@ -343,7 +370,7 @@ export class ServerPool {
       user,
       database,
       params,
-      applicationName: service === AUTH_QUERY_SERVICE ? service : `pgbudget:${service}`,
+      applicationName: service === AUTH_QUERY_SERVICE || service === HEADROOM_SERVICE ? service : `pgbudget:${service}`,
       service,
       connectTimeoutMs,
       keepAliveMs: this.config.tcpKeepaliveMs,

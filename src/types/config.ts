@@ -111,9 +111,26 @@ export interface UpstreamTlsConfig {
 export interface UpstreamConfig {
   host: string;
   port: number;
-  maxConnections: number;
+  /** The cap; `auto`: what the database has free (headroom readings) less autoMargin. */
+  maxConnections: number | 'auto';
+  /** With `auto`: slots left free for connections that are not pgbudget's. */
+  autoMargin: number;
+  /** With `auto`: the cap never goes above this. */
+  autoCeiling?: number;
+  /** With `auto`: the cap until the first reading has succeeded. */
+  autoInitial: number;
   connectTimeoutMs: number;
   tls: UpstreamTlsConfig;
+}
+
+/** Readings of the database's connection limits and of the connections that are not pgbudget's. */
+export interface HeadroomConfig {
+  intervalMs: number;
+  /** The role the reading logs in as; no readings without it. */
+  user?: string;
+  password?: string;
+  passwordEnv?: string;
+  database: string;
 }
 
 export interface Config {
@@ -141,6 +158,7 @@ export interface Config {
   /** A statement running this long is cancelled with the server's cancel key (0: off). */
   queryTimeoutMs: number;
   upstream: UpstreamConfig;
+  headroom: HeadroomConfig;
   defaultService?: string;
   services: ServiceConfig[];
 }

@@ -20,7 +20,7 @@ t.test('defaults are filled in', async (t) => {
   const c = validateConfig(minimal);
   t.same(c.listen, { host: '127.0.0.1', port: 6432 });
   t.same(c.admin, { host: '127.0.0.1', port: 9187, metricsNeedToken: false }, 'loopback, no token');
-  t.same(c.upstream, { host: '127.0.0.1', port: 5432, maxConnections: 40, connectTimeoutMs: 5000, tls: { mode: 'prefer' } });
+  t.same(c.upstream, { host: '127.0.0.1', port: 5432, maxConnections: 40, autoMargin: 5, autoInitial: 10, connectTimeoutMs: 5000, tls: { mode: 'prefer' } });
   t.equal(c.startupTimeoutMs, 10000);
   t.same(c.services[0], {
     name: 'web',
@@ -83,7 +83,7 @@ t.test('validation names the exact bad field', async (t) => {
   t.same(problems({ services: [{ name: 'a', budget: 1, poolMode: 'statement' }] }), [
     'services[0].poolMode: must be one of session, transaction (got "statement")',
   ]);
-  t.same(problems({ ...minimal, upstream: { maxConnections: 0 } }), ['upstream.maxConnections: must be a positive integer (got 0)']);
+  t.same(problems({ ...minimal, upstream: { maxConnections: 0 } }), ['upstream.maxConnections: must be a positive integer or "auto" (got 0)']);
   t.same(problems({ ...minimal, listen: 'nowhere' }), ['listen: must be "host:port" (got "nowhere")']);
   t.same(problems({ ...minimal, budgte: 3 }), ['budgte: unknown field']);
   t.same(problems({ services: [{ name: 'a', budget: 1, match: { usr: 'x' } }] }), ['services[0].match.usr: unknown field']);
@@ -119,9 +119,32 @@ t.test('overcommit warning', async (t) => {
   t.match(overcommitWarning(c), /add up to 20, more than upstream.maxConnections 16/);
 });
 
+t.test('upstream.maxConnections auto, and the headroom reading it needs', async (t) => {
+  const c = validateConfig({ ...minimal, upstream: { maxConnections: 'auto', autoCeiling: 30 }, headroom: { user: 'monitor' } });
+  t.match(c.upstream, { maxConnections: 'auto', autoMargin: 5, autoCeiling: 30, autoInitial: 10 });
+  t.same(c.headroom, { intervalMs: 5000, user: 'monitor', database: 'postgres' });
+  t.same(validateConfig(minimal).headroom, { intervalMs: 5000, database: 'postgres' }, 'no user: no readings');
+  t.same(problems({ ...minimal, upstream: { maxConnections: 'auto' } }), [
+    'headroom.user: must be set for upstream.maxConnections "auto" (the role that reads what the database has free)',
+  ]);
+  t.same(problems({ ...minimal, upstream: { maxConnections: 'some' } }), ['upstream.maxConnections: must be a positive integer or "auto" (got "some")']);
+  t.same(problems({ ...minimal, upstream: { autoMargin: -1, autoCeiling: 0 } }), [
+    'upstream.autoMargin: must be a non-negative integer (got -1)',
+    'upstream.autoCeiling: must be a positive integer (got 0)',
+  ]);
+  t.same(problems({ ...minimal, headroom: { user: 'm', password: 'x', passwordEnv: 'Y', intervalMs: 10 } }), [
+    'headroom.intervalMs: must be an integer >= 100 (milliseconds) (got 10)',
+    'headroom.passwordEnv: cannot be set together with password',
+  ]);
+  t.same(problems({ services: [{ name: 'pgbudget:headroom', budget: 1 }] }), ['services[0].name: is the name of the headroom reading; choose another']);
+  const over = { services: [{ name: 'a', budget: 10 }, { name: 'b', budget: 10 }], headroom: { user: 'm' } };
+  t.equal(overcommitWarning(validateConfig({ ...over, upstream: { maxConnections: 'auto' } })), null, 'auto without a ceiling: nothing to compare');
+  t.match(overcommitWarning(validateConfig({ ...over, upstream: { maxConnections: 'auto', autoCeiling: 16 } })), /add up to 20, more than upstream.autoCeiling 16/);
+});
+
 t.test('upstream URL gives one default service', async (t) => {
   const c = configFromUpstreamUrl('postgres://u:s%40cret@db.local:5433/x');
-  t.same(c.upstream, { host: 'db.local', port: 5433, maxConnections: 40, connectTimeoutMs: 5000, tls: { mode: 'prefer' } });
+  t.same(c.upstream, { host: 'db.local', port: 5433, maxConnections: 40, autoMargin: 5, autoInitial: 10, connectTimeoutMs: 5000, tls: { mode: 'prefer' } });
   t.equal(c.defaultService, 'default');
   t.equal(c.services[0].password, 's@cret');
   t.throws(() => configFromUpstreamUrl('mysql://x'), /must start with postgres:\/\//);
