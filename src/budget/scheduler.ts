@@ -211,6 +211,7 @@ export class Scheduler {
     const actions: Action[] = [];
     if (!conn) return actions;
     this.move(conn, 'closed');
+    conn.service.noteHeld(now);
     this.dispatch(now, actions);
     return actions;
   }
@@ -232,6 +233,7 @@ export class Scheduler {
   sweep(now: number): Action[] {
     const actions: Action[] = [];
     for (const s of this.fairness.services) {
+      s.noteHeld(now); // a budget a reload changed
       for (let w = s.waiting.first(), next: Waiter | null; w !== null; w = next) {
         next = s.waiting.next(w);
         const waitedMs = now - w.enqueuedAt;
@@ -260,6 +262,11 @@ export class Scheduler {
 
   counts(service: string): ServiceCounts {
     return this.service(service).counts();
+  }
+
+  /** How long the service has held its whole budget (held >= budget), in all, up to `now` (ms). */
+  atBudgetMs(service: string, now: number): number {
+    return this.service(service).atBudgetTotalMs(now);
   }
 
   /** Age of the service's oldest waiter, 0 when nobody waits. */
@@ -369,6 +376,7 @@ export class Scheduler {
   private open(s: ServiceState, key: string, now: number, actions: Action[]): void {
     const conn: Conn = { id: this.nextConnId++, service: s, key, state: 'new', createdAt: now, idleSince: now, qPrev: null, qNext: null, qList: null };
     this.move(conn, 'opening');
+    s.noteHeld(now);
     actions.push({ kind: 'open', connId: conn.id, service: s.name, key });
   }
 

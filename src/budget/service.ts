@@ -92,6 +92,10 @@ export class ServiceState {
   readonly waiting: List<Waiter>;
   /** Slots promised to this service by connections of others that are closing for it. */
   reserved = 0;
+  /** Since when the service has held its whole budget (ms), or -1 while it has room (see noteHeld). */
+  private atBudgetSince = -1;
+  /** Time at budget in periods that have ended (ms). */
+  private atBudgetMs = 0;
   /**
    * Waiters and opening connections per key, so unmet demand is counted
    * without walking the queue. Changed only where those lists change
@@ -128,6 +132,27 @@ export class ServiceState {
   /** Server connections held in any state; what the budget limits. */
   get held(): number {
     return this.opening.size + this.active.size + this.idle.size + this.closing.size;
+  }
+
+  /**
+   * Its held count or budget may have changed at `now`: at budget (held >=
+   * budget, no room to open another connection) starts or ends here. The
+   * scheduler calls it where a connection starts to count (open) and stops
+   * (closed), so those are exact; a budget changed by a reload is noticed
+   * at the next sweep (50 ms).
+   */
+  noteHeld(now: number): void {
+    const full = this.held >= this.limits.budget;
+    if (full && this.atBudgetSince < 0) this.atBudgetSince = now;
+    else if (!full && this.atBudgetSince >= 0) {
+      this.atBudgetMs += Math.max(0, now - this.atBudgetSince);
+      this.atBudgetSince = -1;
+    }
+  }
+
+  /** Total time at budget up to `now` (ms), the period under way included. */
+  atBudgetTotalMs(now: number): number {
+    return this.atBudgetMs + (this.atBudgetSince >= 0 ? Math.max(0, now - this.atBudgetSince) : 0);
   }
 
   /** Holds more than its budget, not counting connections already closing (a reload lowered it). */

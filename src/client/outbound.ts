@@ -8,7 +8,7 @@ import type { FrameError } from '../protocol/framing.js';
 import { rewordError } from '../protocol/messages.js';
 import { ReplyTrimmer, type ReplyListener } from '../protocol/replies.js';
 import type { ServerStatements } from './serverStatements.js';
-import type { StatementLayer } from './statementLayer.js';
+import type { OwnErrors, StatementLayer } from './statementLayer.js';
 import type { TransactionTracker } from './transaction.js';
 
 const QUERY_CANCELED = '57014';
@@ -27,6 +27,7 @@ export class ClientOutbound implements ReplyListener {
   constructor(
     private readonly tx: TransactionTracker,
     private readonly statements: StatementLayer,
+    private readonly errors: OwnErrors,
   ) {
     this.trimmer = new ReplyTrimmer(this);
   }
@@ -68,7 +69,9 @@ export class ClientOutbound implements ReplyListener {
         // The proxy's failing statement: the client gets the error PostgreSQL itself would send.
         const instead = statements ? this.statements.reply(type, bytes, start, end, statements) : null;
         if (instead !== null || !this.tx.timedOut || start < 0) return instead;
-        return rewordError(bytes, start, end, QUERY_CANCELED, STATEMENT_TIMEOUT.message);
+        const reworded = rewordError(bytes, start, end, QUERY_CANCELED, STATEMENT_TIMEOUT.message);
+        if (reworded !== null) this.errors.ownError(STATEMENT_TIMEOUT.code);
+        return reworded;
       }
       case Backend.ReadyForQuery:
         if (statements) this.statements.readyForQuery(statements);

@@ -17,6 +17,15 @@ import { SERVER_STATEMENT_PREFIX, type ServerStatements } from './serverStatemen
 import { detectSessionState, type SessionStateReason } from './sessionState.js';
 import { RESERVED_MARK, SESSION_WORD } from './sqlWords.js';
 
+/** Where a session counts the errors the proxy itself puts in its stream (refusals, rewordings), by SQLSTATE. */
+export interface OwnErrors {
+  ownError(sqlstate: string): void;
+}
+
+/** For a layer whose errors nobody counts (tests). */
+export const UNCOUNTED: OwnErrors = { ownError: () => {} };
+const PLAN_CHANGED = clientErrors.cachedPlanChanged().code;
+
 /** In `special`: forwarded without rewriting or counting (a Sync the server ignores). */
 const UNTOUCHED = '';
 
@@ -60,6 +69,8 @@ export class StatementLayer {
   /** The session state the last statement check found, where it pins (onSessionState: pin); else null. */
   sessionState: SessionStateReason | null = null;
 
+  constructor(private readonly errors: OwnErrors = UNCOUNTED) {}
+
   /** A Sync the server ignores (COPY FROM STDIN in progress): passes untouched, uncounted. */
   ignoredSync(msg: Buffer): void {
     (this.special ??= new Map()).set(msg, UNTOUCHED);
@@ -91,6 +102,7 @@ export class StatementLayer {
    * and Execute (see PreparedStatements.refuse), so the protocol stays in step.
    */
   private refused(msg: Buffer, e: ErrorFields): Buffer {
+    this.errors.ownError(e.code);
     const raise = raiseStatement(e.code, e.message, e.hint ?? '');
     if (msg[0] === Frontend.Query) return buildQuery(raise);
     (this.special ??= new Map()).set(msg, raise);
@@ -152,6 +164,7 @@ export class StatementLayer {
     const held = this.held!;
     this.held = null;
     this.heldBytes = 0;
+    if (this.prepared.shapeVerdict === 'changed' && held.length > 0) this.errors.ownError(PLAN_CHANGED);
     const next = this.prepared.afterShapeCheck(held);
     // Messages PostgreSQL would skip are never sent: nothing is left to do for them.
     const special = this.special;

@@ -25,6 +25,8 @@ const POSITIVE = { minimum: 1, mustBe: 'a positive integer' };
 const NON_NEGATIVE = { minimum: 0, mustBe: 'a non-negative integer' };
 const OFF_OR_MS = { minimum: 0, mustBe: 'a non-negative integer (milliseconds; 0 is off)' };
 const PORT = { minimum: 1, maximum: 65535, mustBe: 'a port number (1-65535)' };
+const FACTOR = { minimum: 1, mustBe: 'a number >= 1' };
+const RATE = { minimum: 0, mustBe: 'a non-negative number' };
 /** Every string field must be non-empty. */
 const NON_EMPTY = { minLength: 1 };
 
@@ -214,6 +216,18 @@ const ServiceSchema = mapping({
   queryTimeoutMs: defaulted(
     Type.Integer({ ...OFF_OR_MS, docDefault: 'the global value', description: "this service's own limit (`0`: off)" }),
   ),
+  surge: defaulted(
+    mapping(
+      {
+        forMs: defaulted(Type.Integer({ ...NON_NEGATIVE, docDefault: 'the global `surge.forMs`', description: "this service's own value" })),
+        factor: defaulted(Type.Number({ ...FACTOR, docDefault: 'the global `surge.factor`', description: "this service's own value" })),
+        minRatePerSecond: defaulted(
+          Type.Number({ ...RATE, docDefault: 'the global `surge.minRatePerSecond`', description: "this service's own value" }),
+        ),
+      },
+      { default: {} },
+    ),
+  ),
   auth: defaulted(
     mapping(
       {
@@ -290,6 +304,29 @@ export const ConfigSchema = mapping({
     OFF_OR_MS,
     0,
     "a statement running longer (time in the queue not counted) is cancelled with the server's cancel key; the client gets `57014` `canceling statement due to statement timeout` (`0`: off)",
+  ),
+  surge: defaulted(
+    mapping(
+      {
+        forMs: ms(
+          NON_NEGATIVE,
+          10_000,
+          'a service whose demand (clients holding a server connection plus clients waiting for one) stays above its budget this long is surging; an episode ends after this long with neither condition',
+        ),
+        factor: defaulted(
+          Type.Number({
+            ...FACTOR,
+            default: 5,
+            description:
+              'a service whose client connect rate over the last minute is at least this many times its rate over the 15 minutes before (and above `minRatePerSecond`) is surging',
+          }),
+        ),
+        minRatePerSecond: defaulted(
+          Type.Number({ ...RATE, default: 1, description: 'the connect rate (per second, over the last minute) that `factor` needs to be above to call it a surge' }),
+        ),
+      },
+      { default: {}, description: 'surge detection (see Surges): one warning per episode, `pgbudget_service_surge` 1 while it lasts; `services[].surge` overrides each field' },
+    ),
   ),
   upstream: defaulted(
     mapping(
@@ -590,13 +627,16 @@ function compareRanks(a: number[], b: number[]): number {
   return a.length - b.length;
 }
 
-/** The global timeouts become each service's own unless it sets one, and addresses are parsed. */
+/** The global timeouts (and method, and surge settings) become each service's own unless it sets one, and addresses are parsed. */
 function filled(doc: Document): Config {
   const { listen = ADMIN_LISTEN, metricsNeedToken = false, ...token } = typeof doc.admin === 'string' ? { listen: doc.admin } : doc.admin;
   for (const s of doc.services) {
     s.idleInTransactionTimeoutMs ??= doc.idleInTransactionTimeoutMs;
     s.queryTimeoutMs ??= doc.queryTimeoutMs;
     s.auth.method ??= doc.auth.method;
+    s.surge.forMs ??= doc.surge.forMs;
+    s.surge.factor ??= doc.surge.factor;
+    s.surge.minRatePerSecond ??= doc.surge.minRatePerSecond;
   }
   doc.tls.mode ??= doc.tls.cert !== undefined ? 'allow' : 'disable';
   return { ...doc, listen: parseHostPort(doc.listen), admin: { ...parseHostPort(listen), ...token, metricsNeedToken } };

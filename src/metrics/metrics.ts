@@ -1,8 +1,8 @@
 // Prometheus metrics, all filled at scrape time: gauges and counters from one
-// snapshot of the proxy's plain counters, the queue-wait histogram from the
-// bucket counts the core keeps (see Stats.waited).
+// snapshot of the proxy's plain counters, the histograms from the bucket
+// counts the core keeps (see Stats.waited, Stats.upstreamConnected).
 import client from 'prom-client';
-import { QUEUE_WAIT_BUCKETS, REJECT_REASONS, UNMATCHED, type Stats } from '../budget/stats.js';
+import { CONNECT_BUCKETS, QUEUE_WAIT_BUCKETS, UNMATCHED, type Histogram, type Stats } from '../budget/stats.js';
 import type { ProxySnapshot } from '../types/snapshot.js';
 import { registerDatabaseMetrics } from './database.js';
 
@@ -20,6 +20,8 @@ export class Metrics {
     const r = [this.registry];
     const self = this;
     type Svc = ProxySnapshot['services'][number];
+    /** Per-service counts and those of clients no service took, under service="(unmatched)". */
+    const withUnmatched = () => [...self.snap.services, { name: UNMATCHED, ...self.snap.unmatched }];
     const gaugePerService = (name: string, help: string, value: (s: Svc) => number) =>
       new client.Gauge({
         name,
@@ -29,6 +31,24 @@ export class Metrics {
         collect() {
           this.reset();
           for (const s of self.snap.services) this.set({ service: s.name }, value(s));
+        },
+      });
+    /** A counter by service and one more label, from each row's count per value of that label. */
+    const counterPerServiceAnd = <Row extends { name: string }>(
+      name: string,
+      help: string,
+      label: string,
+      rows: () => Row[],
+      counts: (row: Row) => Record<string, number>,
+    ) =>
+      new client.Counter({
+        name,
+        help,
+        labelNames: ['service', label],
+        registers: r,
+        collect() {
+          this.reset();
+          for (const row of rows()) for (const [value, n] of Object.entries(counts(row))) this.inc({ service: row.name, [label]: value }, n);
         },
       });
     const counterPerService = (name: string, help: string, value: (s: Svc) => number) =>
@@ -66,31 +86,52 @@ export class Metrics {
     counterPerService('pgbudget_server_connections_opened_total', 'Server connections opened.', (s) => s.serversOpened);
     counterPerService('pgbudget_server_connections_closed_total', 'Server connections closed.', (s) => s.serversClosed);
     counterPerService('pgbudget_query_timeouts_total', 'Statements cancelled because they ran longer than queryTimeoutMs.', (s) => s.queryTimeouts);
+    gaugePerService(
+      'pgbudget_service_utilization_ratio',
+      'Server connections held (opening, active, idle, closing: what counts against the budget) divided by the budget.',
+      (s) => s.utilization,
+    );
+    counterPerService(
+      'pgbudget_service_at_budget_seconds_total',
+      'Time the service held its whole budget (no room to open another server connection).',
+      (s) => s.atBudgetSeconds,
+    );
+    gaugePerService('pgbudget_service_surge', '1 while the service is surging (demand above budget, or connect rate far above its baseline).', (s) =>
+      s.surge.surging ? 1 : 0,
+    );
+    counterPerService('pgbudget_service_surges_total', 'Surge episodes that started.', (s) => s.surge.episodes);
     new client.Counter({
-      name: 'pgbudget_rejections_total',
-      help: 'Clients refused or disconnected by the proxy, by reason (queue_timeout counts queue timeouts).',
-      labelNames: ['service', 'reason'],
+      name: 'pgbudget_client_connection_attempts_total',
+      help: 'Client connections that reached service matching (their startup packet was read).',
+      labelNames: ['service'],
       registers: r,
       collect() {
         this.reset();
-        const all = [...self.snap.services.map((s) => [s.name, s.rejections] as const), ['(unmatched)', self.snap.unmatched.rejections] as const];
-        for (const [service, rejections] of all) {
-          for (const reason of REJECT_REASONS) this.inc({ service, reason }, rejections[reason] ?? 0);
-        }
+        for (const s of withUnmatched()) this.inc({ service: s.name }, s.connectionAttempts);
       },
     });
-    new client.Counter({
-      name: 'pgbudget_pins_total',
-      help: 'Transaction-mode clients pinned to their server connection because of session state, by reason.',
-      labelNames: ['service', 'reason'],
-      registers: r,
-      collect() {
-        this.reset();
-        for (const s of self.snap.services) {
-          for (const [reason, n] of Object.entries(s.pins)) this.inc({ service: s.name, reason }, n);
-        }
-      },
-    });
+    counterPerServiceAnd(
+      'pgbudget_client_errors_total',
+      "ErrorResponses pgbudget itself sent to clients, by SQLSTATE (the server's own errors are not counted).",
+      'sqlstate',
+      withUnmatched,
+      (s) => s.clientErrors,
+    );
+    // Every reason, 0 included (Stats starts each at 0).
+    counterPerServiceAnd(
+      'pgbudget_rejections_total',
+      'Clients refused or disconnected by the proxy, by reason (queue_timeout counts queue timeouts).',
+      'reason',
+      withUnmatched,
+      (s) => s.rejections,
+    );
+    counterPerServiceAnd(
+      'pgbudget_pins_total',
+      'Transaction-mode clients pinned to their server connection because of session state, by reason.',
+      'reason',
+      () => self.snap.services,
+      (s) => s.pins,
+    );
     new client.Gauge({
       name: 'pgbudget_upstream_server_connections',
       help: 'Server connections of all services together (opening, active, idle, closing).',
@@ -115,7 +156,32 @@ export class Metrics {
         this.set(self.snap.upstream.lastError === null ? 1 : 0);
       },
     });
-    this.registry.registerMetric(waitHistogram(source.stats) as unknown as client.Metric);
+    new client.Counter({
+      name: 'pgbudget_upstream_connect_errors_total',
+      help: 'Failed attempts to connect and log in to the upstream, by SQLSTATE class (08, 28, 53, 57…) or network (no SQLSTATE).',
+      labelNames: ['class'],
+      registers: r,
+      collect() {
+        this.reset();
+        for (const [cls, n] of Object.entries(self.snap.upstream.connectErrors)) this.inc({ class: cls }, n);
+      },
+    });
+    const stats = source.stats;
+    this.registry.registerMetric(
+      countedHistogram('pgbudget_queue_wait_seconds', 'Time from asking for a server connection to getting one.', QUEUE_WAIT_BUCKETS, function* () {
+        for (const [service, st] of stats.entries()) if (service !== UNMATCHED) yield [{ service }, st.wait];
+      }),
+    );
+    this.registry.registerMetric(
+      countedHistogram(
+        'pgbudget_upstream_connect_seconds',
+        'Time to connect and log in to the upstream, of each server connection that logged in.',
+        CONNECT_BUCKETS,
+        function* () {
+          yield [{}, stats.upstream.connect];
+        },
+      ),
+    );
     registerDatabaseMetrics(this.registry, () => self.snap);
     client.collectDefaultMetrics({ register: this.registry, prefix: 'pgbudget_' });
   }
@@ -131,29 +197,27 @@ export class Metrics {
   }
 }
 
+type Labels = Record<string, string>;
+
 /**
- * pgbudget_queue_wait_seconds as a registry metric whose values come from
- * the per-service bucket counts at scrape time, so a hand-out costs a few
+ * A histogram as a registry metric whose values come from bucket counts
+ * the core keeps (Stats), read at scrape time: an observation costs a few
  * additions instead of a prom-client observe() (label hashing, lookups).
  */
-function waitHistogram(stats: Stats) {
-  const name = 'pgbudget_queue_wait_seconds';
-  const help = 'Time from asking for a server connection to getting one.';
+function countedHistogram(name: string, help: string, bounds: readonly number[], series: () => Iterable<[Labels, Histogram]>): client.Metric {
   const get = () => {
     const values: { metricName: string; labels: Record<string, string | number>; value: number }[] = [];
-    for (const [service, st] of stats.entries()) {
-      if (service === UNMATCHED) continue;
-      const { buckets, sumSeconds, count } = st.wait;
+    for (const [labels, { buckets, sumSeconds, count }] of series()) {
       let cumulative = 0;
       buckets.forEach((n, i) => {
         cumulative += n;
-        const le = i < QUEUE_WAIT_BUCKETS.length ? QUEUE_WAIT_BUCKETS[i] : '+Inf';
-        values.push({ metricName: `${name}_bucket`, labels: { le, service }, value: cumulative });
+        const le = i < bounds.length ? bounds[i] : '+Inf';
+        values.push({ metricName: `${name}_bucket`, labels: { le, ...labels }, value: cumulative });
       });
-      values.push({ metricName: `${name}_sum`, labels: { service }, value: sumSeconds });
-      values.push({ metricName: `${name}_count`, labels: { service }, value: count });
+      values.push({ metricName: `${name}_sum`, labels, value: sumSeconds });
+      values.push({ metricName: `${name}_count`, labels, value: count });
     }
     return { name, help, type: 'histogram', aggregator: 'sum', values };
   };
-  return { name, help, type: 'histogram', aggregator: 'sum', get };
+  return { name, help, type: 'histogram', aggregator: 'sum', get } as unknown as client.Metric;
 }

@@ -3,7 +3,7 @@
 // packet belongs to, and the client's authentication. What it decides goes
 // to its session (AdmissionOwner).
 import type { Logger } from 'pino';
-import type { RejectReason } from '../budget/stats.js';
+import { UNMATCHED, type RejectReason, type Stats } from '../budget/stats.js';
 import { Authentication, type KnownSecret, type PasswordMethod } from '../client/authenticate.js';
 import type { Config, ServiceConfig } from '../types/config.js';
 import { readHandshake, type HandshakeListener } from '../client/handshake.js';
@@ -35,6 +35,7 @@ export interface AdmissionContext {
   readonly sessions: { get(processId: number): Cancellable | undefined; readonly size: number };
   /** Clients of a service that are in (admitted, not yet gone). */
   clientsOf(service: string): number;
+  readonly stats: Stats;
 }
 
 /** Who the startup packet says the client is. */
@@ -202,6 +203,8 @@ export class Admission implements HandshakeListener {
     };
     const config = this.ctx.config();
     const service = matchService(config, who);
+    // Every startup packet that gets this far is an attempt of its service: the connect rate.
+    this.ctx.stats.service(service?.name ?? UNMATCHED).connectionAttempts++;
     if (!service) {
       return this.owner.refused('no_service', clientErrors.noService(who.user, who.database, who.applicationName), 'no service matches');
     }

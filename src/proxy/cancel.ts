@@ -2,7 +2,7 @@
 // where its statement is: passed on to the server it runs on; owed while
 // it has not reached the server yet (the server would ignore it then);
 // answered by the proxy for a batch that never left the queue.
-import type { ServiceStats } from '../budget/stats.js';
+import { countClientError, type ServiceStats } from '../budget/stats.js';
 import { clientErrors } from '../errors.js';
 import { Backend } from '../protocol/codes.js';
 import { errorResponse, readyForQuery } from '../protocol/encode.js';
@@ -128,7 +128,9 @@ export class Cancels {
    */
   private answerQueued(): void {
     const tx = this.client.tx;
-    const replies = [errorResponse(clientErrors.queryCanceled())];
+    const canceled = clientErrors.queryCanceled();
+    countClientError(this.counters.stats(), canceled.code);
+    const replies = [errorResponse(canceled)];
     for (let i = 0; i < tx.expectedReady; i++) replies.push(readyForQuery(tx.statusLetter));
     this.link.answerQueued(Buffer.concat(replies));
   }

@@ -33,8 +33,8 @@ export interface LinkOwner {
   failed(err: unknown, where: string): void;
   /** The first login for the pool key is done: the client's welcome, with the server's parameters. */
   welcome(params: [string, string][]): void;
-  /** No server connection for this client; `error` is a whole ErrorResponse. */
-  rejected(error: Buffer, reason: RejectedBecause): void;
+  /** No server connection for this client; `error` is a whole ErrorResponse, of code `sqlstate` when pgbudget wrote it (null: the server's). */
+  rejected(error: Buffer, reason: RejectedBecause, sqlstate: string | null): void;
   /** The linked server connection closed under the client. */
   serverLost(cause: string): void;
   /** The server sent bytes that are not the protocol. */
@@ -136,10 +136,10 @@ export class ServerLink implements ServerOwner, WaitHandlers, CancelSubject {
   }
 
   /** WaitHandlers: no server connection for this client (queue full or timed out, login refused). */
-  onReject(error: Buffer, reason: RejectedBecause): void {
+  onReject(error: Buffer, reason: RejectedBecause, sqlstate: string | null): void {
     try {
       this.waiter = null;
-      this.owner.rejected(error, reason);
+      this.owner.rejected(error, reason, sqlstate);
     } catch (err) {
       this.owner.failed(err, 'queue rejection');
     }

@@ -15,6 +15,7 @@ import { Credentials } from './credentials.js';
 import { loadClientTls, type ClientTls } from './clientTls.js';
 import { loadUpstreamTls, type UpstreamTls } from '../server/upstreamTls.js';
 import { databaseSnapshot } from '../server/headroom.js';
+import { SURGE_TICK_MS, SurgeWatch } from './surgeWatch.js';
 
 export class Proxy {
   readonly stats = new Stats();
@@ -24,6 +25,9 @@ export class Proxy {
   private readonly ctx: SessionContext;
   private shuttingDown = false;
   private sessionSweep: NodeJS.Timeout | null = null;
+  /** Samples every service for surges (surgeWatch.ts). */
+  private readonly surges: SurgeWatch;
+  private surgeTick: NodeJS.Timeout | null = null;
   /** TLS towards clients (null: off); replaced whole on reload. */
   private clientTls: ClientTls | null;
   /** What is known of clients' passwords; replaced whole on reload. */
@@ -65,6 +69,7 @@ export class Proxy {
       clientsOf: (service) => self.stats.service(service).clientsConnected,
     };
     this.setTimeouts(config);
+    this.surges = new SurgeWatch(log, this.pool.scheduler, this.stats);
     for (const s of config.services) this.stats.service(s.name);
     this.server = net.createServer();
     for (const warning of configWarnings(config)) log.warn(warning);
@@ -95,6 +100,17 @@ export class Proxy {
           }
         }, SESSION_SWEEP_MS);
         this.sessionSweep.unref();
+        // Surges: every service sampled once a second; the first sample is the start of the connect-rate history.
+        const surgeTick = () => {
+          try {
+            this.surges.tick(Date.now(), this.config);
+          } catch (err) {
+            this.log.error({ err }, 'pgbudget: internal error in the surge tick');
+          }
+        };
+        surgeTick();
+        this.surgeTick = setInterval(surgeTick, SURGE_TICK_MS);
+        this.surgeTick.unref();
         resolve(this.server.address() as net.AddressInfo);
       });
     });
@@ -183,6 +199,7 @@ export class Proxy {
     for (const [name, st] of this.stats.entries()) {
       if (name === UNMATCHED || !sched.hasService(name)) continue;
       const c = sched.counts(name);
+      const surge = this.surges.state(name, now);
       services.push({
         name,
         poolMode: configured.get(name)?.poolMode ?? 'removed',
@@ -197,15 +214,34 @@ export class Proxy {
         queryTimeouts: st.queryTimeouts,
         rejections: { ...st.rejections },
         pins: { ...st.pins },
+        utilization: c.budget > 0 ? c.held / c.budget : 0,
+        atBudgetSeconds: sched.atBudgetMs(name, now) / 1000,
+        connectionAttempts: st.connectionAttempts,
+        connectRatePerSecond: surge.ratePerSecond,
+        connectRateBaselinePerSecond: surge.baselinePerSecond,
+        clientErrors: { ...st.clientErrors },
+        surge: { surging: surge.surging, forSeconds: surge.forSeconds, episodes: st.surges },
       });
     }
     const { host, port } = this.config.upstream;
     const maxConnections = this.pool.cap;
+    const unmatched = this.stats.service(UNMATCHED);
     return {
-      upstream: { host, port, maxConnections, serverConnections: sched.totalHeld, lastError: this.pool.lastUpstreamError },
+      upstream: {
+        host,
+        port,
+        maxConnections,
+        serverConnections: sched.totalHeld,
+        lastError: this.pool.lastUpstreamError,
+        connectErrors: { ...this.stats.upstream.connectErrors },
+      },
       database: databaseSnapshot(this.config, this.pool.headroom, now),
       services,
-      unmatched: { rejections: { ...this.stats.service(UNMATCHED).rejections } },
+      unmatched: {
+        rejections: { ...unmatched.rejections },
+        connectionAttempts: unmatched.connectionAttempts,
+        clientErrors: { ...unmatched.clientErrors },
+      },
       shuttingDown: this.shuttingDown,
     };
   }
@@ -236,6 +272,7 @@ export class Proxy {
     await until(() => this.pool.openConnections === 0, SHUTDOWN_GRACE_MS);
     this.pool.stop();
     if (this.sessionSweep) clearInterval(this.sessionSweep);
+    if (this.surgeTick) clearInterval(this.surgeTick);
     await Promise.race([closed, new Promise((r) => setTimeout(r, SHUTDOWN_GRACE_MS).unref())]);
   }
 }

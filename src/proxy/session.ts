@@ -4,7 +4,7 @@
 // one, forwarding, cancel, giving it back) is its ServerLink (link.ts).
 import { randomInt } from 'node:crypto';
 import type { Logger } from 'pino';
-import { UNMATCHED, type RejectReason, type ServiceStats, type Stats } from '../budget/stats.js';
+import { countClientError, UNMATCHED, type RejectReason, type ServiceStats, type Stats } from '../budget/stats.js';
 import type { ServiceConfig } from '../types/config.js';
 import { clientErrors } from '../errors.js';
 import { ALPN_POSTGRESQL, Backend } from '../protocol/codes.js';
@@ -16,7 +16,7 @@ import type { ClientTls } from './clientTls.js';
 import type { RejectedBecause } from '../server/pool.js';
 import type { SessionRegistry } from '../client/registry.js';
 import type { SessionStateReason } from '../client/sessionState.js';
-import { StatementLayer } from '../client/statementLayer.js';
+import { StatementLayer, type OwnErrors } from '../client/statementLayer.js';
 import { ClientInbound } from '../client/inbound.js';
 import { ClientOutbound } from '../client/outbound.js';
 import { TransactionTracker, type SessionTimeouts } from '../client/transaction.js';
@@ -37,7 +37,7 @@ export type { SessionTimeouts };
 
 type State = 'startup' | 'open' | 'closed';
 
-export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwner {
+export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwner, OwnErrors {
   state: State = 'startup';
   service: ServiceConfig | null = null;
   user = '';
@@ -56,7 +56,7 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
   /** Protocol position, from the message types of both directions. */
   readonly tx = new TransactionTracker();
   /** Statement checks and rewriting, between the client's messages and the server (transaction mode). */
-  readonly statementLayer = new StatementLayer();
+  readonly statementLayer = new StatementLayer(this);
   /** The client's bytes on their way in: framed, tracked, checked. */
   readonly inbound: ClientInbound;
   /** Server bytes on their way to the client: tracked, the answers to the proxy's own requests left out. */
@@ -76,7 +76,7 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
     this.secretKey = randomInt(0, 0x7fffffff);
     const cfg = ctx.config();
     this.inbound = new ClientInbound(this.tx, this.statementLayer, cfg.maxMessageBytes);
-    this.outbound = new ClientOutbound(this.tx, this.statementLayer);
+    this.outbound = new ClientOutbound(this.tx, this.statementLayer, this);
     this.socket = clientTransport(accepted, this, { keepAliveMs: cfg.tcpKeepaliveMs });
     this.admission = new Admission(ctx, this, this.socket, this.connectedAt, cfg.startupTimeoutMs);
     this.link = new ServerLink(ctx, this, this);
@@ -311,8 +311,9 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
   }
 
   refused(rejection: RejectReason, fields: ErrorFields, reason: string, service?: string): void {
-    (service === undefined ? this.stats() : this.ctx.stats.service(service)).rejections[rejection]++;
-    this.fatal(fields, reason);
+    const st = service === undefined ? this.stats() : this.ctx.stats.service(service);
+    st.rejections[rejection]++;
+    this.fatal(fields, reason, st);
   }
 
   dropped(rejection: RejectReason, reason: string): void {
@@ -366,8 +367,10 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
 
   // ---- what the link reports (LinkOwner) ----
 
-  rejected(error: Buffer, reason: RejectedBecause): void {
-    this.stats().rejections[reason]++;
+  rejected(error: Buffer, reason: RejectedBecause, sqlstate: string | null): void {
+    const st = this.stats();
+    st.rejections[reason]++;
+    if (sqlstate !== null && this.state !== 'closed') countClientError(st, sqlstate);
     this.closeReason = reason;
     this.endWith(error);
   }
@@ -395,9 +398,17 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
     return st;
   }
 
+  /** OwnErrors: an error of the proxy's own went into the stream to the client (a refused statement, a reworded timeout). */
+  ownError(sqlstate: string): void {
+    countClientError(this.stats(), sqlstate);
+  }
+
   // ---- ending ----
 
-  private fatal(fields: ErrorFields, reason: string): void {
+  /** Every FATAL of the proxy's own ends a client here: counted under `st` (the service, once known) by its SQLSTATE. */
+  private fatal(fields: ErrorFields, reason: string, st: ServiceStats = this.stats()): void {
+    if (this.state === 'closed') return;
+    countClientError(st, fields.code);
     this.closeReason = reason;
     this.endWith(errorResponse(fields));
   }

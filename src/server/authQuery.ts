@@ -14,7 +14,7 @@ export const AUTH_QUERY_SERVICE = 'pgbudget:auth_query';
 export function authQueryService(config: Config): ServiceConfig | null {
   const q = config.auth.query;
   if (!q) return null;
-  return internalService(AUTH_QUERY_SERVICE, q, { maxWaiting: config.maxClients, timeoutMs: config.authTimeoutMs });
+  return internalService(AUTH_QUERY_SERVICE, q, { maxWaiting: config.maxClients, timeoutMs: config.authTimeoutMs }, config.surge);
 }
 
 /** What the lookup needs of the pool (server/pool.ts). */

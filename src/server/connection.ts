@@ -45,13 +45,16 @@ export interface ServerLogin {
  * database is down, full, or starting) are retried with backoff while
  * clients keep waiting; the others (wrong password, no such database) are
  * sent to the waiting clients as `errorResponse`, unchanged when it came
- * from PostgreSQL.
+ * from PostgreSQL (`fromServer`). `sqlstate` is the error's code; null
+ * when there is none (the network failed, or the server closed).
  */
 export class ServerLoginError extends Error {
   constructor(
     message: string,
     readonly transient: boolean,
     readonly errorResponse?: Buffer,
+    readonly sqlstate: string | null = null,
+    readonly fromServer = false,
   ) {
     super(message);
   }
@@ -150,7 +153,7 @@ export class ServerConnection implements ConnectHandler, TlsUpgradeHandler {
   private refuseLogin(fields: ErrorFields): void {
     const control = this.control;
     this.control = null;
-    control?.reject(new ServerLoginError(fields.message, false, errorResponse(fields)));
+    control?.reject(new ServerLoginError(fields.message, false, errorResponse(fields), fields.code));
     this.transport.destroy();
   }
 
@@ -203,7 +206,7 @@ export class ServerConnection implements ConnectHandler, TlsUpgradeHandler {
     const network = err === null || (err.code !== undefined && /^E[A-Z]+$/.test(err.code));
     if (phase === 'tls' && !network) {
       const fields = clientErrors.upstreamTlsFailed(err.message);
-      return new ServerLoginError(fields.message, false, errorResponse(fields));
+      return new ServerLoginError(fields.message, false, errorResponse(fields), fields.code);
     }
     return new ServerLoginError(`upstream ${this.login.host}:${this.login.port}: ${this.closeCause}`, true);
   }
@@ -241,7 +244,7 @@ export class ServerConnection implements ConnectHandler, TlsUpgradeHandler {
         this.transport.destroy();
       };
       const ourError = (fields: ErrorFields) =>
-        fail(new ServerLoginError(fields.message, false, errorResponse(fields)));
+        fail(new ServerLoginError(fields.message, false, errorResponse(fields), fields.code));
       this.control = {
         resolve,
         reject,
@@ -303,7 +306,7 @@ export class ServerConnection implements ConnectHandler, TlsUpgradeHandler {
               return;
             case 'error': {
               const code = String(m.code ?? '');
-              return fail(new ServerLoginError(String(m.message), TRANSIENT_SQLSTATE.test(code), raw));
+              return fail(new ServerLoginError(String(m.message), TRANSIENT_SQLSTATE.test(code), raw, code || null, true));
             }
             case 'notice':
               return;

@@ -43,7 +43,7 @@ export function headroomService(config: Config): ServiceConfig | null {
   if (h.user === undefined) return null;
   // A reading may wait for a slot as long as a login may take, and at least until the next is due.
   const timeoutMs = Math.max(h.intervalMs, config.upstream.connectTimeoutMs);
-  return internalService(HEADROOM_SERVICE, h, { maxWaiting: 1, timeoutMs });
+  return internalService(HEADROOM_SERVICE, h, { maxWaiting: 1, timeoutMs }, config.surge);
 }
 
 /**

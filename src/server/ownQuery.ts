@@ -21,6 +21,7 @@ export function internalService(
   name: string,
   login: { password?: string; passwordEnv?: string },
   queue: ServiceConfig['queue'],
+  surge: ServiceConfig['surge'],
 ): ServiceConfig {
   return {
     name,
@@ -32,6 +33,7 @@ export function internalService(
     idleInTransactionTimeoutMs: 0,
     queryTimeoutMs: 0,
     auth: { method: 'trust' },
+    surge,
     maxClients: 0,
     password: login.password,
     passwordEnv: login.passwordEnv,

@@ -21,8 +21,11 @@ export type RejectedBecause = 'queue_full' | 'queue_timeout' | 'server_login' | 
 
 export interface WaitHandlers {
   onAssign(conn: ServerConnection, waitedMs: number): void;
-  /** `error` is a whole ErrorResponse message, ready to write to the client. */
-  onReject(error: Buffer, reason: RejectedBecause): void;
+  /**
+   * `error` is a whole ErrorResponse message, ready to write to the client;
+   * `sqlstate` its code when pgbudget wrote it, null when it is the server's own (a login refused).
+   */
+  onReject(error: Buffer, reason: RejectedBecause, sqlstate: string | null): void;
 }
 
 /** What server logins need that the proxy reads from files and secrets, as of the last reload. */
@@ -309,7 +312,8 @@ export class ServerPool {
       else if (a.kind === 'open') this.run(this.scheduler.closed(a.connId, Date.now()));
     }
     if (a.kind === 'assign' || a.kind === 'reject') {
-      takeHandlers(a.waiter)?.onReject(errorResponse(clientErrors.internalError()), 'internal_error');
+      const fields = clientErrors.internalError();
+      takeHandlers(a.waiter)?.onReject(errorResponse(fields), 'internal_error', fields.code);
     }
   }
 
@@ -354,7 +358,7 @@ export class ServerPool {
           { ...a.facts, reason: a.reason, waitedMs: a.waitedMs },
           a.reason === 'queue_full' ? 'client rejected: queue full' : 'client rejected: queue timeout',
         );
-        h?.onReject(errorResponse(fields), a.reason);
+        h?.onReject(errorResponse(fields), a.reason, fields.code);
         break;
       }
   }
@@ -416,6 +420,7 @@ export class ServerPool {
     const { user, database } = conn.login;
     const connId = conn.id;
     stats.serversOpened++;
+    this.stats.upstreamConnected(Date.now() - conn.createdAt);
     this.backoffMs = 0;
     this.backoffUntil = 0;
     this.lastUpstreamError = null;
@@ -434,6 +439,7 @@ export class ServerPool {
     const { user, database } = parsePoolKey(key);
     stats.serverConnectErrors++;
     const loginErr = err instanceof ServerLoginError ? err : new ServerLoginError(err.message, true);
+    this.stats.upstreamConnectFailed(loginErr.sqlstate);
     if (loginErr.transient) {
       // Doubled once per round of attempts, not per failed connection: a
       // dozen opens that fail together (a restart) are one failure, else the
@@ -452,7 +458,7 @@ export class ServerPool {
       this.log.warn({ service, user, database, err: loginErr.message }, 'server login refused');
       for (const w of this.scheduler.failWaiters(service, key)) {
         const h = takeHandlers(w);
-        h?.onReject(loginErr.errorResponse!, 'server_login');
+        h?.onReject(loginErr.errorResponse!, 'server_login', loginErr.fromServer ? null : loginErr.sqlstate);
       }
     }
   }

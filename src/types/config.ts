@@ -77,6 +77,16 @@ export interface ServiceMatch {
   applicationName?: string;
 }
 
+/** When a service counts as surging (budget/surge.ts). */
+export interface SurgeConfig {
+  /** Demand above the budget this long starts an episode; calm this long ends one. */
+  forMs: number;
+  /** The last minute's client connect rate against the 15 minutes before it. */
+  factor: number;
+  /** The last minute's connect rate must also be above this (per second). */
+  minRatePerSecond: number;
+}
+
 export interface ServiceConfig {
   name: string;
   match: ServiceMatch;
@@ -90,6 +100,8 @@ export interface ServiceConfig {
   queryTimeoutMs: number;
   /** This service's own method, or the global one. */
   auth: { method: AuthMethod };
+  /** This service's own surge settings, each field the global one unless set. */
+  surge: SurgeConfig;
   /** The most clients of this service connected at once (0: only the global limit). */
   maxClients: number;
   password?: string;
@@ -157,6 +169,7 @@ export interface Config {
   idleInTransactionTimeoutMs: number;
   /** A statement running this long is cancelled with the server's cancel key (0: off). */
   queryTimeoutMs: number;
+  surge: SurgeConfig;
   upstream: UpstreamConfig;
   headroom: HeadroomConfig;
   defaultService?: string;

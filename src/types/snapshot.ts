@@ -15,6 +15,20 @@ export interface ServiceSnapshot {
   queryTimeouts: number;
   rejections: Record<string, number>;
   pins: Record<string, number>;
+  /** Server connections held (opening, active, idle and closing: what counts against the budget) / budget. */
+  utilization: number;
+  /** Time spent holding the whole budget (held >= budget: no room to open another), since the start. */
+  atBudgetSeconds: number;
+  /** Client connections that reached service matching, since the start. */
+  connectionAttempts: number;
+  /** Connection attempts per second over the last minute. */
+  connectRatePerSecond: number;
+  /** Connection attempts per second over the 15 minutes before the last one; null until a minute of it is known. */
+  connectRateBaselinePerSecond: number | null;
+  /** ErrorResponses pgbudget itself sent the service's clients, by SQLSTATE. */
+  clientErrors: Record<string, number>;
+  /** Surge detection: an episode under way and for how long; episodes since the start. */
+  surge: { surging: boolean; forSeconds: number; episodes: number };
 }
 
 /** The database's connection limits and the connections that are not pgbudget's, as last read (headroom). */
@@ -36,10 +50,19 @@ export interface DatabaseSnapshot {
 }
 
 export interface ProxySnapshot {
-  upstream: { host: string; port: number; maxConnections: number; serverConnections: number; lastError: string | null };
+  upstream: {
+    host: string;
+    port: number;
+    maxConnections: number;
+    serverConnections: number;
+    lastError: string | null;
+    /** Failed server connects and logins by SQLSTATE class, or `network`. */
+    connectErrors: Record<string, number>;
+  };
   /** null: no readings (headroom.user not set). */
   database: DatabaseSnapshot | null;
   services: ServiceSnapshot[];
-  unmatched: { rejections: Record<string, number> };
+  /** Clients no service took, under the "(unmatched)" label. */
+  unmatched: { rejections: Record<string, number>; connectionAttempts: number; clientErrors: Record<string, number> };
   shuttingDown: boolean;
 }

@@ -31,9 +31,11 @@ t.test('defaults are filled in', async (t) => {
     queue: { maxWaiting: 1000, timeoutMs: 30000 },
     idleInTransactionTimeoutMs: 0,
     queryTimeoutMs: 0,
+    surge: { forMs: 10000, factor: 5, minRatePerSecond: 1 },
     auth: { method: 'scram-sha-256' },
     maxClients: 0,
   });
+  t.same(c.surge, { forMs: 10000, factor: 5, minRatePerSecond: 1 });
   t.same(c.auth, { method: 'scram-sha-256', users: [] }, 'passwords are asked for unless trust is written');
   t.equal(c.authTimeoutMs, 10000);
   t.equal(c.tcpKeepaliveMs, 30000);
@@ -61,6 +63,26 @@ t.test('timeouts: global values, per-service overrides, and 0 for off', async (t
   t.same(problems({ services: [{ name: 'a', budget: 1, idleInTransactionTimeoutMs: '5s' }] }), [
     'services[0].idleInTransactionTimeoutMs: must be a non-negative integer (milliseconds; 0 is off) (got "5s")',
   ]);
+});
+
+t.test('surge: global values, each field overridable per service', async (t) => {
+  const c = validateConfig({
+    surge: { forMs: 2000, factor: 3 },
+    services: [
+      { name: 'web', budget: 5 },
+      { name: 'batch', budget: 2, surge: { forMs: 0, minRatePerSecond: 0.5 } },
+    ],
+  });
+  t.same(c.surge, { forMs: 2000, factor: 3, minRatePerSecond: 1 }, 'a default for what the file leaves out');
+  t.same(c.services[0].surge, { forMs: 2000, factor: 3, minRatePerSecond: 1 }, 'the global values');
+  t.same(c.services[1].surge, { forMs: 0, factor: 3, minRatePerSecond: 0.5 }, 'its own values, the global one for the rest');
+  t.same(problems({ ...minimal, surge: { factor: 0.5, minRatePerSecond: -1, forMs: 1.5, often: true } }), [
+    'surge.often: unknown field',
+    'surge.forMs: must be a non-negative integer (got 1.5)',
+    'surge.factor: must be a number >= 1 (got 0.5)',
+    'surge.minRatePerSecond: must be a non-negative number (got -1)',
+  ]);
+  t.same(problems({ services: [{ name: 'a', budget: 1, surge: { factor: '5' } }] }), ['services[0].surge.factor: must be a number >= 1 (got "5")']);
 });
 
 t.test('the documented example is valid', async (t) => {
