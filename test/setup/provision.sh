@@ -23,6 +23,9 @@ need bash -c 'command -v initdb || ls /usr/lib/postgresql/*/bin/initdb' -- postg
 need /usr/bin/python3 -c 'import psycopg2' -- python3-psycopg2 "psycopg2 for /usr/bin/python3"
 need bash -c 'command -v java && command -v javac' -- openjdk-17-jdk-headless "java and javac"
 need bash -c 'ls "${PGBUDGET_TEST_PGJDBC_JAR:-/nonexistent}" || ls ~/.m2/repository/org/postgresql/postgresql/*/postgresql-*.jar || ls /usr/share/java/postgresql.jar' -- libpostgresql-jdbc-java "the PostgreSQL JDBC driver"
+# promtool (checks and unit-tests the chart's alert rules) and the Prometheus server that
+# test/integration/prometheus.test.ts starts on a port of its own.
+need bash -c 'command -v promtool && command -v prometheus' -- prometheus "promtool and the Prometheus server"
 # libpq's headers and pg_config, which the devDependency pg-native (node-postgres over libpq) builds
 # against. npm ci builds it before this runs, so the machine must have them already for that; here
 # they are checked and installed so that the next npm ci finds them.
