@@ -48,7 +48,10 @@ const cluster = await withCluster(t, { maxConnections: 20 });
 // Ordinary roles, as services have: superusers could use the reserved slots.
 await cluster.query(`create role ${STORM} login; create role ${CALM} login`);
 const proxy = await startProxy(t, cluster, {
+  // 16 of the 17 slots the database gives ordinary roles: the cap alert's case.
   upstream: { maxConnections: 16 },
+  // The database's limits, read once a second (the database_* metrics).
+  headroom: { user: 'postgres', intervalMs: 1000 },
   services: [
     { name: STORM, match: { user: STORM }, budget: 4, poolMode: 'transaction', queue: { maxWaiting: 1000, timeoutMs: 250 } },
     // Its 3 clients can fill its budget of 3 (utilization 1) but never wait.
@@ -259,9 +262,9 @@ t.test('during the storm: every query returns data, and the alerts fire for segm
   for (const m of metrics) {
     checks.set(`${m} is scraped`, async () => ((await prom.query(`count(${m})`)).length > 0 ? undefined : 'no series'));
   }
-  checks.set('the service variable lists both services', async () => {
+  checks.set("the service variable lists both services, and pgbudget's own reading of the headroom", async () => {
     const got = await prom.labelValues('service', 'pgbudget_service_budget_connections');
-    return same(got, [STORM, CALM]) ? undefined : `got [${got}]`;
+    return same(got, [STORM, CALM, 'pgbudget:headroom']) ? undefined : `got [${got}]`;
   });
   for (const q of queries) {
     const expr = asPromQL(q.expr, RATE_INTERVAL);
