@@ -2,11 +2,8 @@
 // pgbudget command line: read the config (file, upstream URL, or an embedded
 // PostgreSQL), start the proxy and admin server, handle SIGHUP and SIGTERM.
 import { parseArgs } from 'node:util';
-import { pino } from 'pino';
-import { startPgbudget } from './app.js';
-import { configFromUpstreamUrl, loadConfigFile } from './config/load.js';
-import { ConfigError, parseHostPort, type Config } from './config/schema.js';
-import { startEmbeddedPostgres, type EmbeddedUpstream } from './embedded.js';
+import type { Config } from './config/schema.js';
+import type { EmbeddedUpstream } from './embedded.js';
 
 const USAGE = `usage: pgbudget [--config FILE] [--upstream postgres://host:port] [--listen host:port] [--admin host:port] [--log-level LEVEL]
 
@@ -15,7 +12,10 @@ const USAGE = `usage: pgbudget [--config FILE] [--upstream postgres://host:port]
   --listen host:port where clients connect (default 127.0.0.1:6432)
   --admin host:port  metrics and health (default 127.0.0.1:9187)
   --log-level LEVEL  fatal, error, warn, info, debug, trace, silent (or PGBUDGET_LOG_LEVEL)
-With neither --config nor --upstream, pgbudget starts an embedded PostgreSQL and proxies to it.`;
+With neither --config nor --upstream, pgbudget starts an embedded PostgreSQL and proxies to it.
+
+       pgbudget top [--admin URL] [--token-env NAME | --token-file PATH] [--once] [--interval MS]
+  a terminal view of a running pgbudget (pgbudget top --help)`;
 
 async function main(): Promise<number> {
   let args;
@@ -38,6 +38,9 @@ async function main(): Promise<number> {
     process.stdout.write(USAGE + '\n');
     return 0;
   }
+  // Loaded here, not at the top: `pgbudget top` needs none of it, and it takes a second to load.
+  const [{ pino }, { startPgbudget }, { configFromUpstreamUrl, loadConfigFile }, { ConfigError, parseHostPort }, { startEmbeddedPostgres }] =
+    await Promise.all([import('pino'), import('./app.js'), import('./config/load.js'), import('./config/schema.js'), import('./embedded.js')]);
   const configPath = args.config ?? process.env.PGBUDGET_CONFIG;
   const upstreamUrl = args.upstream ?? process.env.DATABASE_URL;
   const levelOverride = args['log-level'] ?? process.env.PGBUDGET_LOG_LEVEL;
@@ -137,7 +140,8 @@ async function main(): Promise<number> {
   });
 }
 
-main().then(
+const command = process.argv[2] === 'top' ? import('./top/main.js').then((top) => top.runTop(process.argv.slice(3))) : main();
+command.then(
   (code) => {
     // Let pino flush stdout before exiting.
     setImmediate(() => process.exit(code));

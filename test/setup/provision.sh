@@ -21,6 +21,7 @@ need command -v psql -- postgresql-client "psql"
 need command -v pgbench -- postgresql-client "pgbench"
 need bash -c 'command -v initdb || ls /usr/lib/postgresql/*/bin/initdb' -- postgresql "PostgreSQL server binaries (initdb, pg_ctl)"
 need /usr/bin/python3 -c 'import psycopg2' -- python3-psycopg2 "psycopg2 for /usr/bin/python3"
+need command -v tmux -- tmux "tmux (the pseudo-terminal pgbudget top is tested in)"
 need bash -c 'command -v java && command -v javac' -- openjdk-17-jdk-headless "java and javac"
 need bash -c 'ls "${PGBUDGET_TEST_PGJDBC_JAR:-/nonexistent}" || ls ~/.m2/repository/org/postgresql/postgresql/*/postgresql-*.jar || ls /usr/share/java/postgresql.jar' -- libpostgresql-jdbc-java "the PostgreSQL JDBC driver"
 # promtool (checks and unit-tests the chart's alert rules) and the Prometheus server that
