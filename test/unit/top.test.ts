@@ -26,18 +26,25 @@ function service(name: string, budget: number, [active, idle, opening = 0, closi
     queryTimeouts: 0,
     rejections: {},
     pins: {},
+    utilization: budget > 0 ? (active + idle + opening + closing) / budget : 0,
+    atBudgetSeconds: 0,
+    connectionAttempts: 0,
+    connectRatePerSecond: 0,
+    connectRateBaselinePerSecond: null,
+    clientErrors: {},
+    surge: { surging: false, forSeconds: 0, episodes: 0 },
   };
 }
 
 const snapshot = (services: ServiceSnapshot[], over: Partial<ProxySnapshot> = {}): ProxySnapshot => ({
-  upstream: { host: '127.0.0.1', port: 5433, maxConnections: 10, serverConnections: 7, lastError: null },
+  upstream: { host: '127.0.0.1', port: 5433, maxConnections: 10, serverConnections: 7, lastError: null, connectErrors: {} },
   database: {
     reading: { maxConnections: 20, superuserReservedConnections: 3, reservedConnections: 0, otherConnections: 2, ageSeconds: 1.2 },
     lastError: null,
     autoCap: false,
   },
   services,
-  unmatched: { rejections: {} },
+  unmatched: { rejections: {}, connectionAttempts: 0, clientErrors: {} },
   shuttingDown: false,
   ...over,
 });
@@ -215,7 +222,7 @@ t.test('errors are on screen; the last status stays, with its time', async (t) =
   t.equal(stale[1], '! http://127.0.0.1:9187/status: 401 wrong bearer token');
   t.match(stale[6], /^storm /);
   const down = snapshot([service('a', 1, [0, 0])], {
-    upstream: { host: 'db.internal', port: 5432, maxConnections: 40, serverConnections: 0, lastError: 'connect ECONNREFUSED 10.0.0.1:5432\nagain' },
+    upstream: { host: 'db.internal', port: 5432, maxConnections: 40, serverConnections: 0, lastError: 'connect ECONNREFUSED 10.0.0.1:5432\nagain', connectErrors: {} },
   });
   t.equal(renderFrame(frame({ status: down }), at80)[1], 'upstream  db.internal:5432  server connections 0 / cap 40  DOWN: connect ECONNRE', 'cut at 80, on one line');
   const long = renderFrame(frame({ status: null, error: `http://127.0.0.1:9187/status: 401 a bearer token is required (Authorization: Bearer <token>) (give the token: --token-env NAME or --token-file PATH)` }), at80);
