@@ -1,7 +1,7 @@
 // The direction of dependencies, checked on the source: cli → proxy, admin,
 // metrics, config → client, server → budget, protocol, io, with the shared
-// types (types/) at the bottom; top (the `pgbudget top` view, a client of
-// the admin API over HTTP) reads the types alone. An import that points up fails here.
+// types (types/) at the bottom; top (`pgbudget top`, a client of the admin
+// API over HTTP) reads the types alone. An import that points up fails here.
 import t from 'tap';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
