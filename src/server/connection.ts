@@ -70,8 +70,8 @@ const TLS_NO = 0x4e; // 'N'
 
 type Phase = 'connecting' | 'negotiating' | 'tls' | 'login' | 'ready' | 'closed';
 
+/** The proxy's own conversation in progress (login, or its statements): who hears the messages, and how it fails. */
 interface Control {
-  resolve: () => void;
   reject: (err: Error) => void;
   onMessage: (msg: BackendMessage, raw: Buffer) => void;
 }
@@ -246,7 +246,6 @@ export class ServerConnection implements ConnectHandler, TlsUpgradeHandler {
       const ourError = (fields: ErrorFields) =>
         fail(new ServerLoginError(fields.message, false, errorResponse(fields), fields.code));
       this.control = {
-        resolve,
         reject,
         onMessage: (msg, raw) => {
           const m = msg as unknown as Record<string, unknown> & { name: string };
@@ -357,7 +356,6 @@ export class ServerConnection implements ConnectHandler, TlsUpgradeHandler {
         reject(new Error(`${what}: no reply within ${timeoutMs} ms`));
       }, timeoutMs);
       this.control = {
-        resolve: () => {},
         reject: (err) => {
           clearTimeout(timer);
           reject(err);
