@@ -51,6 +51,16 @@ export class Fairness {
    * under the cap.
    */
   yields(s: ServiceState): boolean {
+    // A dry run beyond its budget only borrowed the slot: anyone within theirs comes first.
+    if (s.borrowing) {
+      for (let i = 0; i < this.order.length; i++) {
+        const o = this.at(i);
+        if (o === s || !this.wantsSlot(o)) continue;
+        o.reserved++;
+        this.passTurn(o);
+        return true;
+      }
+    }
     for (let i = 0; i < this.order.length; i++) {
       const o = this.at(i);
       if (o === s ? s.waiting.size === 0 : !this.wantsSlot(o)) continue;
@@ -84,6 +94,8 @@ export class Fairness {
           if (s.reserved > 0 === (walk === 0)) progress = this.serve(s, c, now, out);
         }
       }
+      // Nobody within their budget can use a slot: dry runs beyond theirs borrow what is left.
+      for (let i = 0; i < this.order.length && !progress; i++) progress = this.borrow(this.at(i), c, now, out);
     }
     if (c.full()) this.evictForCapBlocked(c, out);
   }
@@ -109,6 +121,8 @@ export class Fairness {
       return false;
     }
     if (s.held >= s.limits.budget) {
+      // A dry run borrows a slot once the others had their turn (borrow()).
+      if (!s.enforced && c.mayOpen(now)) return false;
       // At budget: an idle connection of another key is the only way to a slot.
       const idle = s.idle.first();
       if (idle !== null && s.closing.size < s.unmetCount(key)) c.evict(idle, out);
@@ -121,6 +135,21 @@ export class Fairness {
     return true;
   }
 
+  /** A dry run at or beyond its budget opens a connection with a slot free under the cap: true when it did. */
+  private borrow<Out>(s: ServiceState, c: Capacity<Out>, now: number, out: Out): boolean {
+    if (s.enforced || s.held < s.limits.budget || !c.mayOpen(now)) return false;
+    const key = s.unmetKey();
+    if (key === null) return false;
+    c.open(s, key, now, out);
+    return true;
+  }
+
+  /** The idle connection to close first for the cap: a borrowed one (a dry run beyond its budget), else the one unused longest. */
+  evictable(): Conn | null {
+    for (const s of this.order) if (s.borrowing && s.idle.size > 0) return s.idle.first();
+    return this.oldestIdle();
+  }
+
   /** The cap is full and services under budget still wait: idle connections close for them. */
   private evictForCapBlocked<Out>(c: Capacity<Out>, out: Out): void {
     let wanted = -c.closingTotal();
@@ -129,7 +158,7 @@ export class Fairness {
       if (key !== null) wanted += s.unmetCount(key);
     }
     for (; wanted > 0; wanted--) {
-      const oldest = this.oldestIdle();
+      const oldest = this.evictable();
       if (!oldest) break;
       c.evict(oldest, out);
     }
@@ -147,7 +176,7 @@ export class Fairness {
   }
 
   private anyCanGrow(): boolean {
-    for (const s of this.order) if (s.waiting.size > 0 && (s.held < s.limits.budget || s.idle.size > 0)) return true;
+    for (const s of this.order) if (s.waiting.size > 0 && (s.held < s.limits.budget || s.idle.size > 0 || !s.enforced)) return true;
     return false;
   }
 

@@ -10,6 +10,7 @@
 // state, each waiter in its service's queue, and every count is a list's
 // length. A connection changes state only through move().
 import { Fairness, type Capacity } from './fairness.js';
+import type { WouldCounts } from './dryRun.js';
 import { CONN_STATES, legal, ServiceState, type Conn, type ConnState, type ServiceCounts, type ServiceLimits, type Totals, type Waiter } from './service.js';
 
 export type { ConnState, ServiceCounts, ServiceLimits, Waiter } from './service.js';
@@ -41,6 +42,12 @@ export class Scheduler {
   private readonly totals: Totals = { opening: { size: 0 }, active: { size: 0 }, idle: { size: 0 }, closing: { size: 0 }, waiting: { size: 0 } };
   private nextConnId = 1;
   private nextWaiterId = 1;
+  /**
+   * The time of the last event that passed one in. The hot path
+   * (takeIdleNow) takes none; a dry run's would-be queue dates its
+   * clients by this, which is at most one sweep (50 ms) old.
+   */
+  private now = 0;
   /** No new server connection is opened before this time (upstream backoff). */
   private noOpenBefore = 0;
   private readonly capacity: Capacity<Action[]> = {
@@ -63,7 +70,7 @@ export class Scheduler {
   setService(name: string, limits: ServiceLimits): void {
     const s = this.services.get(name);
     if (s) {
-      s.limits = limits;
+      s.setLimits(limits);
       return;
     }
     const added = new ServiceState(name, limits, this.totals);
@@ -112,6 +119,7 @@ export class Scheduler {
    */
   acquire(service: string, key: string, now: number, request?: Waiter): { waiter: Waiter; actions: Action[] } {
     const s = this.service(service);
+    this.now = now;
     const waiter: Waiter = request ?? { id: 0, service, key, enqueuedAt: 0, qPrev: null, qNext: null, qList: null };
     waiter.id = this.nextWaiterId++;
     waiter.enqueuedAt = now;
@@ -123,7 +131,10 @@ export class Scheduler {
         return { waiter, actions };
       }
     }
-    if (s.waiting.size >= s.limits.maxWaiting) {
+    // A dry run's queue limit is the budget's, counted by the would-be queue;
+    // its clients really queue only while a connection opens for them, or
+    // for the cap, and only for the cap is the limit enforced.
+    if (s.waiting.size >= s.limits.maxWaiting && (s.enforced || this.full())) {
       actions.push({ kind: 'reject', waiter, reason: 'queue_full', waitedMs: 0, facts: s.counts() });
       return { waiter, actions };
     }
@@ -180,6 +191,7 @@ export class Scheduler {
     const conn = this.conn(connId);
     const s = conn.service;
     if (conn.state !== 'active') throw new Error(`release of connection ${connId} in state ${conn.state}`);
+    this.now = now;
     const actions: Action[] = [];
     const reason: CloseReason | null = !reusable
       ? 'not_reusable'
@@ -231,9 +243,11 @@ export class Scheduler {
 
   /** Periodic: queue timeouts, idle and lifetime expiry, and any opening that was paused. */
   sweep(now: number): Action[] {
+    this.now = now;
     const actions: Action[] = [];
     for (const s of this.fairness.services) {
       s.noteHeld(now); // a budget a reload changed
+      s.wouldBe?.sweep(now, s.limits.budget, s.limits.timeoutMs);
       for (let w = s.waiting.first(), next: Waiter | null; w !== null; w = next) {
         next = s.waiting.next(w);
         const waitedMs = now - w.enqueuedAt;
@@ -248,9 +262,9 @@ export class Scheduler {
         else if (s.overBudget) this.startClosing(c, 'over_budget', actions);
       }
     }
-    // A cap lowered by a reload: close idle connections, oldest first.
+    // A cap lowered by a reload: close idle connections, borrowed ones first, then oldest first.
     while (this.overCap()) {
-      const oldest = this.fairness.oldestIdle();
+      const oldest = this.fairness.evictable();
       if (!oldest) break;
       this.startClosing(oldest, 'over_budget', actions);
     }
@@ -267,6 +281,17 @@ export class Scheduler {
   /** How long the service has held its whole budget (held >= budget), in all, up to `now` (ms). */
   atBudgetMs(service: string, now: number): number {
     return this.service(service).atBudgetTotalMs(now);
+  }
+
+  /** What enforcing the service's budget would have done, since the start (dry run; all 0 for a service always enforced). */
+  wouldCounts(service: string): WouldCounts {
+    return this.service(service).would;
+  }
+
+  /** A dry run's would-be queue: how many and the oldest one's wait; null for an enforced budget. */
+  wouldBeWaiting(service: string, now: number): { waiting: number; oldestWaitMs: number } | null {
+    const w = this.service(service).wouldBe;
+    return w === null ? null : { waiting: w.queue.size, oldestWaitMs: w.oldestWaitMs(now) };
   }
 
   /** Age of the service's oldest waiter, 0 when nobody waits. */
@@ -342,7 +367,7 @@ export class Scheduler {
     }
     if (from === 'new') this.conns.set(conn.id, conn);
     if (to === 'idle') conn.idleSince = now;
-    s.link(conn, to);
+    s.link(conn, to, this.now);
   }
 
   private service(name: string): ServiceState {
@@ -374,7 +399,7 @@ export class Scheduler {
   }
 
   private open(s: ServiceState, key: string, now: number, actions: Action[]): void {
-    const conn: Conn = { id: this.nextConnId++, service: s, key, state: 'new', createdAt: now, idleSince: now, qPrev: null, qNext: null, qList: null };
+    const conn: Conn = { id: this.nextConnId++, service: s, key, state: 'new', createdAt: now, idleSince: now, seat: null, qPrev: null, qNext: null, qList: null };
     this.move(conn, 'opening');
     s.noteHeld(now);
     actions.push({ kind: 'open', connId: conn.id, service: s.name, key });
@@ -386,6 +411,7 @@ export class Scheduler {
   }
 
   private dispatch(now: number, actions: Action[]): void {
+    this.now = now;
     // Nobody waits (the common case, once per transaction): nothing to hand out or open.
     if (this.totals.waiting.size === 0) {
       this.fairness.dropReservations();

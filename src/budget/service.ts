@@ -2,6 +2,7 @@
 // list per state, its waiters in one FIFO list, and its demand per key. Its
 // counts are the lengths of its lists. Pure: no sockets, no handlers.
 import { List, type Linked, type Tally } from './lists.js';
+import { SEATED, WouldBe, wouldCounts, type Seat, type WouldCounts } from './dryRun.js';
 
 export interface ServiceLimits {
   /** Most server connections the service may hold (opening, active, idle or closing). */
@@ -10,6 +11,13 @@ export interface ServiceLimits {
   maxWaiting: number;
   /** How long a client may wait before it is rejected. */
   timeoutMs: number;
+  /**
+   * false: a dry run, the budget is not enforced (the cap still is) and
+   * what enforcing it would have done is counted (dryRun.ts). Beyond its
+   * budget the service only borrows the cap: it opens a connection when no
+   * service within its budget can use the slot, and gives it back first.
+   */
+  enforce?: boolean;
 }
 
 /**
@@ -51,6 +59,8 @@ export interface Conn extends Linked {
   state: ConnState | 'new' | 'closed';
   readonly createdAt: number;
   idleSince: number;
+  /** Dry run only: the seat its client holds while it is active (dryRun.ts). */
+  seat: Seat;
 }
 
 /**
@@ -103,6 +113,10 @@ export class ServiceState {
    */
   private readonly waitingByKey = new Map<string, number>();
   private readonly openingByKey = new Map<string, number>();
+  /** What enforcing the budget would have done; kept when the service changes between dry run and enforced. */
+  readonly would: WouldCounts = wouldCounts();
+  /** The seats and would-be queue while the budget is a dry run (enforce: false), else null. */
+  wouldBe: WouldBe | null = null;
 
   constructor(
     readonly name: string,
@@ -114,6 +128,29 @@ export class ServiceState {
     this.idle = new List(totals.idle);
     this.closing = new List(totals.closing);
     this.waiting = new List(totals.waiting);
+    this.setLimits(limits);
+  }
+
+  /** New limits (a reload). A dry run that starts counts seats from the clients that start after it. */
+  setLimits(limits: ServiceLimits): void {
+    this.limits = limits;
+    const dry = limits.enforce === false;
+    if (dry && this.wouldBe === null) this.wouldBe = new WouldBe(this.would);
+    else if (dry) this.wouldBe!.seatWaiters(limits.budget);
+    else if (!dry && this.wouldBe !== null) {
+      for (let c = this.active.first(); c !== null; c = this.active.next(c)) c.seat = null;
+      this.wouldBe = null;
+    }
+  }
+
+  /** The budget is enforced: not a dry run. */
+  get enforced(): boolean {
+    return this.limits.enforce !== false;
+  }
+
+  /** A dry run holding more than its budget: it borrows from the cap, and its idle connections go first. */
+  get borrowing(): boolean {
+    return this.limits.enforce === false && this.held > this.limits.budget;
   }
 
   list(state: ConnState): List<Conn> {
@@ -155,21 +192,23 @@ export class ServiceState {
     return this.atBudgetMs + (this.atBudgetSince >= 0 ? Math.max(0, now - this.atBudgetSince) : 0);
   }
 
-  /** Holds more than its budget, not counting connections already closing (a reload lowered it). */
+  /** Holds more than its enforced budget, not counting connections already closing (a reload lowered it). */
   get overBudget(): boolean {
-    return this.held - this.closing.size > this.limits.budget;
+    return this.held - this.closing.size > this.limits.budget && this.limits.enforce !== false;
   }
 
   /** Only for the scheduler's transition function: puts `conn` in the list of `state`. */
-  link(conn: Conn, state: ConnState): void {
+  link(conn: Conn, state: ConnState, now: number): void {
     this.list(state).push(conn);
     if (state === 'opening') bump(this.openingByKey, conn.key, 1);
+    else if (state === 'active' && this.wouldBe !== null) this.wouldBe.start(conn, now, this.limits.budget, this.limits.maxWaiting);
   }
 
   /** Only for the scheduler's transition function: takes `conn` out of its list. */
   unlink(conn: Conn, state: ConnState): void {
     conn.qList!.delete(conn);
     if (state === 'opening') bump(this.openingByKey, conn.key, -1);
+    else if (state === 'active' && conn.seat !== null) this.wouldBe?.stop(conn, this.limits.budget);
   }
 
   enqueue(w: Waiter, atHead = false): void {
@@ -257,6 +296,25 @@ export class ServiceState {
     if (!sameCounts(waiting, this.waitingByKey)) return `${this.name}: waiters per key do not match the queue`;
     if (!sameCounts(opening, this.openingByKey)) return `${this.name}: opening per key does not match the opening list`;
     if (this.reserved < 0) return `${this.name}: ${this.reserved} slots reserved`;
+    return this.auditSeats();
+  }
+
+  /** Dry run: the seats and the would-be queue are exactly the active connections that hold them. */
+  private auditSeats(): string | null {
+    const wb = this.wouldBe;
+    let seated = 0;
+    let queued = 0;
+    for (let c = this.active.first(); c !== null; c = this.active.next(c)) {
+      if (c.seat === null) continue;
+      if (wb === null) return `${this.name}: connection ${c.seat === SEATED ? 'seated' : 'queued'} without a dry run`;
+      if (c.seat === SEATED) seated++;
+      else if (!wb.queue.has(c.seat) || c.seat.holder !== c) return `${this.name}: connection ${c.id} queued outside the would-be queue`;
+      else queued++;
+    }
+    if (wb === null) return null;
+    if (seated !== wb.seated) return `${this.name}: ${wb.seated} seats counted, ${seated} held`;
+    if (queued !== wb.queue.size) return `${this.name}: ${wb.queue.size} in the would-be queue, ${queued} active connections in it`;
+    if (queued > 0 && seated < this.limits.budget) return `${this.name}: a seat is free with ${queued} in the would-be queue`;
     return null;
   }
 }

@@ -191,6 +191,13 @@ const ServiceSchema = mapping({
     ),
   ),
   budget: Type.Integer({ ...POSITIVE, description: 'the most server connections the service may hold (in use, idle, opening)' }),
+  enforce: defaulted(
+    Type.Boolean({
+      default: true,
+      description:
+        '`false`: a dry run (see Dry-run budgets): the budget is not enforced, only counted (`pgbudget_would_wait_total`, `pgbudget_would_reject_total`), and beyond it the service borrows from the cap what no other service needs; the cap is always enforced',
+    }),
+  ),
   poolMode: oneOf<PoolMode>(['session', 'transaction'], {
     default: 'session',
     description: 'a server connection is held for the whole client session, or for one transaction',

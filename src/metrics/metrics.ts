@@ -100,6 +100,24 @@ export class Metrics {
       s.surge.surging ? 1 : 0,
     );
     counterPerService('pgbudget_service_surges_total', 'Surge episodes that started.', (s) => s.surge.episodes);
+    gaugePerService('pgbudget_service_enforced', '1 while the budget is enforced, 0 while it is a dry run (enforce: false).', (s) => (s.enforced ? 1 : 0));
+    counterPerService(
+      'pgbudget_would_wait_total',
+      'Dry run: clients that an enforced budget would have made wait (0 for an enforced service).',
+      (s) => s.wouldWait,
+    );
+    counterPerServiceAnd(
+      'pgbudget_would_reject_total',
+      'Dry run: clients that an enforced budget would have refused, by reason (queue_full, queue_timeout).',
+      'reason',
+      () => self.snap.services,
+      (s) => s.wouldReject,
+    );
+    gaugePerService(
+      'pgbudget_would_be_waiting_clients',
+      'Dry run: clients served beyond the budget now, that an enforced budget would have kept waiting.',
+      (s) => s.wouldBeWaiting,
+    );
     new client.Counter({
       name: 'pgbudget_client_connection_attempts_total',
       help: 'Client connections that reached service matching (their startup packet was read).',

@@ -16,6 +16,7 @@ import { loadClientTls, type ClientTls } from './clientTls.js';
 import { loadUpstreamTls, type UpstreamTls } from '../server/upstreamTls.js';
 import { databaseSnapshot } from '../server/headroom.js';
 import { SURGE_TICK_MS, SurgeWatch } from './surgeWatch.js';
+import { DryRunWatch } from './dryRunWatch.js';
 
 export class Proxy {
   readonly stats = new Stats();
@@ -27,6 +28,8 @@ export class Proxy {
   private sessionSweep: NodeJS.Timeout | null = null;
   /** Samples every service for surges (surgeWatch.ts). */
   private readonly surges: SurgeWatch;
+  /** Reports dry-run budgets' episodes (dryRunWatch.ts), on the same tick. */
+  private readonly dryRuns: DryRunWatch;
   private surgeTick: NodeJS.Timeout | null = null;
   /** TLS towards clients (null: off); replaced whole on reload. */
   private clientTls: ClientTls | null;
@@ -70,6 +73,7 @@ export class Proxy {
     };
     this.setTimeouts(config);
     this.surges = new SurgeWatch(log, this.pool.scheduler, this.stats);
+    this.dryRuns = new DryRunWatch(log, this.pool.scheduler);
     for (const s of config.services) this.stats.service(s.name);
     this.server = net.createServer();
     for (const warning of configWarnings(config)) log.warn(warning);
@@ -103,7 +107,9 @@ export class Proxy {
         // Surges: every service sampled once a second; the first sample is the start of the connect-rate history.
         const surgeTick = () => {
           try {
-            this.surges.tick(Date.now(), this.config);
+            const now = Date.now();
+            this.surges.tick(now, this.config);
+            this.dryRuns.tick(now);
           } catch (err) {
             this.log.error({ err }, 'pgbudget: internal error in the surge tick');
           }
@@ -200,6 +206,8 @@ export class Proxy {
       if (name === UNMATCHED || !sched.hasService(name)) continue;
       const c = sched.counts(name);
       const surge = this.surges.state(name, now);
+      const would = sched.wouldCounts(name);
+      const wouldBe = sched.wouldBeWaiting(name, now);
       services.push({
         name,
         poolMode: configured.get(name)?.poolMode ?? 'removed',
@@ -221,6 +229,10 @@ export class Proxy {
         connectRateBaselinePerSecond: surge.baselinePerSecond,
         clientErrors: { ...st.clientErrors },
         surge: { surging: surge.surging, forSeconds: surge.forSeconds, episodes: st.surges },
+        enforced: wouldBe === null,
+        wouldWait: would.wouldWait,
+        wouldReject: { ...would.wouldReject },
+        wouldBeWaiting: wouldBe?.waiting ?? 0,
       });
     }
     const { host, port } = this.config.upstream;

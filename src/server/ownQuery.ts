@@ -29,6 +29,7 @@ export function internalService(
     budget: 1,
     poolMode: 'transaction',
     onSessionState: 'error',
+    enforce: true,
     queue,
     idleInTransactionTimeoutMs: 0,
     queryTimeoutMs: 0,

@@ -90,7 +90,7 @@ export class ServerPool {
     const all = [...config.services, ...internal];
     const next = new Map(all.map((s) => [s.name, s]));
     for (const s of all) {
-      this.scheduler.setService(s.name, { budget: s.budget, maxWaiting: s.queue.maxWaiting, timeoutMs: s.queue.timeoutMs });
+      this.scheduler.setService(s.name, { budget: s.budget, maxWaiting: s.queue.maxWaiting, timeoutMs: s.queue.timeoutMs, enforce: s.enforce });
       this.retired.delete(s.name);
     }
     // A removed service keeps its connected clients, under its last budget,

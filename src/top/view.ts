@@ -117,7 +117,9 @@ type Line = [string, Style[]][];
 
 function serviceRow(s: ServiceSnapshot, rates: ServiceRates | null, nameWidth: number, barWidth: number): Line {
   const c = s.serverConnections;
-  const bar = budgetBar({ active: c.active, changing: c.opening + c.closing, idle: c.idle, waiting: s.clients.waiting, budget: s.budget }, barWidth);
+  // A dry run's clients beyond its budget are served, but would wait if it were enforced: drawn as waiting.
+  const beyond = s.clients.waiting + (s.enforced === false ? s.wouldBeWaiting : 0);
+  const bar = budgetBar({ active: Math.min(c.active, s.budget), changing: c.opening + c.closing, idle: c.idle, waiting: beyond, budget: s.budget }, barWidth);
   const cells: [string, Style[]][] = [
     [`${c.total}/${s.budget}`, c.total >= s.budget ? ['bold'] : []],
     [String(s.clients.waiting), s.clients.waiting > 0 ? ['yellow', 'bold'] : []],
@@ -125,7 +127,11 @@ function serviceRow(s: ServiceSnapshot, rates: ServiceRates | null, nameWidth: n
     [fmtWait(rates?.p99 ?? null), []],
     [fmtRate(rates?.timeoutsPerSecond ?? null), (rates?.timeoutsPerSecond ?? 0) > 0 ? ['red'] : []],
     [fmtRate(rates?.connectsPerSecond ?? null), []],
-    [rates?.surge == null ? '-' : rates.surge ? 'SURGE' : 'no', rates?.surge ? ['red', 'bold', 'inverse'] : []],
+    rates?.surge
+      ? ['SURGE', ['red', 'bold', 'inverse']]
+      : s.enforced === false
+        ? ['dry', ['yellow']]
+        : [rates?.surge == null ? '-' : 'no', []],
   ];
   const line: Line = [[pad(ellipsize(s.name, nameWidth), nameWidth) + ' ', []]];
   line.push(['[', []], [bar.inside, []], [']', []], [bar.beyond, ['red', 'bold']], [' '.repeat(barWidth - bar.inside.length - bar.beyond.length), []]);

@@ -91,6 +91,8 @@ export interface ServiceConfig {
   name: string;
   match: ServiceMatch;
   budget: number;
+  /** false: a dry run, the budget is counted but not enforced (the cap still is). */
+  enforce: boolean;
   poolMode: PoolMode;
   onSessionState: OnSessionState;
   queue: { maxWaiting: number; timeoutMs: number };

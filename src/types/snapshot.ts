@@ -29,6 +29,14 @@ export interface ServiceSnapshot {
   clientErrors: Record<string, number>;
   /** Surge detection: an episode under way and for how long; episodes since the start. */
   surge: { surging: boolean; forSeconds: number; episodes: number };
+  /** false while the budget is a dry run (enforce: false): counted, not enforced. */
+  enforced: boolean;
+  /** Dry run: clients that an enforced budget would have made wait, since the start. */
+  wouldWait: number;
+  /** Dry run: clients that an enforced budget would have refused, by reason (queue_full, queue_timeout), since the start. */
+  wouldReject: Record<string, number>;
+  /** Dry run: clients beyond the budget now, that an enforced budget would have queued. */
+  wouldBeWaiting: number;
 }
 
 /** The database's connection limits and the connections that are not pgbudget's, as last read (headroom). */

@@ -15,7 +15,7 @@ import { pino } from 'pino';
 import { startPgbudget } from '../../src/app.js';
 import { validateConfig } from '../../src/config/schema.js';
 import { withCluster } from '../helpers/cluster.js';
-import { assertNoLeaks, metric, proxyConfig, scrape, sleep } from '../helpers/proxy.js';
+import { assertNoLeaks, metric, proxyConfig, scrape, sleep, until } from '../helpers/proxy.js';
 
 const cluster = await withCluster(t, { maxConnections: 20, users: ['storm', 'calm', 'strict'] });
 
@@ -98,14 +98,6 @@ async function calmLoad(url: string) {
 
 const surgeLines = (logs: LogLine[], service: string, kind: 'start' | 'end') =>
   logs.filter((l) => l.service === service && (kind === 'start' ? l.level === 40 && l.msg.startsWith('surge:') : l.msg.startsWith('surge ended')));
-
-async function until(what: string, pred: () => Promise<boolean> | boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await pred())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
 
 t.test('a storm on one service: one surge, named, on its metrics only; then its end', async (t) => {
   const proxy = await start({

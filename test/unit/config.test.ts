@@ -26,6 +26,7 @@ t.test('defaults are filled in', async (t) => {
     name: 'web',
     match: {},
     budget: 5,
+    enforce: true,
     poolMode: 'session',
     onSessionState: 'pin',
     queue: { maxWaiting: 1000, timeoutMs: 30000 },

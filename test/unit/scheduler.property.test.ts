@@ -33,7 +33,7 @@ type Event =
   | { kind: 'cancel'; pick: number }
   | { kind: 'requeue'; pick: number }
   | { kind: 'tick'; ms: number }
-  | { kind: 'reload'; service: number; budget: number }
+  | { kind: 'reload'; service: number; budget: number; enforce: boolean }
   | { kind: 'cap'; cap: number };
 
 const event: fc.Arbitrary<Event> = fc.oneof(
@@ -46,7 +46,7 @@ const event: fc.Arbitrary<Event> = fc.oneof(
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('cancel' as const), pick: fc.nat() }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('requeue' as const), pick: fc.nat() }) },
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('tick' as const), ms: fc.integer({ min: 1, max: 3000 }) }) },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant('reload' as const), service: fc.nat(2), budget: fc.integer({ min: 1, max: 4 }) }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('reload' as const), service: fc.nat(2), budget: fc.integer({ min: 1, max: 4 }), enforce: fc.boolean() }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('cap' as const), cap: fc.integer({ min: 1, max: 6 }) }) },
 );
 
@@ -129,7 +129,7 @@ function effect(actions: Action[], totalBefore: number, fastTo?: string): Effect
 }
 
 /** The invariants after one event. */
-function invariants(s: Scheduler, m: Model, budget: Map<string, number>, cap: number, e: Effect): string | null {
+function invariants(s: Scheduler, m: Model, budget: Map<string, number>, dry: Set<string>, cap: number, e: Effect): string | null {
   const audit = s.audit();
   if (audit) return `the scheduler's lists disagree with its counts: ${audit}`;
   const total = m.conns.size;
@@ -153,14 +153,17 @@ function invariants(s: Scheduler, m: Model, budget: Map<string, number>, cap: nu
       if (c[k as keyof typeof want] !== v) return `${name}.${k} is ${c[k as keyof typeof want]}, the model says ${v}`;
     }
     const b = budget.get(name)!;
-    if (e.assignedTo.has(name) && want.active > b) return `${name} handed out a connection with ${want.active} in use, over its budget ${b}`;
+    // A dry run's budget is only counted: beyond it, the service borrows from the cap.
+    const enforced = !dry.has(name);
+    if (enforced && e.assignedTo.has(name) && want.active > b) return `${name} handed out a connection with ${want.active} in use, over its budget ${b}`;
     // Over a lowered budget, connections close as they come back: none is kept idle.
-    if (want.held - want.closing > b && want.idle > 0) return `${name} keeps an idle connection over its budget ${b}`;
+    if (enforced && want.held - want.closing > b && want.idle > 0) return `${name} keeps an idle connection over its budget ${b}`;
     // No waiter starved while capacity it could use sits idle.
     for (const w of m.waiting.filter((x) => x.service === name)) {
       if (m.in('idle', name).some((x) => x.key === w.key)) return `${name} keeps an idle ${w.key} connection while a ${w.key} client waits`;
       if (m.in('opening', name).some((x) => x.key === w.key)) continue;
       if (want.held < b && total < cap) return `${name} waits for ${w.key} under its budget and the cap, and nothing opens`;
+      if (!enforced && total < cap) return `${name} (a dry run) waits for ${w.key} under the cap, and nothing opens`;
       if (want.held >= b) {
         // At its budget: an idle connection of its other key must make room.
         if (want.idle > 0 && want.closing === 0) return `${name} waits for ${w.key} at its budget and keeps idle connections of another key`;
@@ -173,14 +176,16 @@ function invariants(s: Scheduler, m: Model, budget: Map<string, number>, cap: nu
 }
 
 /** Runs the events, checking after each; returns the first invariant broken, or null. */
-function run(events: Event[], budgets: number[]): string | null {
+function run(events: Event[], budgets: number[], dryRuns: boolean[]): string | null {
   let cap = CAP;
   const limits = (c: number) => ({ cap: c, idleTimeoutMs: IDLE_TIMEOUT_MS, lifetimeMs: 3_600_000 });
   const s = new Scheduler(limits(cap));
   const budget = new Map<string, number>();
+  const dry = new Set<string>();
   SERVICES.forEach((name, i) => {
     budget.set(name, budgets[i]);
-    s.setService(name, { budget: budgets[i], maxWaiting: MAX_WAITING, timeoutMs: TIMEOUT_MS });
+    if (dryRuns[i]) dry.add(name);
+    s.setService(name, { budget: budgets[i], maxWaiting: MAX_WAITING, timeoutMs: TIMEOUT_MS, enforce: !dryRuns[i] });
   });
   const m = new Model();
   let now = 0;
@@ -284,7 +289,9 @@ function run(events: Event[], budgets: number[]): string | null {
     } else if (e.kind === 'reload') {
       const name = SERVICES[e.service];
       budget.set(name, e.budget);
-      s.setService(name, { budget: e.budget, maxWaiting: MAX_WAITING, timeoutMs: TIMEOUT_MS });
+      if (e.enforce) dry.delete(name);
+      else dry.add(name);
+      s.setService(name, { budget: e.budget, maxWaiting: MAX_WAITING, timeoutMs: TIMEOUT_MS, enforce: e.enforce });
       actions = s.sweep(now);
     } else {
       cap = e.cap;
@@ -295,7 +302,7 @@ function run(events: Event[], budgets: number[]): string | null {
     if (wrong) return `${wrong} (after ${JSON.stringify(e)})`;
     const stillBlocked = m.capBlocked(budget, cap, '');
     for (const [name, keepers] of passedOver) if (!stillBlocked.includes(name)) keepers.length = 0;
-    const broken = invariants(s, m, budget, cap, effect(actions, totalBefore, fastTo));
+    const broken = invariants(s, m, budget, dry, cap, effect(actions, totalBefore, fastTo));
     if (broken) return `${broken} (after ${JSON.stringify(e)})`;
   }
   return null;
@@ -304,9 +311,11 @@ function run(events: Event[], budgets: number[]): string | null {
 t.test('random event sequences keep the budget, the cap, the counts and the queue honest', async (t) => {
   let failure: string | null = null;
   const budgets = fc.tuple(fc.integer({ min: 1, max: 4 }), fc.integer({ min: 1, max: 4 }), fc.integer({ min: 1, max: 4 }));
+  // Each service's budget enforced or a dry run (enforce: false); a reload may switch it.
+  const dryRun = fc.array(fc.boolean(), { minLength: 3, maxLength: 3 });
   const verdict = fc.check(
-    fc.property(fc.array(event, { minLength: 1, maxLength: 200, size: 'max' }), budgets, (events, b) => {
-      failure = run(events, b);
+    fc.property(fc.array(event, { minLength: 1, maxLength: 200, size: 'max' }), budgets, dryRun, (events, b, d) => {
+      failure = run(events, b, d);
       return failure === null;
     }),
     { numRuns: 2000 },

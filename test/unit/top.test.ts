@@ -33,6 +33,10 @@ function service(name: string, budget: number, [active, idle, opening = 0, closi
     connectRateBaselinePerSecond: null,
     clientErrors: {},
     surge: { surging: false, forSeconds: 0, episodes: 0 },
+    enforced: true,
+    wouldWait: 0,
+    wouldReject: {},
+    wouldBeWaiting: 0,
   };
 }
 
