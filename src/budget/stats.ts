@@ -101,6 +101,8 @@ export interface ServiceStats {
   clientErrors: Record<string, number>;
   /** Surge episodes that started (budget/surge.ts). */
   surges: number;
+  /** Replication connections held now: server connections a replication client has to itself (a gauge kept by the sessions). */
+  replicationConnections: number;
 }
 
 /** One ErrorResponse of pgbudget's own, with SQLSTATE `sqlstate`, sent to a client counted under `st`. */
@@ -139,6 +141,7 @@ export class Stats {
         connectionAttempts: 0,
         clientErrors: {},
         surges: 0,
+        replicationConnections: 0,
       };
       this.byService.set(name, s);
     }

@@ -65,13 +65,13 @@ export class Metrics {
 
     new client.Gauge({
       name: 'pgbudget_server_connections',
-      help: 'Server connections held by the service, by state (active = in use by a client).',
+      help: 'Server connections held by the service, by state (active = in use by a client; replication = held by a replication client for its stream).',
       labelNames: ['service', 'state'],
       registers: r,
       collect() {
         this.reset();
         for (const s of self.snap.services) {
-          for (const state of ['active', 'idle', 'opening', 'closing'] as const) {
+          for (const state of ['active', 'idle', 'opening', 'closing', 'replication'] as const) {
             this.set({ service: s.name, state }, s.serverConnections[state]);
           }
         }

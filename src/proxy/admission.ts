@@ -13,7 +13,7 @@ import { ALPN_POSTGRESQL } from '../protocol/codes.js';
 import type { ErrorFields } from '../protocol/encode.js';
 import type { Transport } from '../io/transport.js';
 import type { PeerCertificate } from '../io/tls.js';
-import { poolKey } from '../server/poolKey.js';
+import { isReplication, poolKey } from '../server/poolKey.js';
 import type { Credentials } from './credentials.js';
 import type { ClientTls } from './clientTls.js';
 
@@ -43,6 +43,8 @@ export interface Identity {
   user: string;
   database: string;
   applicationName: string;
+  /** A replication connection (startup `replication` true or database): its own server connection, passed through. */
+  replication: boolean;
 }
 
 export interface AdmissionOwner extends Cancellable {
@@ -200,6 +202,7 @@ export class Admission implements HandshakeListener {
       user: params.user,
       database: params.database || params.user,
       applicationName: params.application_name ?? '',
+      replication: params.replication !== undefined && isReplication(params),
     };
     const config = this.ctx.config();
     const service = matchService(config, who);

@@ -31,8 +31,8 @@ export interface LinkContext {
 export interface LinkOwner {
   /** An error boundary caught `err`: the session ends this client (and calls abandon()). */
   failed(err: unknown, where: string): void;
-  /** The first login for the pool key is done: the client's welcome, with the server's parameters. */
-  welcome(params: [string, string][]): void;
+  /** The login's server connection is there: the client's welcome, with its parameters and process id. */
+  welcome(params: [string, string][], serverPid: number): void;
   /** No server connection for this client; `error` is a whole ErrorResponse, of code `sqlstate` when pgbudget wrote it (null: the server's). */
   rejected(error: Buffer, reason: RejectedBecause, sqlstate: string | null): void;
   /** The linked server connection closed under the client. */
@@ -50,6 +50,8 @@ export class ServerLink implements ServerOwner, WaitHandlers, CancelSubject {
   state: LinkState = 'idle';
   private service: ServiceConfig | null = null;
   private key = '';
+  /** The server connection is this client's alone (replication): never reset or reused, closed with the client. */
+  private dedicated = false;
   private server: ServerConnection | null = null;
   private waiter: Waiter | null = null;
   /** The server connection being waited for is the first login for this pool key: the client gets its welcome from it. */
@@ -86,10 +88,11 @@ export class ServerLink implements ServerOwner, WaitHandlers, CancelSubject {
     this.socket = socket;
   }
 
-  /** The client's service and pool key are known (startup is done). */
-  open(service: ServiceConfig, key: string): void {
+  /** The client's service and pool key are known (startup is done); `dedicated`: its server connection is closed with it. */
+  open(service: ServiceConfig, key: string, dedicated = false): void {
     this.service = service;
     this.key = key;
+    this.dedicated = dedicated;
   }
 
   // ---- entry points ----
@@ -170,7 +173,11 @@ export class ServerLink implements ServerOwner, WaitHandlers, CancelSubject {
     this.server?.resume();
   }
 
-  /** The first client of a pool key: a real login, queued like any other request, teaches the server's parameters. */
+  /**
+   * A server connection at login, queued like any other request: session
+   * mode binds it for the whole session; in transaction mode (the first
+   * client of a pool key) it teaches the server's parameters and goes back.
+   */
   requestLogin(): void {
     this.requestServer(true);
   }
@@ -278,7 +285,7 @@ export class ServerLink implements ServerOwner, WaitHandlers, CancelSubject {
     this.attach(conn);
     if (this.loginPending) {
       this.loginPending = false;
-      this.owner.welcome(conn.params);
+      this.owner.welcome(conn.params, conn.processId);
       if (this.service!.poolMode === 'transaction' && this.atBoundary) this.release(true);
     }
   }
@@ -357,7 +364,7 @@ export class ServerLink implements ServerOwner, WaitHandlers, CancelSubject {
     const conn = this.server;
     if (conn) {
       conn.owner = null;
-      const clean = this.atBoundary && conn.ready;
+      const clean = this.atBoundary && conn.ready && !this.dedicated;
       if (clean && (this.service!.poolMode === 'session' || this.tx.pinned)) this.resetAndRelease(conn);
       else this.ctx.pool.release(conn, clean);
       this.server = null;

@@ -43,8 +43,18 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
   user = '';
   database = '';
   applicationName = '';
+  /** This session's own id: its slot in the registry, and its BackendKeyData in transaction mode. */
   readonly processId: number;
   readonly secretKey: number;
+  /**
+   * Session mode: the real process id of the server connection bound at
+   * login, which the client's BackendKeyData carries (so pg_backend_pid()
+   * and notification pids match it); 0 until then, and in transaction mode.
+   */
+  private serverPid = 0;
+  /** A replication connection: bound at login, passed through, closed with the client (counted in replicationConnections while bound). */
+  private replication = false;
+  private countedReplication = false;
   private serviceStats: ServiceStats | null = null;
   private readonly connectedAt = Date.now();
   private closeReason = 'client disconnected';
@@ -220,7 +230,8 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
   private timeouts(now: number): void {
     if (this.state === 'startup') return this.admission.checkDeadline(now);
     const linkState = this.link.state;
-    if (this.service === null || linkState === 'waiting') return;
+    // A replication stream is one long COPY: no statement or idle timeout applies to it.
+    if (this.service === null || linkState === 'waiting' || this.replication) return;
     const due = this.tx.due(this.ctx.timeouts(this.service.name), now, linkState === 'linked');
     if (due === 'query_timeout') this.link.cancels.forTimeout();
     else if (due !== null) this.idleTimedOut(due);
@@ -257,13 +268,17 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
     this.fatal(clientErrors.shuttingDown(), 'shutting down');
   }
 
-  admitted(who: Identity, service: ServiceConfig, key: string, rest: Buffer): void {
+  admitted(who: Identity, configured: ServiceConfig, key: string, rest: Buffer): void {
+    // A replication client holds its own server connection for the whole
+    // session, whatever its service's mode: session mode, passed through.
+    const service = who.replication ? asReplication(configured) : configured;
+    this.replication = who.replication;
     this.user = who.user;
     this.database = who.database;
     this.applicationName = who.applicationName;
     this.service = service;
     this.state = 'open';
-    this.link.open(service, key);
+    this.link.open(service, key, who.replication);
     if (service.poolMode === 'transaction') {
       this.inbound.readWhole();
       this.outbound.trimAll();
@@ -276,9 +291,12 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
         'client connected',
       );
     }
-    const known = this.ctx.pool.welcome(key);
-    if (known) this.welcome(known);
-    // First client of this user and database: the server's parameters come from a real login.
+    // Session mode binds a server connection at login: the client's welcome is
+    // that server's own, its process id included. In transaction mode the
+    // first client of a pool key waits for a real login to learn the
+    // server's parameters; the others get them at once.
+    const known = service.poolMode === 'transaction' ? this.ctx.pool.welcome(key) : undefined;
+    if (known) this.welcome(known, 0);
     else this.link.requestLogin();
     // The welcome or the login may have ended the session already (TS narrows state to 'open' here).
     if (rest.length > 0 && (this.state as State) !== 'closed') this.clientData(rest);
@@ -328,9 +346,21 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
     else this.destroySocket();
   }
 
-  /** LinkOwner too: the welcome, once the first login of the pool key has taught its parameters. */
-  welcome(params: [string, string][]): void {
-    this.socket.write(welcome(params, this.applicationName, this.processId, this.secretKey));
+  /**
+   * LinkOwner too: the welcome, with the server's parameters (the pool
+   * key's, or in session mode those of the server connection bound at
+   * login, whose process id `serverPid` the client is given).
+   */
+  welcome(params: [string, string][], serverPid: number): void {
+    if (this.service?.poolMode === 'session' && serverPid !== 0) {
+      this.serverPid = serverPid;
+      this.ctx.sessions.bindServerPid(serverPid, this);
+      if (this.replication) {
+        this.countedReplication = true;
+        this.stats().replicationConnections++;
+      }
+    }
+    this.socket.write(welcome(params, this.applicationName, this.serverPid || this.processId, this.secretKey));
   }
 
   // ---- client → server ----
@@ -444,6 +474,8 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
     if (this.forgotten) return;
     this.forgotten = true;
     this.ctx.sessions.delete(this);
+    if (this.serverPid !== 0) this.ctx.sessions.unbindServerPid(this.serverPid, this);
+    if (this.countedReplication) this.stats().replicationConnections--;
     if (!this.service) return;
     this.stats().clientsConnected--;
     if (this.ctx.log.isLevelEnabled('info')) {
@@ -457,3 +489,12 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
 
 const EMPTY = Buffer.alloc(0);
 const ALPN = [ALPN_POSTGRESQL];
+
+/** A replication client's view of its service: session mode, whatever the service's own (one view per service config). */
+const replicationViews = new WeakMap<ServiceConfig, ServiceConfig>();
+
+function asReplication(service: ServiceConfig): ServiceConfig {
+  let view = replicationViews.get(service);
+  if (view === undefined) replicationViews.set(service, (view = { ...service, poolMode: 'session' }));
+  return view;
+}

@@ -10,14 +10,27 @@
  */
 export function poolKey(user: string, database: string, params: Record<string, string> = {}): string {
   const extra = Object.keys(params)
-    .filter((k) => !NOT_IN_KEY.has(k))
+    .filter((k) => !NOT_IN_KEY.has(k) && (k !== 'replication' || isReplication(params)))
     .sort()
     .map((k) => `${k}\u0001${params[k]}`);
   return [user, database, ...extra].join('\u0000');
 }
 
 /** Startup parameters that are not passed on: identity, and what the proxy sets itself. */
-const NOT_IN_KEY = new Set(['user', 'database', 'application_name', 'replication']);
+const NOT_IN_KEY = new Set(['user', 'database', 'application_name']);
+
+/**
+ * A replication connection (`replication` true or `database`, in any of the
+ * spellings PostgreSQL takes for a boolean): it is passed on to the server
+ * login, so such a connection has a key of its own and serves nobody else.
+ * `replication=false` (or off, no, 0) is an ordinary connection.
+ */
+export function isReplication(params: Readonly<Record<string, string>>): boolean {
+  const v = params.replication;
+  return v !== undefined && !FALSE_WORDS.has(v.toLowerCase());
+}
+
+const FALSE_WORDS = new Set(['false', 'off', 'no', '0', 'f', 'n']);
 
 export function parsePoolKey(key: string): { user: string; database: string; params: Record<string, string> } {
   const [user, database, ...extra] = key.split('\u0000');

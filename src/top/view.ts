@@ -119,7 +119,8 @@ function serviceRow(s: ServiceSnapshot, rates: ServiceRates | null, nameWidth: n
   const c = s.serverConnections;
   // A dry run's clients beyond its budget are served, but would wait if it were enforced: drawn as waiting.
   const beyond = s.clients.waiting + (s.enforced === false ? s.wouldBeWaiting : 0);
-  const bar = budgetBar({ active: Math.min(c.active, s.budget), changing: c.opening + c.closing, idle: c.idle, waiting: beyond, budget: s.budget }, barWidth);
+  // Replication connections are in use too (a pgbudget before them has none: `?? 0`).
+  const bar = budgetBar({ active: Math.min(c.active + (c.replication ?? 0), s.budget), changing: c.opening + c.closing, idle: c.idle, waiting: beyond, budget: s.budget }, barWidth);
   const cells: [string, Style[]][] = [
     [`${c.total}/${s.budget}`, c.total >= s.budget ? ['bold'] : []],
     [String(s.clients.waiting), s.clients.waiting > 0 ? ['yellow', 'bold'] : []],

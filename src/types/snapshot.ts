@@ -5,7 +5,8 @@ export interface ServiceSnapshot {
   name: string;
   poolMode: string;
   budget: number;
-  serverConnections: { active: number; idle: number; opening: number; closing: number; total: number };
+  /** `active` in use by a client between statements or in one, `replication` held by a replication client for its stream (not in `active`). */
+  serverConnections: { active: number; idle: number; opening: number; closing: number; replication: number; total: number };
   clients: { connected: number; waiting: number };
   oldestWaitSeconds: number;
   transactions: number;

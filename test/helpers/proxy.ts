@@ -308,8 +308,12 @@ export function rawClient(port: number, allowHalfOpen = false) {
     },
     /** Sends the startup packet and waits for the first ReadyForQuery. */
     async login(user: string, database = 'postgres'): Promise<void> {
-      socket.write(serializeStartup(user, database));
+      this.startup(user, database);
       await this.until(() => count('Z') >= 1);
+    },
+    /** Sends the startup packet only (what follows is pipelined behind the login). */
+    startup(user: string, database = 'postgres'): void {
+      socket.write(serializeStartup(user, database));
     },
   };
 }

@@ -42,7 +42,7 @@ const proxy = await startProxy(t, cluster, {
     // Only a verifier: server connections log in with the ClientKey the client's proof revealed.
     { name: 'ver', match: { user: 'ver_u' }, budget: 2, poolMode: 'transaction' },
     { name: 'open', match: { user: 'open_u' }, budget: 1, auth: { method: 'trust' } },
-    { name: 'limited', match: { user: 'lim_u' }, budget: 1, auth: { method: 'trust' }, maxClients: 2 },
+    { name: 'limited', match: { user: 'lim_u' }, budget: 1, poolMode: 'transaction', auth: { method: 'trust' }, maxClients: 2 },
   ],
   defaultService: 'scram',
 });

@@ -64,3 +64,21 @@ t.test('forEach visits every live entry once, also when the callback deletes ent
   t.equal(seen.length, live.length, 'each once');
   t.equal(r.size, 0);
 });
+
+t.test("ids of the registry's own are above every Linux pid; a server's real pid finds the entry bound to it", async (t) => {
+  const r = new SessionRegistry<Entry>();
+  const all = [0, 1, 2, 1023, 1024, 5000].map((random) => register(r, random));
+  t.ok(all.every((e) => e.processId >= 1 << 22 && e.processId <= 0x7fffffff), 'at least 2^22 (pid_max is at most 2^22), positive int32');
+  const [a, b] = all;
+  const realPid = 12345;
+  t.equal(r.get(realPid), undefined);
+  r.bindServerPid(realPid, a);
+  t.equal(r.get(realPid), a, 'found by the real pid');
+  t.equal(r.get(a.processId), a, 'and by its own');
+  // The backend passes to b (a has ended and the connection was reset): a's unbinding, late, leaves b's.
+  r.bindServerPid(realPid, b);
+  r.unbindServerPid(realPid, a);
+  t.equal(r.get(realPid), b);
+  r.unbindServerPid(realPid, b);
+  t.equal(r.get(realPid), undefined, 'a pid no session holds finds nothing');
+});

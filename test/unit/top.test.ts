@@ -16,7 +16,7 @@ function service(name: string, budget: number, [active, idle, opening = 0, closi
     name,
     poolMode: 'transaction',
     budget,
-    serverConnections: { active, idle, opening, closing, total: active + idle + opening + closing },
+    serverConnections: { active, idle, opening, closing, replication: 0, total: active + idle + opening + closing },
     clients: { connected: active + waiting, waiting },
     oldestWaitSeconds: 0,
     transactions: 0,
