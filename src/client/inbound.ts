@@ -20,6 +20,8 @@ export class ClientInbound {
   terminated = false;
   /** After a read (transaction mode): session state that pins the client, or null. */
   pinReason: SessionStateReason | null = null;
+  /** Some message read may reset settings (RESET, DISCARD ALL): set until the link has seen it. */
+  resetsSettings = false;
   /** Session mode: an unfinished message header at the end of the last chunk, held back. */
   private heldHeader: Buffer | null = null;
   /** Offset just past a Terminate in the chunk being scanned, or -1. */
@@ -120,6 +122,7 @@ export class ClientInbound {
         } else if (this.statements.sessionState !== null) {
           this.pinReason ??= this.statements.sessionState;
         }
+        if (this.statements.resetsSettings) this.resetsSettings = true;
       }
     }
     // Several messages that make up the whole chunk, none replaced: if they

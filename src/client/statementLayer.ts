@@ -14,8 +14,11 @@ import { DROP } from '../protocol/replies.js';
 import type { CompletionKind } from './pendingRequests.js';
 import { PreparedStatements, raiseStatement } from './prepared.js';
 import { SERVER_STATEMENT_PREFIX, type ServerStatements } from './serverStatements.js';
-import { detectSessionState, type SessionStateReason } from './sessionState.js';
-import { RESERVED_MARK, SESSION_WORD } from './sqlWords.js';
+import { detectSessionState, stripSql, type SessionStateReason } from './sessionState.js';
+import { DROP_WORD, RESERVED_MARK, SESSION_WORD } from './sqlWords.js';
+
+/** RESET (one parameter or ALL) and DISCARD ALL put settings back to the connection's login values. */
+const RESETS_SETTINGS = /(^|;)\s*(reset\s|discard\s+all\b)/i;
 
 /** Where a session counts the errors the proxy itself puts in its stream (refusals, rewordings), by SQLSTATE. */
 export interface OwnErrors {
@@ -68,6 +71,8 @@ export class StatementLayer {
   heldBytes = 0;
   /** The session state the last statement check found, where it pins (onSessionState: pin); else null. */
   sessionState: SessionStateReason | null = null;
+  /** The last statement checked may reset settings (RESET, DISCARD ALL): the server connection's per-checkout settings are unknown after it. */
+  resetsSettings = false;
 
   constructor(private readonly errors: OwnErrors = UNCOUNTED) {}
 
@@ -83,10 +88,15 @@ export class StatementLayer {
    */
   check(msg: Buffer, service: string, onSessionState: OnSessionState): Buffer {
     this.sessionState = null;
+    this.resetsSettings = false;
     // Most statements name none of the words the checks below need: not even decoded.
-    if ((this.prepared.sqlWords(msg) & (SESSION_WORD | RESERVED_MARK)) === 0) return msg;
+    const words = this.prepared.sqlWords(msg);
+    if ((words & (SESSION_WORD | RESERVED_MARK | DROP_WORD)) === 0) return msg;
     const isQuery = msg[0] === Frontend.Query;
     const sql = isQuery ? readQuery(msg) : readParse(msg).query;
+    // "reset" holds "set", and "discard" is a DROP_WORD: both are seen here.
+    if (RESETS_SETTINGS.test(sql) && RESETS_SETTINGS.test(stripSql(sql))) this.resetsSettings = true;
+    if ((words & (SESSION_WORD | RESERVED_MARK)) === 0) return msg;
     // The server holds the proxy's statements for everyone on the connection: SQL must not name them.
     if (sql.includes('__') && sql.toLowerCase().includes(SERVER_STATEMENT_PREFIX)) return this.refused(msg, clientErrors.reservedStatementName(SERVER_STATEMENT_PREFIX));
     const reason = detectSessionState(sql);

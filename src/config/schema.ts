@@ -12,6 +12,7 @@ import type {
   LogLevel,
   OnSessionState,
   PoolMode,
+  ServerApplicationName,
   ServiceConfig,
   ServiceMatch,
   UpstreamConfig,
@@ -292,6 +293,11 @@ export const ConfigSchema = mapping({
       description: 'per server connection in transaction mode (at least 1); the least recently used are closed',
     }),
   ),
+  serverApplicationName: oneOf<ServerApplicationName>(['client', 'service'], {
+    default: 'client',
+    description:
+      "what `application_name` a server connection has while it serves a client: `client`, the client's own (`SHOW application_name` and `pg_stat_activity` as on a direct connection); `service`, `pgbudget:<service>` (which service holds it, in `pg_stat_activity`)",
+  }),
   tcpKeepaliveMs: ms(
     OFF_OR_MS,
     30_000,

@@ -13,7 +13,8 @@ import { ALPN_POSTGRESQL } from '../protocol/codes.js';
 import type { ErrorFields } from '../protocol/encode.js';
 import type { Transport } from '../io/transport.js';
 import type { PeerCertificate } from '../io/tls.js';
-import { isReplication, poolKey } from '../server/poolKey.js';
+import { isReplication, poolKey, welcomeKey } from '../server/poolKey.js';
+import { clientSettings, type Settings } from '../server/settings.js';
 import type { Credentials } from './credentials.js';
 import type { ClientTls } from './clientTls.js';
 
@@ -55,7 +56,7 @@ export interface AdmissionOwner extends Cancellable {
    */
   startTls(tls: ClientTls, hello: Buffer | null): void;
   /** The client is in: its service and pool key are known; `rest` is what it pipelined after the startup packet. */
-  admitted(who: Identity, service: ServiceConfig, key: string, rest: Buffer): void;
+  admitted(who: Identity, service: ServiceConfig, login: LoginKeys, rest: Buffer): void;
   /** No way in: FATAL with `fields`, counted as `rejection` (under `service` once it is known), logged with `reason`. */
   refused(rejection: RejectReason, fields: ErrorFields, reason: string, service?: string): void;
   /** A malformed packet: 08P01. */
@@ -72,13 +73,23 @@ export interface AdmissionOwner extends Cancellable {
   readonly ended: boolean;
 }
 
+/** Where a client's server connections come from, and what is applied to them. */
+export interface LoginKeys {
+  /** The pool key: user, database and the startup parameters a connection must log in with. */
+  readonly key: string;
+  /** The key of its welcome: every startup parameter (the server's reported values depend on them). */
+  readonly welcomeKey: string;
+  /** The startup parameters applied per checkout (server/settings.ts); null: none (a replication connection logs in with all). */
+  readonly settings: Settings | null;
+}
+
 /** A password exchange, from the moment its method is known; `exchange` is null while the password is looked up. */
 interface PendingAuth {
   exchange: Authentication | null;
   method: PasswordMethod;
   who: Identity;
   service: ServiceConfig;
-  key: string;
+  login: LoginKeys;
   timeoutMs: number;
 }
 
@@ -223,20 +234,26 @@ export class Admission implements HandshakeListener {
       return this.owner.refused('too_many_clients', clientErrors.tooManyClients(service.maxClients, service.name), 'too many clients', service.name);
     }
     // The same (shared, frozen) params object as the last login: the same key.
-    if (params !== lastKeyParams) {
+    const appNameOf = config.serverApplicationName === 'client' ? who.applicationName : null;
+    if (params !== lastKeyParams || appNameOf !== lastAppName) {
       lastKeyParams = params;
-      lastKey = poolKey(who.user, who.database, params);
+      lastAppName = appNameOf;
+      lastLogin = {
+        key: poolKey(who.user, who.database, params),
+        welcomeKey: welcomeKey(who.user, who.database, params),
+        settings: who.replication ? null : clientSettings(params, appNameOf),
+      };
     }
     const method = service.auth.method;
-    if (method === 'trust') return this.owner.admitted(who, service, lastKey, rest);
+    if (method === 'trust') return this.owner.admitted(who, service, lastLogin, rest);
     if (method === 'cert') {
-      if (this.peerCommonName !== null && this.peerCommonName === who.user) return this.owner.admitted(who, service, lastKey, rest);
+      if (this.peerCommonName !== null && this.peerCommonName === who.user) return this.owner.admitted(who, service, lastLogin, rest);
       return this.owner.refused('auth_failed', clientErrors.certFailed(who.user), 'authentication failed: no client certificate for the user', service.name);
     }
     // The password in clear goes over TLS only.
     if (method === 'password' && !this.secure) return this.owner.refused('tls_required', clientErrors.tlsRequired(), 'TLS required', service.name);
     const timeoutMs = config.authTimeoutMs;
-    const auth: PendingAuth = { exchange: null, method, who, service, key: lastKey, timeoutMs };
+    const auth: PendingAuth = { exchange: null, method, who, service, login: lastLogin, timeoutMs };
     this.auth = auth;
     this.deadline = Date.now() + timeoutMs;
     this.held = EMPTY;
@@ -324,7 +341,7 @@ export class Admission implements HandshakeListener {
     }
     if (step.send !== null) this.socket.write(step.send);
     if (step.clientKey !== null) this.ctx.credentials().proved(auth.who.user, step.clientKey);
-    this.owner.admitted(auth.who, auth.service, auth.key, Buffer.from(rest));
+    this.owner.admitted(auth.who, auth.service, auth.login, Buffer.from(rest));
   }
 
   /**
@@ -357,6 +374,7 @@ const TLS_ACCEPTED = Buffer.from('S');
 /** The longest answer to an authentication request PostgreSQL reads (PG_MAX_AUTH_TOKEN_LENGTH). */
 const MAX_AUTH_MESSAGE = 65535;
 
-/** The pool key of the last params object seen (startup.ts shares it between identical packets). */
+/** The keys of the last params object seen (startup.ts shares it between identical packets), for that application_name mode. */
 let lastKeyParams: Readonly<Record<string, string>> | null = null;
-let lastKey = '';
+let lastAppName: string | null = null;
+let lastLogin: LoginKeys = { key: '', welcomeKey: '', settings: null };

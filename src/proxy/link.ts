@@ -17,7 +17,10 @@ import type { ClientOutbound } from '../client/outbound.js';
 import { ServerStatements } from '../client/serverStatements.js';
 import type { StatementLayer } from '../client/statementLayer.js';
 import type { TransactionTracker } from '../client/transaction.js';
+import { mergeReported, settingsSql, UNKNOWN, type Settings } from '../server/settings.js';
+import { errorResponse, type ErrorFields } from '../protocol/encode.js';
 import { Cancels, type CancelSubject } from './cancel.js';
+import type { LoginKeys } from './admission.js';
 import type { ClientSide } from './clientSide.js';
 
 export interface LinkContext {
@@ -50,6 +53,15 @@ export class ServerLink implements ServerOwner, WaitHandlers, CancelSubject {
   state: LinkState = 'idle';
   private service: ServiceConfig | null = null;
   private key = '';
+  private welcomeKey = '';
+  /** What the client's startup parameters ask of every server connection it gets (server/settings.ts); null: nothing. */
+  private settings: Settings | null = null;
+  /** The settings query sent at the last checkout has not answered yet. */
+  private settling = false;
+  /** The login's welcome waits for that answer. */
+  private welcomeDue = false;
+  /** A statement that may reset settings went to the server (or will, with the next forward). */
+  private resetPending = false;
   /** The server connection is this client's alone (replication): never reset or reused, closed with the client. */
   private dedicated = false;
   private server: ServerConnection | null = null;
@@ -89,10 +101,23 @@ export class ServerLink implements ServerOwner, WaitHandlers, CancelSubject {
   }
 
   /** The client's service and pool key are known (startup is done); `dedicated`: its server connection is closed with it. */
-  open(service: ServiceConfig, key: string, dedicated = false): void {
+  open(service: ServiceConfig, login: LoginKeys, dedicated = false): void {
     this.service = service;
-    this.key = key;
+    this.key = login.key;
+    this.welcomeKey = login.welcomeKey;
+    this.settings = login.settings;
     this.dedicated = dedicated;
+  }
+
+  /**
+   * The client sent a statement that may put settings back to the server
+   * connection's login values (RESET, DISCARD ALL): whichever connection it
+   * runs on, its settings are unknown after it, and the next checkout sets
+   * them all again.
+   */
+  settingsMayReset(): void {
+    if (this.state === 'linked' && this.server) this.server.settings = UNKNOWN;
+    else this.resetPending = true;
   }
 
   // ---- entry points ----
@@ -272,7 +297,13 @@ export class ServerLink implements ServerOwner, WaitHandlers, CancelSubject {
     if (this.state !== 'idle') return false;
     const conn = this.ctx.pool.takeIdle(this.service!.name, this.key);
     if (conn === null) return false;
-    this.attach(conn);
+    try {
+      this.attach(conn);
+    } catch (err) {
+      // A hand-out that failed half way: the connection is this client's to give back (abandon()).
+      if (this.server === null) this.server = conn;
+      this.owner.failed(err, 'server hand-out');
+    }
     return true;
   }
 
@@ -285,14 +316,69 @@ export class ServerLink implements ServerOwner, WaitHandlers, CancelSubject {
     this.attach(conn);
     if (this.loginPending) {
       this.loginPending = false;
-      this.owner.welcome(conn.params, conn.processId);
-      if (this.service!.poolMode === 'transaction' && this.atBoundary) this.release(true);
+      if (this.settling) this.welcomeDue = true;
+      else this.welcomeNow(conn);
     }
+  }
+
+  /** The login's welcome: the server connection's reported parameters, as the client's settings made them. */
+  private welcomeNow(conn: ServerConnection): void {
+    const params = mergeReported(conn.params, conn.reported);
+    this.ctx.pool.rememberWelcome(this.welcomeKey, params);
+    this.owner.welcome(params, conn.processId);
+    if (this.service!.poolMode === 'transaction' && this.atBoundary && this.server === conn) this.release(true);
+  }
+
+  /**
+   * Before the client's first message on a connection: the settings query
+   * when the connection's differ from the client's, in the same write.
+   */
+  private applySettings(conn: ServerConnection): void {
+    const want = this.settings;
+    if (want === null || conn.settings.sig === want.sig) return;
+    const sql = settingsSql(conn.settings, want)!;
+    conn.settings = want;
+    this.settling = true;
+    conn.applySettings(sql, (error) => this.onSettled(conn, error));
+  }
+
+  /** The settings query answered (an entry point: its own error boundary). */
+  private onSettled(conn: ServerConnection, error: ErrorFields | null): void {
+    try {
+      this.settled(conn, error);
+    } catch (err) {
+      this.owner.failed(err, 'settings applied');
+    }
+  }
+
+  private settled(conn: ServerConnection, error: ErrorFields | null): void {
+    this.settling = false;
+    const welcomeDue = this.welcomeDue;
+    this.welcomeDue = false;
+    if (error !== null) {
+      // Rolled back (one implicit transaction): what the connection has is not known now.
+      conn.settings = UNKNOWN;
+      if (this.server !== conn || this.state === 'closed') return;
+      if (welcomeDue) {
+        // A value the server refuses, as it would refuse it at login: the client's login fails with its words.
+        return this.owner.rejected(errorResponse({ ...error, severity: 'FATAL' }), 'server_login', null);
+      }
+      // The client's statements are on their way behind it, on a connection without its settings: never run them there.
+      conn.destroy(`settings query failed: ${error.code} ${error.message}`);
+      return;
+    }
+    if (welcomeDue && this.server === conn && this.state !== 'closed') this.welcomeNow(conn);
   }
 
   private attach(conn: ServerConnection): void {
     this.assigning = null;
     this.server = conn;
+    this.applySettings(conn);
+    // What the client held includes a RESET or DISCARD ALL: it goes to this connection below.
+    if (this.resetPending) {
+      this.resetPending = false;
+      conn.settings = UNKNOWN;
+    }
     if (this.inbound.whole) this.outbound.serverStatements = statementsOn(conn, this.ctx.config().maxPreparedStatements);
     conn.owner = this;
     this.state = 'linked';
@@ -416,6 +502,7 @@ export class ServerLink implements ServerOwner, WaitHandlers, CancelSubject {
       () => {
         try {
           statementsOn(conn, 0)?.clear();
+          conn.settingsReset();
           pool.release(conn, true);
         } catch (err) {
           log.error({ err, service }, 'pgbudget: internal error after a reset; server connection closed');

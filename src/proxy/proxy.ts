@@ -202,6 +202,7 @@ export class Proxy {
     const sched = this.pool.scheduler;
     const services: ServiceSnapshot[] = [];
     const configured = new Map(this.config.services.map((s) => [s.name, s]));
+    const pids = this.pool.serverPidsByService();
     for (const [name, st] of this.stats.entries()) {
       if (name === UNMATCHED || !sched.hasService(name)) continue;
       const c = sched.counts(name);
@@ -236,6 +237,7 @@ export class Proxy {
         connectRateBaselinePerSecond: surge.baselinePerSecond,
         clientErrors: { ...st.clientErrors },
         surge: { surging: surge.surging, forSeconds: surge.forSeconds, episodes: st.surges },
+        serverPids: pids.get(name) ?? [],
         enforced: wouldBe === null,
         wouldWait: would.wouldWait,
         wouldReject: { ...would.wouldReject },

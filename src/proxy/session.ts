@@ -21,7 +21,7 @@ import { ClientInbound } from '../client/inbound.js';
 import { ClientOutbound } from '../client/outbound.js';
 import { TransactionTracker, type SessionTimeouts } from '../client/transaction.js';
 import { welcome } from '../client/welcome.js';
-import { Admission, type AdmissionContext, type AdmissionOwner, type Identity } from './admission.js';
+import { Admission, type AdmissionContext, type AdmissionOwner, type Identity, type LoginKeys } from './admission.js';
 import { ServerLink, type LinkContext, type LinkOwner, type LinkState } from './link.js';
 
 export interface SessionContext extends LinkContext, AdmissionContext {
@@ -268,7 +268,7 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
     this.fatal(clientErrors.shuttingDown(), 'shutting down');
   }
 
-  admitted(who: Identity, configured: ServiceConfig, key: string, rest: Buffer): void {
+  admitted(who: Identity, configured: ServiceConfig, login: LoginKeys, rest: Buffer): void {
     // A replication client holds its own server connection for the whole
     // session, whatever its service's mode: session mode, passed through.
     const service = who.replication ? asReplication(configured) : configured;
@@ -278,7 +278,7 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
     this.applicationName = who.applicationName;
     this.service = service;
     this.state = 'open';
-    this.link.open(service, key, who.replication);
+    this.link.open(service, login, who.replication);
     if (service.poolMode === 'transaction') {
       this.inbound.readWhole();
       this.outbound.trimAll();
@@ -295,7 +295,7 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
     // that server's own, its process id included. In transaction mode the
     // first client of a pool key waits for a real login to learn the
     // server's parameters; the others get them at once.
-    const known = service.poolMode === 'transaction' ? this.ctx.pool.welcome(key) : undefined;
+    const known = service.poolMode === 'transaction' ? this.ctx.pool.welcome(login.welcomeKey) : undefined;
     if (known) this.welcome(known, 0);
     else this.link.requestLogin();
     // The welcome or the login may have ended the session already (TS narrows state to 'open' here).
@@ -375,6 +375,10 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
       const messages = inbound.readMessages(chunk, service.name, service.onSessionState);
       if (typeof messages === 'string') return this.protocolViolation(messages);
       if (inbound.pinReason !== null) this.pin(inbound.pinReason);
+      if (inbound.resetsSettings) {
+        inbound.resetsSettings = false;
+        this.link.settingsMayReset();
+      }
       if (messages.length > 0) this.link.sendMessages(messages);
     } else {
       const data = inbound.readBytes(chunk);

@@ -14,6 +14,7 @@ import { isMd5Hash, md5Password, md5Response } from '../auth/md5.js';
 import { startTls, type TlsUpgradeHandler } from '../io/tls.js';
 import { ScramClient, type ScramClientKey } from './scram.js';
 import type { UpstreamTls } from './upstreamTls.js';
+import { BASE, type Settings } from './settings.js';
 
 /** Who receives the server's bytes while linked. */
 export interface ServerOwner {
@@ -84,6 +85,10 @@ export class ServerConnection implements ConnectHandler, TlsUpgradeHandler {
   readonly createdAt = Date.now();
   processId = 0;
   secretKey = 0;
+  /** The per-checkout settings applied to this connection (settings.ts): BASE as it logged in, and after DISCARD ALL. */
+  settings: Settings = BASE;
+  /** ParameterStatus values the proxy's settings queries got back since login (or the last DISCARD ALL). */
+  readonly reported = new Map<string, string>();
   /** ParameterStatus values the server reported at login, in order. */
   readonly params: [string, string][] = [];
   owner: ServerOwner | null = null;
@@ -340,6 +345,38 @@ export class ServerConnection implements ConnectHandler, TlsUpgradeHandler {
       serialize.sync(),
     ]);
     return this.converse(messages, sql, timeoutMs);
+  }
+
+  /**
+   * Sends the proxy's settings query (settings.ts) ahead of what the owner
+   * writes next, in the same round trip: its replies are read here, never
+   * reach the owner, and the owner's own follow. The parameters it reports
+   * go to `reported`. `done` runs at its ReadyForQuery, with the server's
+   * error if it failed (the connection closing meanwhile: the owner hears
+   * of that as usual, and `done` gets the cause).
+   */
+  applySettings(sql: string, done: (error: ErrorFields | null) => void): void {
+    if (this.phase !== 'ready' || this.control) throw new Error('settings query on a connection that is not ready');
+    let failure: ErrorFields | null = null;
+    this.control = {
+      reject: (err) => done({ severity: 'ERROR', code: '08006', message: err.message }),
+      onMessage: (msg) => {
+        const m = msg as unknown as { name: string; parameterName?: string; parameterValue?: string } & Partial<ErrorFields>;
+        if (m.name === 'parameterStatus') this.reported.set(m.parameterName!, m.parameterValue!);
+        else if (m.name === 'error') failure = { severity: 'ERROR', code: String(m.code ?? ''), message: String(m.message ?? '') };
+        else if (m.name === 'readyForQuery') {
+          this.control = null;
+          done(failure);
+        }
+      },
+    };
+    this.transport.write(serialize.query(sql));
+  }
+
+  /** The proxy reset the connection (DISCARD ALL): every setting is its login's again. */
+  settingsReset(): void {
+    this.settings = BASE;
+    this.reported.clear();
   }
 
   /** Sends `messages` (ending with a Query or a Sync) and collects the rows until ReadyForQuery. */

@@ -134,6 +134,20 @@ export class ServerPool {
     this.run(this.scheduler.sweep(Date.now()));
   }
 
+  /** Backend pids of each service's server connections (logged in), for /status: which service holds which backend. */
+  serverPidsByService(): Map<string, number[]> {
+    const out = new Map<string, number[]>();
+    for (const conn of this.conns.values()) {
+      if (conn.processId === 0) continue;
+      const service = conn.login.service;
+      let pids = out.get(service);
+      if (pids === undefined) out.set(service, (pids = []));
+      pids.push(conn.processId);
+    }
+    for (const pids of out.values()) pids.sort((a, b) => a - b);
+    return out;
+  }
+
   /** Backend pids of the server connections held (logged in), for the headroom reading. */
   serverPids(): Set<number> {
     const pids = new Set<number>();
@@ -152,6 +166,11 @@ export class ServerPool {
   /** ParameterStatus values of the first server connection for this user and database. */
   welcome(key: string): Welcome | undefined {
     return this.welcomes.get(key);
+  }
+
+  /** The welcome of clients whose startup parameters make `welcomeKey` (the server's values, as their settings made them). */
+  rememberWelcome(welcomeKey: string, params: Welcome): void {
+    this.welcomes.remember(welcomeKey, params);
   }
 
   /**
@@ -425,7 +444,6 @@ export class ServerPool {
     this.backoffUntil = 0;
     this.lastUpstreamError = null;
     this.lastUpstreamOkAt = Date.now();
-    this.welcomes.remember(key, conn.params);
     this.log.info({ service, conn: connId, pid: conn.processId, user, database }, 'server connection opened');
     // The server may have ended it in the same read as its login (a restart's
     // 57P01 after ReadyForQuery): then it is closing already, and its close frees the slot.

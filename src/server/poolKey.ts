@@ -1,16 +1,34 @@
 // Which server connections can serve a client: the same user, database and
-// startup parameters. The key is a string, so the pool and the scheduler
-// compare and store it without knowing what is in it.
+// startup parameters, except those applied per checkout (settings.ts). The
+// key is a string, so the pool and the scheduler compare and store it
+// without knowing what is in it.
+import { perCheckoutName } from './settings.js';
 
 /**
  * Server connections are interchangeable only for the same user, database
- * and startup parameters (search_path, TimeZone, DateStyle, client_encoding,
- * options…): those are part of the key, so whichever connection a client
- * gets already has its settings, and the ParameterStatus it saw at login.
+ * and startup parameters that are not applied per checkout (`options`, other
+ * GUCs, replication): those are part of the key, and the connection logs in
+ * with them. application_name, TimeZone, DateStyle, search_path… are not:
+ * whichever connection a client gets, they are set for it (settings.ts).
  */
 export function poolKey(user: string, database: string, params: Record<string, string> = {}): string {
+  // A replication connection logs in with everything: a physical one takes no SQL to set anything later.
+  if (isReplication(params)) return welcomeKey(user, database, params);
+  return keyOf(user, database, params, (k) => perCheckoutName(k) === undefined);
+}
+
+/**
+ * The key of the welcome a client gets at login (the server's
+ * ParameterStatus values for its startup parameters): every parameter but
+ * application_name, which each client's welcome carries as its own.
+ */
+export function welcomeKey(user: string, database: string, params: Record<string, string> = {}): string {
+  return keyOf(user, database, params, () => true);
+}
+
+function keyOf(user: string, database: string, params: Record<string, string>, keep: (name: string) => boolean): string {
   const extra = Object.keys(params)
-    .filter((k) => !NOT_IN_KEY.has(k) && (k !== 'replication' || isReplication(params)))
+    .filter((k) => !NOT_IN_KEY.has(k) && keep(k) && (k !== 'replication' || isReplication(params)))
     .sort()
     .map((k) => `${k}\u0001${params[k]}`);
   return [user, database, ...extra].join('\u0000');

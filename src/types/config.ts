@@ -147,6 +147,8 @@ export interface HeadroomConfig {
   database: string;
 }
 
+export type ServerApplicationName = 'client' | 'service';
+
 export interface Config {
   listen: HostPort;
   admin: AdminConfig;
@@ -163,6 +165,8 @@ export interface Config {
   serverLifetimeMs: number;
   maxMessageBytes: number;
   maxPreparedStatements: number;
+  /** The application_name of a server connection while it serves a client: the client's own, or pgbudget:<service>. */
+  serverApplicationName: ServerApplicationName;
   /** TCP keepalive idle time on client and server sockets (0: off). */
   tcpKeepaliveMs: number;
   /** A client outside any transaction that sends nothing this long is closed with 57P05 (0: off). */

@@ -30,6 +30,8 @@ export interface ServiceSnapshot {
   clientErrors: Record<string, number>;
   /** Surge detection: an episode under way and for how long; episodes since the start. */
   surge: { surging: boolean; forSeconds: number; episodes: number };
+  /** Backend process ids of the server connections the service holds (logged in), ascending: pg_stat_activity's `pid`. */
+  serverPids: number[];
   /** false while the budget is a dry run (enforce: false): counted, not enforced. */
   enforced: boolean;
   /** Dry run: clients that an enforced budget would have made wait, since the start. */

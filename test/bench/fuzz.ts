@@ -353,6 +353,8 @@ async function startProxy(cluster: Cluster): Promise<Proxy> {
     stringify(
       proxyConfig(cluster, {
         logLevel: 'error',
+        // The default: every hand-out between clients applies its application_name.
+        serverApplicationName: 'client',
         listen: `127.0.0.1:${port}`,
         admin: `127.0.0.1:${adminPort}`,
         startupTimeoutMs: 2000,

@@ -33,6 +33,10 @@ export function proxyConfig(cluster: Cluster, raw: Record<string, unknown>): Rec
     logLevel: 'silent',
     // Most tests are about budgets, not passwords: trust, written explicitly as it must be.
     auth: { method: 'trust' },
+    // Most tests count a service's server connections in pg_stat_activity by
+    // application_name; those about what a client sees use the default
+    // (`client`) and say so.
+    serverApplicationName: 'service',
     ...raw,
     upstream: { host: '127.0.0.1', port: cluster.port, ...upstream },
   };

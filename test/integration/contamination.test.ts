@@ -39,6 +39,7 @@ const cluster = await withCluster(t, { maxConnections: 20, users: ['app'] });
 await cluster.query('create table taken(k int primary key)');
 await cluster.query('insert into taken select generate_series(0, $1::int - 1)', [CLIENTS]);
 const proxy = await startProxy(t, cluster, {
+  serverApplicationName: 'client',
   upstream: { maxConnections: CAP },
   // Fewer than the distinct statement texts in play: evictions and re-prepares all along.
   maxPreparedStatements: 6,

@@ -10,6 +10,7 @@ import { assertNoLeaks, frontend, rawClient, simpleQuery, sleep, startProxy } fr
 
 const cluster = await withCluster(t, { maxConnections: 20, users: ['app', 'sess'] });
 const proxy = await startProxy(t, cluster, {
+  serverApplicationName: 'client',
   services: [
     { name: 'app', match: { user: 'app' }, budget: 2, poolMode: 'transaction', queue: { timeoutMs: 5000 } },
     { name: 'sess', match: { user: 'sess' }, budget: 2, poolMode: 'session', queue: { timeoutMs: 5000 } },
@@ -184,6 +185,7 @@ t.test("a cancel that arrives as its statement ends never cancels the next clien
   // Budget 2, nobody queued: idle connections are reused most recent first,
   // so the canceller's server connection is the bystander's next one.
   const solo = await startProxy(t, cluster, {
+  serverApplicationName: 'client',
     services: [{ name: 'app', match: { user: 'app' }, budget: 2, poolMode: 'transaction', queue: { timeoutMs: 10_000 } }],
   });
   const canceller = rawClient(solo.port);
@@ -310,6 +312,7 @@ t.test('a cancel while a queued batch waits without its Sync is sent once the st
 
 t.test('a cancel while the statement waits for a shape check blocked on a lock cancels it at once', async (t) => {
   const solo = await startProxy(t, cluster, {
+  serverApplicationName: 'client',
     services: [{ name: 'app', match: { user: 'app' }, budget: 2, poolMode: 'transaction', queue: { timeoutMs: 10_000 } }],
   });
   await cluster.query('create table if not exists locked_t (n int)');

@@ -16,6 +16,7 @@ import { assertNoLeaks, sleep, startProxy } from '../helpers/proxy.js';
 const cluster = await withCluster(t, { maxConnections: 20, users: ['app'] });
 
 const session = (budget: number, queue: Record<string, unknown> = {}) => ({
+  serverApplicationName: 'client',
   services: [{ name: 'app', match: { user: 'app' }, budget, poolMode: 'session', queue: { timeoutMs: 10_000, ...queue } }],
 });
 

@@ -13,6 +13,7 @@ import { jdbcAvailable, runJava } from '../helpers/foreign-clients.js';
 
 const cluster = await withCluster(t, { maxConnections: 20, users: ['app'] });
 const proxy = await startProxy(t, cluster, {
+  serverApplicationName: 'client',
   services: [{ name: 'app', match: { user: 'app' }, budget: 4, poolMode: 'transaction', queue: { timeoutMs: 10_000 } }],
 });
 const targets = [

@@ -38,7 +38,7 @@ const services = [
 ];
 
 t.test('a 1 GB \\copy through the proxy keeps proxy memory bounded', async (t) => {
-  const p = await spawnProxy(t, cluster, { services });
+  const p = await spawnProxy(t, cluster, { services, serverApplicationName: 'client' });
   await cluster.query('create unlogged table big_copy(line text)');
   const before = await rssMiB(p.proc.pid!);
   const sampler = sampleRss(p.proc.pid!);
@@ -56,7 +56,7 @@ t.test('a 1 GB \\copy through the proxy keeps proxy memory bounded', async (t) =
 });
 
 t.test('a slow reader of a large result slows only itself; memory stays bounded', async (t) => {
-  const p = await spawnProxy(t, cluster, { services });
+  const p = await spawnProxy(t, cluster, { services, serverApplicationName: 'client' });
   const before = await rssMiB(p.proc.pid!);
   const sampler = sampleRss(p.proc.pid!);
   const slow = rawClient(p.port);

@@ -12,6 +12,7 @@ await cluster.query('create table if not exists marks (who text)');
 await cluster.query('grant all on marks to public');
 
 const proxy = await startProxy(t, cluster, {
+  serverApplicationName: 'client',
   idleInTransactionTimeoutMs: 400,
   clientIdleTimeoutMs: 1500,
   queryTimeoutMs: 500,

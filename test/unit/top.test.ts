@@ -33,6 +33,7 @@ function service(name: string, budget: number, [active, idle, opening = 0, closi
     connectRateBaselinePerSecond: null,
     clientErrors: {},
     surge: { surging: false, forSeconds: 0, episodes: 0 },
+    serverPids: [],
     enforced: true,
     wouldWait: 0,
     wouldReject: {},
