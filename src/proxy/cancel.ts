@@ -16,6 +16,8 @@ export interface CancelSubject {
   readonly queued: boolean;
   /** The linked server connection, if any. */
   readonly linkedServer: ServerConnection | null;
+  /** The proxy's settings query runs on it ahead of the client's statement: a cancel now would hit it instead. */
+  readonly settling: boolean;
   /** The queued batch leaves the queue and `replies` answer it; it never runs. */
   answerQueued(replies: Buffer): void;
 }
@@ -54,6 +56,8 @@ export class Cancels {
     }
     const conn = this.link.linkedServer;
     if (!conn) return done();
+    // Sent once the settings query has answered, when the statement is what runs.
+    if (this.link.settling) return this.owe(done);
     if (statementLayer.held !== null) {
       // The shape check runs now and may wait on a lock, as the statement
       // itself would: it is cancelled at once; the statement, once it goes.
@@ -97,7 +101,7 @@ export class Cancels {
     const { tx, statementLayer, outbound } = this.client;
     const conn = this.link.linkedServer;
     const inFlight = conn !== null && tx.cancellable;
-    if (inFlight && statementLayer.held !== null) return;
+    if (inFlight && (statementLayer.held !== null || this.link.settling)) return;
     this.owed = null;
     if (!inFlight || outbound.lastType === Backend.ErrorResponse) return done();
     this.pool.cancelQuery(conn, () => this.link.linkedServer === conn && tx.cancellable, done);

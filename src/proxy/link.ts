@@ -56,8 +56,8 @@ export class ServerLink implements ServerOwner, WaitHandlers, CancelSubject {
   private welcomeKey = '';
   /** What the client's startup parameters ask of every server connection it gets (server/settings.ts); null: nothing. */
   private settings: Settings | null = null;
-  /** The settings query sent at the last checkout has not answered yet. */
-  private settling = false;
+  /** The settings query sent at the last checkout has not answered yet (CancelSubject: cancels wait for it). */
+  settling = false;
   /** The login's welcome waits for that answer. */
   private welcomeDue = false;
   /** A statement that may reset settings went to the server (or will, with the next forward). */
@@ -368,6 +368,7 @@ export class ServerLink implements ServerOwner, WaitHandlers, CancelSubject {
       return;
     }
     if (welcomeDue && this.server === conn && this.state !== 'closed') this.welcomeNow(conn);
+    if (this.cancels.owes) this.cancels.settle();
   }
 
   private attach(conn: ServerConnection): void {

@@ -8,6 +8,7 @@ import t from 'tap';
 import pg from 'pg';
 import postgres from 'postgres';
 import { withCluster } from '../helpers/cluster.js';
+import { sendCancel } from '../helpers/load.js';
 import { assertNoLeaks, frontend, psql, rawClient, simpleQuery, startProxy, type TestProxy } from '../helpers/proxy.js';
 
 const cluster = await withCluster(t, { maxConnections: 30, users: ['app'] });
@@ -173,4 +174,31 @@ t.test('serverApplicationName: service keeps pgbudget:<service> on the server; s
   }
   t.equal(stats(sess).serversOpened, 1, 'one server connection served both sessions');
   await assertNoLeaks(t, sess);
+});
+
+t.test("a cancel that comes while the settings query runs waits for it, and cancels the client's statement", async (t) => {
+  const proxy = await startProxy(t, cluster, transactionMode(1));
+  const url = `postgres://app@127.0.0.1:${proxy.port}/postgres`;
+  const a = new pg.Client({ connectionString: url, application_name: 'a' });
+  const b = new pg.Client({ connectionString: url, application_name: 'b' });
+  await a.connect();
+  await b.connect();
+  const outcomes = new Map<string, number>();
+  for (let i = 0; i < 40; i++) {
+    // a has the one connection last: b's checkout sets its application_name first, in the same write as its statement.
+    await a.query('select 1');
+    const q = b.query('select pg_sleep(5)').then(
+      () => 'ran to the end',
+      (e: { code?: string; message: string }) => e.code ?? e.message,
+    );
+    await sendCancel(proxy.port, b);
+    const outcome = await q;
+    outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
+    if (outcome !== '57014') break;
+  }
+  t.same([...outcomes], [['57014', 40]], `every statement cancelled, none other ended (${JSON.stringify([...outcomes])})`);
+  t.same((await b.query('select current_setting($1) as app', ['application_name'])).rows, [{ app: 'b' }], 'b goes on, with its own settings');
+  await a.end();
+  await b.end();
+  await assertNoLeaks(t, proxy);
 });
