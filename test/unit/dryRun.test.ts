@@ -5,6 +5,7 @@
 import t from 'tap';
 import { DryRunEpisodes, SEATED, WouldBe, wouldCounts, type DryRunSample, type SeatHolder } from '../../src/budget/dryRun.js';
 import { Scheduler, type Action } from '../../src/budget/scheduler.js';
+import { assigns, closes, openAll, opens } from '../helpers/actions.js';
 
 const K = 'app\0db';
 const holder = (): SeatHolder => ({ seat: null });
@@ -57,15 +58,6 @@ t.test('the sweep: a would-be waiter past timeoutMs would have timed out; a rais
   t.not(late.seat, SEATED);
 });
 
-const opens = (actions: Action[]) => actions.filter((a): a is Extract<Action, { kind: 'open' }> => a.kind === 'open');
-const assigns = (actions: Action[]) => actions.filter((a): a is Extract<Action, { kind: 'assign' }> => a.kind === 'assign');
-const closes = (actions: Action[]) => actions.filter((a): a is Extract<Action, { kind: 'close' }> => a.kind === 'close');
-
-function openAll(s: Scheduler, actions: Action[], now = 0): Action[] {
-  const out: Action[] = [];
-  for (const o of opens(actions)) out.push(...s.opened(o.connId, now));
-  return out;
-}
 
 t.test('scheduler: a dry run goes past its budget, counts what enforcing would have done, and stops at the cap', async (t) => {
   const s = new Scheduler({ cap: 5, idleTimeoutMs: 60_000, lifetimeMs: 3_600_000 });

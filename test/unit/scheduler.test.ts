@@ -1,5 +1,6 @@
 import t from 'tap';
 import { Scheduler, type Action, type Waiter } from '../../src/budget/scheduler.js';
+import { assigns, kinds, openAll, opens } from '../helpers/actions.js';
 
 const K = 'app\0db';
 const limits = (budget: number, maxWaiting = 100, timeoutMs = 1000) => ({ budget, maxWaiting, timeoutMs });
@@ -10,16 +11,6 @@ function make(cap: number, services: Record<string, number>, opts: { maxWaiting?
   return s;
 }
 
-const kinds = (actions: Action[]) => actions.map((a) => a.kind);
-const opens = (actions: Action[]) => actions.filter((a): a is Extract<Action, { kind: 'open' }> => a.kind === 'open');
-const assigns = (actions: Action[]) => actions.filter((a): a is Extract<Action, { kind: 'assign' }> => a.kind === 'assign');
-
-/** Opens every requested connection and returns the assignments that follow. */
-function openAll(s: Scheduler, actions: Action[], now = 0): Action[] {
-  const out: Action[] = [];
-  for (const o of opens(actions)) out.push(...s.opened(o.connId, now));
-  return out;
-}
 
 t.test('a request under budget opens a connection, then reuses it', async (t) => {
   const s = make(10, { a: 2 });
