@@ -83,7 +83,7 @@ export function settingsSql(from: Settings, to: Settings): string | null {
   }
   for (const [name, value] of to.values) {
     if (known && from.values.get(name) === value) continue;
-    sets.push(`set_config(${literal(name)}, ${literal(value)}, false)`);
+    sets.push(`set_config(${literal(name)}, ${textValue(value)}, false)`);
   }
   const parts = [...resets];
   if (sets.length > 0) parts.push(`SELECT ${sets.join(', ')}`);
@@ -92,6 +92,17 @@ export function settingsSql(from: Settings, to: Settings): string | null {
 
 function quoteIdent(name: string): string {
   return `"${name.replace(/"/g, '""')}"`;
+}
+
+/**
+ * A value as SQL text. ASCII goes in an E'' literal. Anything else goes as
+ * the hex of its UTF-8 bytes, decoded by the server: the query is then ASCII
+ * whatever client_encoding the connection's previous client left on it, which
+ * would otherwise decide how the server reads those bytes.
+ */
+export function textValue(value: string): string {
+  if (/^[\x00-\x7f]*$/.test(value)) return literal(value);
+  return `convert_from(decode('${Buffer.from(value, 'utf8').toString('hex')}', 'hex'), 'UTF8')`;
 }
 
 /** An E'' literal: backslash and quote escaped, whatever standard_conforming_strings is. */

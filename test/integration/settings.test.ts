@@ -13,6 +13,7 @@ import { assertNoLeaks, frontend, psql, rawClient, simpleQuery, startProxy, type
 
 const cluster = await withCluster(t, { maxConnections: 30, users: ['app'] });
 await cluster.query('create schema s1; create table s1.marker as select 1 as n');
+await cluster.query('create schema "schéma"; create table "schéma".accented as select 2 as n');
 
 const transactionMode = (budget: number, extra: Record<string, unknown> = {}) => ({
   serverApplicationName: 'client',
@@ -200,5 +201,19 @@ t.test("a cancel that comes while the settings query runs waits for it, and canc
   t.same((await b.query('select current_setting($1) as app', ['application_name'])).rows, [{ app: 'b' }], 'b goes on, with its own settings');
   await a.end();
   await b.end();
+  await assertNoLeaks(t, proxy);
+});
+
+t.test('a non-ASCII value is applied right after a client that left client_encoding LATIN1 on the connection', async (t) => {
+  const proxy = await startProxy(t, cluster, transactionMode(1));
+  // A raw client in LATIN1 takes the one connection and leaves it with that encoding.
+  const { c } = await welcomeOf(proxy.port, { user: 'app', database: 'postgres', client_encoding: 'LATIN1' });
+  c.socket.write(simpleQuery('select 1'));
+  await c.until(() => c.count('Z') === 2);
+  const sql = postgres({ host: '127.0.0.1', port: proxy.port, user: 'app', database: 'postgres', max: 1, connection: { search_path: '"schéma", public' } });
+  t.same(await sql`show search_path`, [{ search_path: '"schéma", public' }], 'the value as the client sent it');
+  t.same(await sql`select n from accented`, [{ n: 2 }], 'and the schema found');
+  await sql.end();
+  c.socket.write(frontend('X'));
   await assertNoLeaks(t, proxy);
 });

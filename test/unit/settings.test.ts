@@ -4,7 +4,7 @@
 // with values quoted whatever standard_conforming_strings is.
 import fc from 'fast-check';
 import t from 'tap';
-import { BASE, clientSettings, literal, mergeReported, perCheckoutName, settingsOf, settingsSql, UNKNOWN } from '../../src/server/settings.js';
+import { BASE, clientSettings, literal, mergeReported, perCheckoutName, settingsOf, settingsSql, textValue, UNKNOWN } from '../../src/server/settings.js';
 
 t.test('the parameters applied per checkout, matched without case', async (t) => {
   t.equal(perCheckoutName('timezone'), 'TimeZone');
@@ -80,4 +80,16 @@ t.test("the welcome: the connection's reported values, with those the settings q
     ['application_name', 'pgbudget:app'],
     ['search_path', 's1'],
   ]);
+});
+
+t.test('a value that is not ASCII goes as the hex of its UTF-8 bytes, so the query is ASCII whatever the encoding left on the connection', async (t) => {
+  t.equal(textValue('public'), "E'public'");
+  t.equal(textValue('"schéma", public'), "convert_from(decode('22736368c3a96d61222c207075626c6963', 'hex'), 'UTF8')");
+  fc.assert(
+    fc.property(fc.string({ unit: 'binary' }), (v) => {
+      const sql = textValue(v);
+      // eslint-disable-next-line no-control-regex
+      return /^[\x00-\x7f]*$/.test(sql);
+    }),
+  );
 });
