@@ -451,7 +451,8 @@ export class ServerLink implements ServerOwner, WaitHandlers, CancelSubject {
     const conn = this.server;
     if (conn) {
       conn.owner = null;
-      const clean = this.atBoundary && conn.ready && !this.dedicated;
+      // A settings query still running: its replies are yet to come; never handed to anyone.
+      const clean = this.atBoundary && conn.ready && !this.dedicated && !this.settling;
       if (clean && (this.service!.poolMode === 'session' || this.tx.pinned)) this.resetAndRelease(conn);
       else this.ctx.pool.release(conn, clean);
       this.server = null;

@@ -225,7 +225,8 @@ export class ServerConnection implements ConnectHandler, TlsUpgradeHandler {
    * server, and not in the middle of a message it sent unprompted.
    */
   get usable(): boolean {
-    return this.phase === 'ready' && !this.broken && this.transport.writable && this.idleScanner.atBoundary;
+    // A conversation of the proxy's own still running (a settings query whose client left): its replies are yet to come.
+    return this.phase === 'ready' && !this.broken && this.transport.writable && this.idleScanner.atBoundary && this.control === null;
   }
 
   private markBroken(): void {

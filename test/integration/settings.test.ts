@@ -7,6 +7,7 @@
 import t from 'tap';
 import pg from 'pg';
 import postgres from 'postgres';
+import { ServerConnection } from '../../src/server/connection.js';
 import { withCluster } from '../helpers/cluster.js';
 import { sendCancel } from '../helpers/load.js';
 import { assertNoLeaks, frontend, psql, rawClient, simpleQuery, startProxy, type TestProxy } from '../helpers/proxy.js';
@@ -216,4 +217,33 @@ t.test('a non-ASCII value is applied right after a client that left client_encod
   await sql.end();
   c.socket.write(frontend('X'));
   await assertNoLeaks(t, proxy);
+});
+
+t.test('a client that leaves while its settings query runs: that connection is closed, never handed to the next', async (t) => {
+  // The settings query made slow, so the client is gone before it answers.
+  const proto = ServerConnection.prototype as unknown as { applySettings: (sql: string, done: unknown) => void };
+  const original = proto.applySettings;
+  proto.applySettings = function (this: ServerConnection, sql: string, done: unknown) {
+    return original.call(this, `select pg_sleep(0.4); ${sql}`, done);
+  };
+  t.teardown(() => {
+    proto.applySettings = original;
+  });
+  for (const mode of ['transaction', 'session']) {
+    const proxy = await startProxy(t, cluster, {
+      serverApplicationName: 'client',
+      services: [{ name: 'app', match: { user: 'app' }, budget: 2, poolMode: mode, queue: { timeoutMs: 10_000 } }],
+    });
+    const leaving = rawClient(proxy.port);
+    leaving.socket.write(startupPacket({ user: 'app', database: 'postgres', application_name: 'leaving' }));
+    await new Promise((r) => setTimeout(r, 100));
+    leaving.socket.destroy();
+    await new Promise((r) => setTimeout(r, 50));
+    const next = new pg.Client({ connectionString: `postgres://app@127.0.0.1:${proxy.port}/postgres`, application_name: 'next' });
+    await next.connect();
+    t.same((await next.query('select current_setting($1) as app', ['application_name'])).rows, [{ app: 'next' }], `${mode}: the next client is served, with its own settings`);
+    await next.end();
+    await assertNoLeaks(t, proxy);
+    t.ok(stats(proxy).serversClosed >= 1, `${mode}: the connection the settings query was running on was closed`);
+  }
 });
