@@ -43,9 +43,9 @@ export class Scheduler {
   private nextConnId = 1;
   private nextWaiterId = 1;
   /**
-   * The time of the last event that passed one in. The hot path
-   * (takeIdleNow) takes none; a dry run's would-be queue dates its
-   * clients by this, which is at most one sweep (50 ms) old.
+   * The time of the last acquire or dispatch (every event ends in one).
+   * The hot path (takeIdleNow) takes none; a dry run's would-be queue dates
+   * its clients by this, which is at most one sweep (50 ms) old.
    */
   private now = 0;
   /** No new server connection is opened before this time (upstream backoff). */
@@ -191,7 +191,6 @@ export class Scheduler {
     const conn = this.conn(connId);
     const s = conn.service;
     if (conn.state !== 'active') throw new Error(`release of connection ${connId} in state ${conn.state}`);
-    this.now = now;
     const actions: Action[] = [];
     const reason: CloseReason | null = !reusable
       ? 'not_reusable'
@@ -243,7 +242,6 @@ export class Scheduler {
 
   /** Periodic: queue timeouts, idle and lifetime expiry, and any opening that was paused. */
   sweep(now: number): Action[] {
-    this.now = now;
     const actions: Action[] = [];
     for (const s of this.fairness.services) {
       s.noteHeld(now); // a budget a reload changed

@@ -213,7 +213,7 @@ export class Admission implements HandshakeListener {
       user: params.user,
       database: params.database || params.user,
       applicationName: params.application_name ?? '',
-      replication: params.replication !== undefined && isReplication(params),
+      replication: isReplication(params),
     };
     const config = this.ctx.config();
     const service = matchService(config, who);

@@ -52,9 +52,8 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
    * and notification pids match it); 0 until then, and in transaction mode.
    */
   private serverPid = 0;
-  /** A replication connection: bound at login, passed through, closed with the client (counted in replicationConnections while bound). */
+  /** A replication connection: bound at login, passed through, closed with the client (counted in replicationConnections once bound: serverPid set). */
   private replication = false;
-  private countedReplication = false;
   private serviceStats: ServiceStats | null = null;
   private readonly connectedAt = Date.now();
   private closeReason = 'client disconnected';
@@ -355,10 +354,7 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
     if (this.service?.poolMode === 'session' && serverPid !== 0) {
       this.serverPid = serverPid;
       this.ctx.sessions.bindServerPid(serverPid, this);
-      if (this.replication) {
-        this.countedReplication = true;
-        this.stats().replicationConnections++;
-      }
+      if (this.replication) this.stats().replicationConnections++;
     }
     this.socket.write(welcome(params, this.applicationName, this.serverPid || this.processId, this.secretKey));
   }
@@ -478,8 +474,10 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
     if (this.forgotten) return;
     this.forgotten = true;
     this.ctx.sessions.delete(this);
-    if (this.serverPid !== 0) this.ctx.sessions.unbindServerPid(this.serverPid, this);
-    if (this.countedReplication) this.stats().replicationConnections--;
+    if (this.serverPid !== 0) {
+      this.ctx.sessions.unbindServerPid(this.serverPid, this);
+      if (this.replication) this.stats().replicationConnections--;
+    }
     if (!this.service) return;
     this.stats().clientsConnected--;
     if (this.ctx.log.isLevelEnabled('info')) {
