@@ -17,8 +17,10 @@ import { SERVER_STATEMENT_PREFIX, type ServerStatements } from './serverStatemen
 import { detectSessionState, stripSql, type SessionStateReason } from './sessionState.js';
 import { DROP_WORD, RESERVED_MARK, SESSION_WORD } from './sqlWords.js';
 
-/** RESET (one parameter or ALL) and DISCARD ALL put settings back to the connection's login values. */
+/** RESET (one parameter or ALL) and DISCARD ALL put settings back to the connection's login values (read on SQL without comments). */
 const RESETS_SETTINGS = /(^|;)\s*(reset\s|discard\s+all\b)/i;
+/** The words it needs, anywhere: the cheap test before comments are stripped. */
+const RESET_WORDS = /reset|discard/i;
 
 /** Where a session counts the errors the proxy itself puts in its stream (refusals, rewordings), by SQLSTATE. */
 export interface OwnErrors {
@@ -95,7 +97,7 @@ export class StatementLayer {
     const isQuery = msg[0] === Frontend.Query;
     const sql = isQuery ? readQuery(msg) : readParse(msg).query;
     // "reset" holds "set", and "discard" is a DROP_WORD: both are seen here.
-    if (RESETS_SETTINGS.test(sql) && RESETS_SETTINGS.test(stripSql(sql))) this.resetsSettings = true;
+    if (RESET_WORDS.test(sql) && RESETS_SETTINGS.test(stripSql(sql))) this.resetsSettings = true;
     if ((words & (SESSION_WORD | RESERVED_MARK)) === 0) return msg;
     // The server holds the proxy's statements for everyone on the connection: SQL must not name them.
     if (sql.includes('__') && sql.toLowerCase().includes(SERVER_STATEMENT_PREFIX)) return this.refused(msg, clientErrors.reservedStatementName(SERVER_STATEMENT_PREFIX));

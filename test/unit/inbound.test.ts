@@ -181,3 +181,25 @@ t.test('the tracker says which timeout is due, counting from the right moment', 
   t.equal(tx.due(limits, 4400, true), 'idle_in_transaction_timeout', 'an unsynced batch while linked');
   t.equal(tx.due(limits, 5000, false), null, 'not while waiting in the queue');
 });
+
+t.test('statements that may reset settings are flagged for the link, comments and case aside; others are not', async (t) => {
+  const cases: [string, boolean][] = [
+    ['reset timezone', true],
+    ['RESET ALL', true],
+    ['discard all', true],
+    ['/* pool */ reset search_path', true],
+    ['-- checkin\nDISCARD ALL', true],
+    ['select 1; reset application_name', true],
+    ["select 'reset timezone'", false],
+    ['set timezone = utc', false],
+    ['discard plans', false],
+    ['select 1', false],
+  ];
+  for (const [sql, flagged] of cases) {
+    for (const m of [query(sql), parse(sql)]) {
+      const { inbound } = rig(true);
+      inbound.readMessages(m, 'svc', 'pin');
+      t.equal(inbound.resetsSettings, flagged, `${m[0] === 0x51 ? 'Query' : 'Parse'} ${JSON.stringify(sql)}`);
+    }
+  }
+});
