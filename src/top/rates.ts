@@ -55,7 +55,8 @@ export function histogramQuantile(q: number, buckets: readonly Bucket[]): WaitQu
   const below = b === 0 ? 0 : buckets[b - 1].count;
   const inBucket = buckets[b].count - below;
   if (inBucket <= 0 || start >= buckets[b].le) return { seconds: buckets[b].le, beyond: false };
-  return { seconds: start + (buckets[b].le - start) * ((rank - below) / inBucket), beyond: false };
+  // Rounding can carry start + width × 1 past the bound (0.001 + 0.009 = 0.010000000000000002): never beyond it.
+  return { seconds: Math.min(buckets[b].le, start + (buckets[b].le - start) * ((rank - below) / inBucket)), beyond: false };
 }
 
 /** The wait histogram's buckets of one service, sorted by `le`. */

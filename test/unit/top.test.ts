@@ -260,6 +260,7 @@ t.test('histogramQuantile: as Prometheus estimates it', async (t) => {
   t.same(histogramQuantile(0.99, b([1, 1], [60, 1], [Infinity, 10])), { seconds: 60, beyond: true }, 'in +Inf: the highest bound, beyond');
   t.equal(histogramQuantile(0.5, b([1, 0], [Infinity, 0])), null, 'no observations');
   t.equal(histogramQuantile(0.5, b([1, 3])), null, 'no +Inf bucket');
+  t.same(histogramQuantile(1, b([0.001, 0], [0.01, 1], [Infinity, 1])), { seconds: 0.01, beyond: false }, 'the top of a bucket is its bound, whatever the rounding');
   fc.assert(
     fc.property(fc.array(fc.nat(100), { minLength: 1, maxLength: 8 }), fc.double({ min: 0, max: 1, noNaN: true }), fc.double({ min: 0, max: 1, noNaN: true }), (counts, q1, q2) => {
       const bounds = [0.001, 0.01, 0.1, 0.5, 1, 5, 10, 60].slice(0, counts.length - 1);
