@@ -120,7 +120,7 @@ export class Fairness {
       s.reserved = 0;
       return false;
     }
-    if (s.held >= s.limits.budget) {
+    if (s.held >= s.allowed) {
       // A dry run borrows a slot once the others had their turn (borrow()).
       if (!s.enforced && c.mayOpen(now)) return false;
       // At budget: an idle connection of another key is the only way to a slot.
@@ -137,7 +137,7 @@ export class Fairness {
 
   /** A dry run at or beyond its budget opens a connection with a slot free under the cap: true when it did. */
   private borrow<Out>(s: ServiceState, c: Capacity<Out>, now: number, out: Out): boolean {
-    if (s.enforced || s.held < s.limits.budget || !c.mayOpen(now)) return false;
+    if (s.enforced || s.held < s.allowed || !c.mayOpen(now)) return false;
     const key = s.unmetKey();
     if (key === null) return false;
     c.open(s, key, now, out);
@@ -172,11 +172,11 @@ export class Fairness {
 
   /** The key of waiters that only the cap keeps from a new connection (the service is under budget), or null. */
   private capBlockedKey(s: ServiceState): string | null {
-    return s.held < s.limits.budget ? s.unmetKey() : null;
+    return s.held < s.allowed ? s.unmetKey() : null;
   }
 
   private anyCanGrow(): boolean {
-    for (const s of this.order) if (s.waiting.size > 0 && (s.held < s.limits.budget || s.idle.size > 0 || !s.enforced)) return true;
+    for (const s of this.order) if (s.waiting.size > 0 && (s.held < s.allowed || s.idle.size > 0 || !s.enforced)) return true;
     return false;
   }
 

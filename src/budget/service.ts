@@ -18,6 +18,13 @@ export interface ServiceLimits {
    * service within its budget can use the slot, and gives it back first.
    */
   enforce?: boolean;
+  /**
+   * The most this process may hold now when it shares the budget with other
+   * pgbudget instances (coordination): its fair share, or what the cluster
+   * has room for. Below `budget`, it gates opening and keeping connections
+   * as a lowered budget would; `budget` stays what clients are told.
+   */
+  ceiling?: number;
 }
 
 /**
@@ -143,6 +150,12 @@ export class ServiceState {
     }
   }
 
+  /** The most it may hold: its budget, or less while other instances share it (coordination). */
+  get allowed(): number {
+    const c = this.limits.ceiling;
+    return c === undefined || c > this.limits.budget ? this.limits.budget : c;
+  }
+
   /** The budget is enforced: not a dry run. */
   get enforced(): boolean {
     return this.limits.enforce !== false;
@@ -179,7 +192,7 @@ export class ServiceState {
    * at the next sweep (50 ms).
    */
   noteHeld(now: number): void {
-    const full = this.held >= this.limits.budget;
+    const full = this.held >= this.allowed;
     if (full && this.atBudgetSince < 0) this.atBudgetSince = now;
     else if (!full && this.atBudgetSince >= 0) {
       this.atBudgetMs += Math.max(0, now - this.atBudgetSince);
@@ -194,7 +207,7 @@ export class ServiceState {
 
   /** Holds more than its enforced budget, not counting connections already closing (a reload lowered it). */
   get overBudget(): boolean {
-    return this.held - this.closing.size > this.limits.budget && this.limits.enforce !== false;
+    return this.held - this.closing.size > this.allowed && this.limits.enforce !== false;
   }
 
   /** Only for the scheduler's transition function: puts `conn` in the list of `state`. */

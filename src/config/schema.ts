@@ -8,8 +8,10 @@ import type {
   AuthMethod,
   TlsMode,
   Config,
+  CoordinationConfig,
   HostPort,
   LogLevel,
+  OnRedisDown,
   OnSessionState,
   PoolMode,
   ServerApplicationName,
@@ -19,7 +21,7 @@ import type {
   UpstreamTlsMode,
 } from '../types/config.js';
 
-export type { AdminConfig, Config, HostPort, LogLevel, OnSessionState, PoolMode, ServiceConfig, ServiceMatch, UpstreamConfig };
+export type { AdminConfig, Config, CoordinationConfig, HostPort, LogLevel, OnSessionState, PoolMode, ServiceConfig, ServiceMatch, UpstreamConfig };
 
 // Bounds of the integer fields, with the words a problem uses for them ("must be …").
 const POSITIVE = { minimum: 1, mustBe: 'a positive integer' };
@@ -407,6 +409,37 @@ export const ConfigSchema = mapping({
       },
     ),
   ),
+  coordination: Type.Optional(
+    mapping(
+      {
+        redis: mapping(
+          {
+            url: Type.Optional(Type.String({ ...NON_EMPTY, description: 'the Redis server holding the leases, `redis://[user:password@]host:port[/db]` (`rediss://` for TLS)' })),
+            urlEnv: Type.Optional(Type.String({ ...NON_EMPTY, description: 'name of an environment variable that holds the URL (it may carry a password)' })),
+            keyPrefix: defaulted(Type.String({ ...NON_EMPTY, default: 'pgbudget:', description: 'what every key pgbudget writes starts with' })),
+            commandTimeoutMs: ms(POSITIVE, 1_000, 'a Redis call not answered within this has failed (and at most `leaseTtlMs / 4`)'),
+          },
+          { description: 'where the leases are kept; one of `url` and `urlEnv`' },
+        ),
+        cluster: Type.String({ ...NON_EMPTY, pattern: '^[^{}]+$', mustBe: 'a name without braces', description: 'instances with the same name share every service budget and the cap' }),
+        leaseTtlMs: ms(
+          { minimum: 1000, mustBe: 'an integer >= 1000 (milliseconds)' },
+          10_000,
+          "a lease not renewed within this is the cluster's again: how long the room of an instance that died stays taken; renewed every third of it",
+        ),
+        onRedisDown: oneOf<OnRedisDown>(['static', 'hold'], {
+          default: 'static',
+          description:
+            'while Redis cannot be reached: `static` keeps each service to `budget / expectedReplicas` and the cap to `cap / expectedReplicas` (at least 1), growing to that only `leaseTtlMs` after losing touch; `hold` keeps what is held and opens nothing new',
+        }),
+        expectedReplicas: defaulted(Type.Integer({ ...POSITIVE, default: 1, description: 'how many instances share the cluster, for the `static` fallback' })),
+      },
+      {
+        description:
+          'one budget per service and one cap for every pgbudget instance of a cluster, through leases in Redis (see Coordination); without it each instance keeps its own',
+      },
+    ),
+  ),
   defaultService: Type.Optional(
     Type.String({ ...NON_EMPTY, description: 'the service for clients no `match` takes; without it they are refused' }),
   ),
@@ -604,6 +637,11 @@ function crossField(doc: Record<string, unknown>): Problem[] {
   for (const [at, method] of methods) {
     if (method === 'password' && tlsMode === 'disable') problems.push({ at, what: 'password needs TLS: set tls.cert and tls.key' });
     if (method === 'cert' && tlsMode !== 'verify-client') problems.push({ at, what: 'cert needs tls.mode "verify-client"' });
+  }
+  const coordination = isMapping(doc.coordination) ? doc.coordination : null;
+  const redis = coordination && isMapping(coordination.redis) ? coordination.redis : null;
+  if (redis && isName(redis.url) === isName(redis.urlEnv)) {
+    problems.push({ at: ['coordination', 'redis', 'url'], what: 'exactly one of url or urlEnv must be set' });
   }
   if (isName(doc.defaultService) && !names.has(doc.defaultService)) {
     problems.push({ at: ['defaultService'], what: `must name one of services[].name (got ${show(doc.defaultService)})` });

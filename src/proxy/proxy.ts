@@ -17,6 +17,7 @@ import { loadUpstreamTls, type UpstreamTls } from '../server/upstreamTls.js';
 import { databaseSnapshot } from '../server/headroom.js';
 import { SURGE_TICK_MS, SurgeWatch } from './surgeWatch.js';
 import { DryRunWatch } from './dryRunWatch.js';
+import { Coordinator } from '../coordination/coordinator.js';
 
 export class Proxy {
   readonly stats = new Stats();
@@ -39,6 +40,8 @@ export class Proxy {
   private upstreamTls: UpstreamTls;
   /** Each service's timeouts; a removed service's stay for the clients it still has. */
   private readonly timeouts = new Map<string, SessionTimeouts>();
+  /** Budgets and the cap shared with the cluster's other instances through Redis; null without coordination. */
+  readonly coordinator: Coordinator | null;
 
   constructor(
     private config: Config,
@@ -72,6 +75,8 @@ export class Proxy {
       clientsOf: (service) => self.stats.service(service).clientsConnected,
     };
     this.setTimeouts(config);
+    this.coordinator = config.coordination ? new Coordinator(config.coordination, this.pool, log) : null;
+    if (this.coordinator) this.pool.setGate(this.coordinator);
     this.surges = new SurgeWatch(log, this.pool.scheduler, this.stats);
     this.dryRuns = new DryRunWatch(log, this.pool.scheduler);
     for (const s of config.services) this.stats.service(s.name);
@@ -160,9 +165,11 @@ export class Proxy {
     if (next.upstream.host !== this.config.upstream.host || next.upstream.port !== this.config.upstream.port) {
       restartOnly.push('upstream' as never);
     }
+    if (JSON.stringify(next.coordination) !== JSON.stringify(this.config.coordination)) restartOnly.push('coordination' as never);
     for (const k of restartOnly) notes.push(`${k} changed: takes effect after a restart`);
     const kept = {
       ...next,
+      coordination: this.config.coordination,
       listen: this.config.listen,
       admin: { ...next.admin, host: this.config.admin.host, port: this.config.admin.port },
       upstream: { ...next.upstream, host: this.config.upstream.host, port: this.config.upstream.port },
@@ -258,6 +265,7 @@ export class Proxy {
       },
       database: databaseSnapshot(this.config, this.pool.headroom, now),
       services,
+      coordination: this.coordinator?.snapshot() ?? null,
       unmatched: {
         rejections: { ...unmatched.rejections },
         connectionAttempts: unmatched.connectionAttempts,
@@ -291,6 +299,8 @@ export class Proxy {
     await until(() => sched.totalHeld <= sched.idleConnIds().length, SHUTDOWN_GRACE_MS);
     this.pool.closeIdle();
     await until(() => this.pool.openConnections === 0, SHUTDOWN_GRACE_MS);
+    // Every connection closed: the leases go back now rather than at their expiry.
+    await this.coordinator?.stop(this.pool.openConnections === 0);
     this.pool.stop();
     if (this.sessionSweep) clearInterval(this.sessionSweep);
     if (this.surgeTick) clearInterval(this.surgeTick);

@@ -6,6 +6,7 @@ import type { ScramClientKey } from './scram.js';
 import { Scheduler, type Action, type Waiter } from '../budget/scheduler.js';
 import type { Stats } from '../budget/stats.js';
 import type { Config, ServiceConfig } from '../types/config.js';
+import type { LeaseGate, ServiceUse } from '../types/coordination.js';
 import { errorResponse, type ErrorFields } from '../protocol/encode.js';
 import { clientErrors } from '../errors.js';
 import { ServerConnection, ServerLoginError } from './connection.js';
@@ -58,6 +59,10 @@ export class ServerPool {
   private readonly timer: NodeJS.Timeout;
   /** The database's limits and others' connections, read every headroom.intervalMs. */
   readonly headroom: Headroom;
+  private gate: LeaseGate | null = null;
+  /** Coordination's ceilings: per service, and of the cap. */
+  private ceilings: ReadonlyMap<string, number> = new Map();
+  private capCeiling: number | undefined = undefined;
 
   constructor(
     private config: Config,
@@ -90,7 +95,7 @@ export class ServerPool {
     const all = [...config.services, ...internal];
     const next = new Map(all.map((s) => [s.name, s]));
     for (const s of all) {
-      this.scheduler.setService(s.name, { budget: s.budget, maxWaiting: s.queue.maxWaiting, timeoutMs: s.queue.timeoutMs, enforce: s.enforce });
+      this.scheduler.setService(s.name, this.serviceLimits(s));
       this.retired.delete(s.name);
     }
     // A removed service keeps its connected clients, under its last budget,
@@ -105,6 +110,74 @@ export class ServerPool {
     }
     this.services = next;
     this.run(this.scheduler.sweep(Date.now()));
+  }
+
+  private serviceLimits(s: ServiceConfig) {
+    return { budget: s.budget, maxWaiting: s.queue.maxWaiting, timeoutMs: s.queue.timeoutMs, enforce: s.enforce, ceiling: this.ceilings.get(s.name) };
+  }
+
+  // ---- coordination ----
+
+  /** Server connections open only with the gate's leave from now on. */
+  setGate(gate: LeaseGate): void {
+    this.gate = gate;
+  }
+
+  /** What coordination allows this instance now; a change applies at once (closing idle connections above it, opening for waiters below it). */
+  setCeilings(services: ReadonlyMap<string, number>, cap: number | undefined): void {
+    let same = cap === this.capCeiling && services.size === this.ceilings.size;
+    if (same) for (const [name, n] of services) if (this.ceilings.get(name) !== n) same = false;
+    if (same) return;
+    this.ceilings = new Map(services);
+    this.capCeiling = cap;
+    for (const [name, s] of this.services) if (this.scheduler.hasService(name)) this.scheduler.setService(name, this.serviceLimits(s));
+    this.applyCap();
+  }
+
+  /** This instance's own cap (config or headroom), before coordination's ceiling. */
+  localCap(): number {
+    return capOf(this.config.upstream, this.headroom.reading);
+  }
+
+  localServices(): ServiceUse[] {
+    const now = Date.now();
+    return this.scheduler.serviceNames().map((name) => {
+      const c = this.scheduler.counts(name);
+      const svc = this.services.get(name);
+      const own = name === AUTH_QUERY_SERVICE || name === HEADROOM_SERVICE;
+      return {
+        name,
+        budget: c.budget,
+        shared: !own && svc?.enforce !== false && !this.retired.has(name),
+        held: c.held,
+        closing: c.closing,
+        waiting: c.waiting,
+        oldestWaitMs: this.scheduler.oldestWaitMs(name, now),
+      };
+    });
+  }
+
+  connState(connId: number) {
+    return this.scheduler.connState(connId);
+  }
+
+  /**
+   * Closes a server connection now whatever it does; a client using it gets
+   * the server-lost error. The socket is closed by the server once its
+   * backend has exited, so the slot (and a lease) is freed only then: a
+   * running statement is cancelled first, so the Terminate is read at once.
+   */
+  shed(connId: number, reason: string): void {
+    const conn = this.conns.get(connId);
+    if (!conn) return;
+    const state = this.scheduler.connState(connId);
+    if (state === 'idle') this.run(this.scheduler.closing(connId, Date.now()));
+    else if (state === 'active' && conn.processId !== 0) {
+      const { host, port } = this.config.upstream;
+      const nothing = () => undefined;
+      sendCancel(host, port, conn.processId, conn.secretKey, { stillWanted: () => true, sending: nothing, settled: nothing, closed: nothing, failed: nothing });
+    }
+    conn.terminate(reason);
   }
 
   /** Removed services whose last client has left: their idle connections close, then they are forgotten. */
@@ -125,7 +198,7 @@ export class ServerPool {
 
   /** The cap in force, of upstream.maxConnections or (auto) of the last headroom reading. */
   get cap(): number {
-    return capOf(this.config.upstream, this.headroom.reading);
+    return this.localCap();
   }
 
   /** A new reading: the cap follows; a lowered one closes idle connections now and released ones until within it. */
@@ -156,8 +229,9 @@ export class ServerPool {
   }
 
   private poolLimits(config: Config) {
+    const cap = capOf(config.upstream, this.headroom.reading);
     return {
-      cap: capOf(config.upstream, this.headroom.reading),
+      cap: this.capCeiling === undefined ? cap : Math.min(cap, this.capCeiling),
       idleTimeoutMs: config.serverIdleTimeoutMs,
       lifetimeMs: config.serverLifetimeMs,
     };
@@ -383,7 +457,35 @@ export class ServerPool {
   }
   }
 
+  /** Opens a server connection, with the gate's leave when there is one. */
   private open(connId: number, service: string, key: string): void {
+    const gate = this.gate;
+    if (gate === null) {
+      this.connect(connId, service, key);
+      return;
+    }
+    const svc = this.services.get(service);
+    const shared = svc !== undefined && svc.enforce !== false && service !== AUTH_QUERY_SERVICE && service !== HEADROOM_SERVICE;
+    const refused = () => {
+      gate.released(connId);
+      if (this.scheduler.connState(connId) !== undefined) this.run(this.scheduler.closed(connId, Date.now()));
+    };
+    gate.acquire(service, connId, shared, svc?.budget ?? 0).then(
+      (ok) =>
+        this.guard(
+          'server connection lease',
+          () => {
+            // Closed meanwhile (shutdown, a reload): the lease goes back unused.
+            if (ok && this.scheduler.connState(connId) === 'opening') this.connect(connId, service, key);
+            else refused();
+          },
+          refused,
+        ),
+      () => this.guard('server connection lease', refused),
+    );
+  }
+
+  private connect(connId: number, service: string, key: string): void {
     const { user, database, params } = parsePoolKey(key);
     const svc = this.services.get(service);
     const { host, port, connectTimeoutMs } = this.config.upstream;
@@ -421,6 +523,7 @@ export class ServerPool {
     conn.onClosed = (cause) =>
       this.guard('server connection closed', () => {
         this.conns.delete(connId);
+        this.gate?.released(connId);
         this.run(this.scheduler.closed(connId, Date.now()));
         if (conn.ready || conn.processId) {
           stats.serversClosed++;

@@ -149,6 +149,20 @@ export interface HeadroomConfig {
 
 export type ServerApplicationName = 'client' | 'service';
 
+/** What an instance does while it cannot reach Redis: keep to a static share, or keep what it holds. */
+export type OnRedisDown = 'static' | 'hold';
+
+/** One budget and cap shared by every instance of a cluster, through leases in Redis. */
+export interface CoordinationConfig {
+  redis: { url?: string; urlEnv?: string; keyPrefix: string; commandTimeoutMs: number };
+  /** Instances with the same name share the budgets and the cap. */
+  cluster: string;
+  leaseTtlMs: number;
+  onRedisDown: OnRedisDown;
+  /** The static fallback divides budgets and the cap by this. */
+  expectedReplicas: number;
+}
+
 export interface Config {
   listen: HostPort;
   admin: AdminConfig;
@@ -178,6 +192,7 @@ export interface Config {
   surge: SurgeConfig;
   upstream: UpstreamConfig;
   headroom: HeadroomConfig;
+  coordination?: CoordinationConfig;
   defaultService?: string;
   services: ServiceConfig[];
 }

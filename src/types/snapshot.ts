@@ -60,6 +60,36 @@ export interface DatabaseSnapshot {
   autoCap: boolean;
 }
 
+/** A cluster's view from this instance, when budgets are shared through Redis (coordination). */
+export interface CoordinationSnapshot {
+  /** Leases renewed in Redis; false while it cannot be reached (the fallback applies). */
+  up: boolean;
+  cluster: string;
+  /** This instance's name in Redis: `host/pid/random`; its leases are `<instance>#<connection id>`. */
+  instance: string;
+  onRedisDown: string;
+  lastError: string | null;
+  downForSeconds: number;
+  /** The cap in force across the cluster (the least of the instances'), the leases of all services, the most this instance may hold now. */
+  cap: { cap: number; clusterLeases: number; ceiling: number | null };
+  services: {
+    name: string;
+    /** The budget in force across the cluster: the least of the live instances'. */
+    clusterBudget: number;
+    /** Leases of the service held by all instances. */
+    clusterLeases: number;
+    /** This instance's share: the leases it holds. */
+    leases: number;
+    /** The most this instance may hold now (its room or fair share; the fallback's while down). */
+    ceiling: number | null;
+    /** The other instances' use and demand, as they last published it. */
+    peers: { instance: string; held: number; waiting: number; oldestWaitMs: number }[];
+  }[];
+  /** Redis calls made, by what for. */
+  calls: { acquire: number; release: number; sync: number };
+  counts: { syncs: number; syncFailures: number; acquired: number; refused: number; lost: number; shed: number; downs: number };
+}
+
 export interface ProxySnapshot {
   upstream: {
     host: string;
@@ -73,6 +103,8 @@ export interface ProxySnapshot {
   /** null: no readings (headroom.user not set). */
   database: DatabaseSnapshot | null;
   services: ServiceSnapshot[];
+  /** null: no coordination configured (each instance keeps its own budgets). */
+  coordination: CoordinationSnapshot | null;
   /** Clients no service took, under the "(unmatched)" label. */
   unmatched: { rejections: Record<string, number>; connectionAttempts: number; clientErrors: Record<string, number> };
   shuttingDown: boolean;

@@ -66,7 +66,7 @@ export function promtool(args: string[]): Promise<RunResult> {
  * A port below the ephemeral range (32768 and up on Linux), so that no
  * outgoing connection takes it between this probe and Prometheus' bind.
  */
-async function probePort(): Promise<number> {
+export async function probePort(): Promise<number> {
   for (;;) {
     const port = 20000 + Math.floor(Math.random() * 12768);
     const free = await new Promise<boolean>((resolve) => {

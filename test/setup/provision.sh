@@ -24,6 +24,7 @@ need /usr/bin/python3 -c 'import psycopg2' -- python3-psycopg2 "psycopg2 for /us
 need command -v tmux -- tmux "tmux (the pseudo-terminal pgbudget top is tested in)"
 need bash -c 'command -v java && command -v javac' -- openjdk-17-jdk-headless "java and javac"
 need bash -c 'ls "${PGBUDGET_TEST_PGJDBC_JAR:-/nonexistent}" || ls ~/.m2/repository/org/postgresql/postgresql/*/postgresql-*.jar || ls /usr/share/java/postgresql.jar' -- libpostgresql-jdbc-java "the PostgreSQL JDBC driver"
+need command -v redis-server -- redis-server "redis-server (the tests of coordination start their own)"
 # promtool (checks and unit-tests the chart's alert rules) and the Prometheus server that
 # test/integration/prometheus.test.ts starts on a port of its own.
 need bash -c 'command -v promtool && command -v prometheus' -- prometheus "promtool and the Prometheus server"

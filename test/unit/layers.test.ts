@@ -1,5 +1,5 @@
 // The direction of dependencies, checked on the source: cli → proxy, admin,
-// metrics, config → client, server → budget, protocol, io, with the shared
+// metrics, config, coordination → client, server → budget, protocol, io, with the shared
 // types (types/) at the bottom; top (`pgbudget top`, a client of the admin
 // API over HTTP) reads the types alone. An import that points up fails here.
 import t from 'tap';
@@ -33,7 +33,9 @@ const ALLOWED: Record<string, readonly string[]> = {
   server: ['types', 'budget', 'protocol', 'io', 'errors', 'auth'],
   client: ['types', 'budget', 'protocol', 'io', 'errors', 'auth'],
   config: ['types'],
-  proxy: ['types', 'budget', 'protocol', 'io', 'errors', 'auth', 'client', 'server', 'config'],
+  // Leases in Redis for the pool's connections; the pool sees it only through its LeaseGate interface.
+  coordination: ['types', 'budget'],
+  proxy: ['types', 'budget', 'protocol', 'io', 'errors', 'auth', 'client', 'server', 'config', 'coordination'],
   metrics: ['types', 'budget'],
   admin: ['types', 'metrics'],
   embedded: [],

@@ -49,6 +49,7 @@ const snapshot = (services: ServiceSnapshot[], over: Partial<ProxySnapshot> = {}
     autoCap: false,
   },
   services,
+  coordination: null,
   unmatched: { rejections: {}, connectionAttempts: 0, clientErrors: {} },
   shuttingDown: false,
   ...over,
