@@ -133,18 +133,19 @@ export class Coordinator implements LeaseGate {
    * before the next sync.
    */
   async acquire(service: string, connId: number, shared: boolean, budget: number): Promise<boolean> {
-    const name = this.store.leaseName(connId);
-    if (!this.up) {
-      this.leases.set(connId, { service, name, leased: false });
-      return true;
-    }
+    const lease: Lease = { service, name: this.store.leaseName(connId), leased: false };
+    // Known before it is asked for, so a sync sent meanwhile names it (a
+    // lease it does not name is dropped as stale).
+    this.leases.set(connId, lease);
+    if (!this.up) return true;
     try {
-      const r = await this.store.acquire(name, service, shared ? budget : -1, this.pool.localCap(), this.config.leaseTtlMs);
+      const r = await this.store.acquire(lease.name, service, shared ? budget : -1, this.pool.localCap(), this.config.leaseTtlMs);
       if (r.granted) {
         this.counts.acquired++;
-        this.leases.set(connId, { service, name, leased: true });
+        lease.leased = true;
         return true;
       }
+      this.leases.delete(connId);
       this.counts.refused++;
       // Not before the next sync: the connection being refused is still counted as opening.
       const svc = this.pool.localServices().find((s) => s.name === service);
@@ -153,6 +154,7 @@ export class Coordinator implements LeaseGate {
       this.apply();
       return false;
     } catch (err) {
+      this.leases.delete(connId);
       this.failed(err as Error, Date.now());
       return false;
     }
@@ -180,18 +182,29 @@ export class Coordinator implements LeaseGate {
         if (now >= this.provenUntil - this.marginMs) this.shedOverCeilings('coordination lost: beyond the fallback share');
       }
       const every = !this.up ? Math.min(1000, Math.floor(this.config.leaseTtlMs / 3)) : this.contended() ? FAST_SYNC_MS : Math.floor(this.config.leaseTtlMs / 3);
-      if (!this.syncing && now - this.lastSyncAt >= every) void this.sync(now);
+      if (this.syncing || now - this.lastSyncAt < every) return;
+      // Not connected (at the start, or reconnecting): a call would fail at once; it counts as one once it is up or the start is over.
+      if (this.redis.status !== 'ready') {
+        this.lastSyncAt = now;
+        if (this.up || now - this.startedAt > this.commandTimeoutMs) this.failed(new Error(`Redis connection ${this.redis.status}${this.lastError ? `: ${this.lastError}` : ''}`), now);
+        return;
+      }
+      void this.sync(now);
     } catch (err) {
       this.log.error({ err }, 'pgbudget: internal error in coordination');
     }
   }
 
-  /** Clients wait here, or another instance's clients wait for a service this one holds or wants. */
+  /**
+   * Clients wait here, or on another instance: the view must be fresh for
+   * capacity to flow to them. A wait shorter than a fast sync is a
+   * hand-over between transactions, not demand the cluster must see.
+   */
   private contended(): boolean {
     const local = this.pool.localServices();
-    if (local.some((s) => s.waiting > 0)) return true;
+    if (local.some((s) => s.waiting > 0 && s.oldestWaitMs >= FAST_SYNC_MS / 2)) return true;
     if (!this.view) return false;
-    for (const s of this.view.services) for (const d of s.demand) if (d.instance !== this.instance && d.waiting > 0) return true;
+    for (const s of this.view.services) for (const d of s.demand) if (d.instance !== this.instance && d.waiting > 0 && d.oldestWaitMs >= FAST_SYNC_MS / 2) return true;
     return false;
   }
 
@@ -225,12 +238,23 @@ export class Coordinator implements LeaseGate {
       for (const l of this.leases.values()) l.leased = !lost.has(l.name);
       this.provenUntil = now + this.config.leaseTtlMs;
       if (!this.up) {
+        // Back after an outage (or holding connections opened without
+        // leases): the others may still hold connections their leases no
+        // longer show until they rejoin too, so nothing grows until they
+        // have, or the TTL has passed (after which one that has not is cut off).
+        if (this.everUp || this.leases.size > 0) {
+          this.rejoinUntil = now + this.config.leaseTtlMs;
+          this.rejoinKept.clear();
+          for (const s of local) this.rejoinKept.set(s.name, s.held - s.closing);
+          this.rejoinKeptCap = this.totalHeld();
+        }
+        this.everUp = true;
         this.up = true;
         this.toldDown = false;
         this.log.info({ cluster: this.config.cluster, instance: this.instance, lost: lost.size }, 'coordination up: leases in Redis');
       }
       this.lastError = null;
-      this.applyUp();
+      this.applyUp(now);
       if (lost.size > 0) {
         this.counts.lost += lost.size;
         for (const [connId, l] of this.leases) if (lost.has(l.name)) this.shedOne(connId, 'lease lost: the cluster has no room for it');
@@ -244,6 +268,11 @@ export class Coordinator implements LeaseGate {
   }
 
   private disagreement = '';
+  private everUp = false;
+  /** After rejoining: until when nothing grows beyond what was held then (unless every expected instance is back). */
+  private rejoinUntil = 0;
+  private readonly rejoinKept = new Map<string, number>();
+  private rejoinKeptCap = 0;
   /** The change to down has been logged (once per outage, the start included). */
   private toldDown = false;
 
@@ -291,9 +320,14 @@ export class Coordinator implements LeaseGate {
   }
 
   /** Ceilings from the cluster's view: its room, and fair shares where clients wait elsewhere. */
-  private applyUp(): void {
+  private applyUp(now: number): void {
     const r = this.view!;
     const local = this.pool.localServices();
+    if (this.rejoinUntil !== 0 && (now >= this.rejoinUntil || r.liveInstances >= this.config.expectedReplicas)) {
+      this.rejoinUntil = 0;
+      this.log.info({ cluster: this.config.cluster, liveInstances: r.liveInstances }, 'coordination: rejoined, budgets shared again');
+    }
+    const rejoining = this.rejoinUntil !== 0;
     this.ceilings.clear();
     const perInstance = new Map<string, InstanceDemand>();
     for (const s of r.services) {
@@ -307,11 +341,21 @@ export class Coordinator implements LeaseGate {
       const own = local.find((l) => l.name === s.name);
       if (!own?.shared || s.budget < 0) continue;
       const others = s.demand.filter((d) => d.instance !== this.instance);
-      this.ceilings.set(s.name, ceilingUp({ budget: s.budget, leases: s.leases, self: { instance: this.instance, held: own.held, waiting: own.waiting }, others }));
+      let ceiling = ceilingUp({ budget: s.budget, leases: s.leases, self: { instance: this.instance, held: own.held, waiting: own.waiting }, others });
+      if (rejoining) ceiling = Math.min(ceiling, this.keptSince(this.rejoinKept, s.name, own.held - own.closing));
+      this.ceilings.set(s.name, ceiling);
     }
     const self = { instance: this.instance, held: this.totalHeld(), waiting: local.reduce((n, s) => n + s.waiting, 0) };
     this.capCeiling = ceilingUp({ budget: r.cap, leases: r.allLeases, self, others: [...perInstance.values()] });
+    if (rejoining) this.capCeiling = Math.min(this.capCeiling, (this.rejoinKeptCap = Math.min(this.rejoinKeptCap, self.held)));
     this.apply();
+  }
+
+  /** What a service may keep of what it held when `kept` was taken: down as its connections close, never up. */
+  private keptSince(kept: Map<string, number>, name: string, holds: number): number {
+    const n = Math.min(kept.get(name) ?? 0, holds);
+    kept.set(name, n);
+    return n;
   }
 
   /** Ceilings of the fallback (see ceilingDown). */
@@ -320,8 +364,7 @@ export class Coordinator implements LeaseGate {
     this.ceilings.clear();
     for (const s of this.pool.localServices()) {
       if (!s.shared) continue;
-      const kept = Math.min(this.kept.get(s.name) ?? 0, s.held - s.closing);
-      this.kept.set(s.name, kept);
+      const kept = this.keptSince(this.kept, s.name, s.held - s.closing);
       const synced = this.view?.services.find((v) => v.name === s.name)?.budget ?? -1;
       const budget = synced >= 0 ? Math.min(synced, s.budget) : s.budget;
       this.ceilings.set(s.name, ceilingDown(onRedisDown, kept, staticShare(budget, expectedReplicas), now, this.growAt));

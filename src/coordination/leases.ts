@@ -66,11 +66,13 @@ return {1, held, budget, all, cap}
 /**
  * ARGV: prefix, instance, ttl, JSON {cap, info, services: [{n, b, h, w, o, m: [leases]}]}.
  * Renews every lease named; one that expired is taken again where there is
- * room, else it is lost. Publishes the instance's limits and demand.
- * Returns {cap, all leases, lost leases, [[service, budget, leases, [instance, "held waiting oldest", ...]], ...]}.
+ * room, else it is lost; one of the instance's own that it does not name
+ * goes. Publishes the instance's limits and demand.
+ * Returns {cap, all leases, lost leases, [[service, budget, leases, [instance, "held waiting oldest", ...]], ...], live instances}.
  */
 const SYNC = `${PRELUDE}
 local inst, ttl = ARGV[2], tonumber(ARGV[3])
+local mine = inst .. '#'
 local a = cjson.decode(ARGV[4])
 redis.call('ZADD', live, now + ttl, inst)
 redis.call('HSET', p .. 'info', inst, a.info)
@@ -88,6 +90,16 @@ for _, s in ipairs(a.services) do
   if budget >= 0 then budget = least(p .. 'budget:' .. s.n, budget) end
   local demandKey = p .. 'demand:' .. s.n
   redis.call('HSET', demandKey, inst, s.h .. ' ' .. s.w .. ' ' .. s.o)
+  -- A lease of this instance that it no longer names is stale (a call that
+  -- timed out here and ran late there): it goes, so it takes no room.
+  local named = {}
+  for _, lease in ipairs(s.m) do named[lease] = true end
+  for _, lease in ipairs(redis.call('ZRANGE', leaseKey, 0, -1)) do
+    if string.sub(lease, 1, #mine) == mine and not named[lease] then
+      redis.call('ZREM', leaseKey, lease)
+      redis.call('ZREM', capKey, lease)
+    end
+  end
   for _, lease in ipairs(s.m) do
     if redis.call('ZSCORE', leaseKey, lease) or ((budget < 0 or redis.call('ZCARD', leaseKey) < budget) and redis.call('ZCARD', capKey) < cap) then
       redis.call('ZADD', leaseKey, now + ttl, lease)
@@ -99,7 +111,7 @@ for _, s in ipairs(a.services) do
   least(demandKey, -1)
   out[#out + 1] = {s.n, budget, redis.call('ZCARD', leaseKey), redis.call('HGETALL', demandKey)}
 end
-return {cap, redis.call('ZCARD', capKey), lost, out}
+return {cap, redis.call('ZCARD', capKey), lost, out, redis.call('ZCARD', live)}
 `;
 
 /** ARGV: prefix, instance, lease, service. */
@@ -168,6 +180,8 @@ export interface SyncResult {
   allLeases: number;
   lost: string[];
   services: SyncedService[];
+  /** Instances whose last sync is younger than the TTL, this one included. */
+  liveInstances: number;
 }
 
 type Script = (...args: (string | number)[]) => Promise<unknown>;
@@ -215,12 +229,13 @@ export class LeaseStore {
       services: services.map((s) => ({ n: s.name, b: s.budget, h: s.held, w: s.waiting, o: Math.round(s.oldestWaitMs), m: s.leases })),
     });
     // cjson decodes an empty JSON array as an empty object: the script's ipairs walks neither.
-    const r = (await this.script('pgbudgetSync')(this.live, this.prefix, this.instance, ttlMs, payload)) as [number, number, string[], [string, number, number, string[]][]];
+    const r = (await this.script('pgbudgetSync')(this.live, this.prefix, this.instance, ttlMs, payload)) as [number, number, string[], [string, number, number, string[]][], number];
     return {
       cap: r[0],
       allLeases: r[1],
       lost: r[2],
       services: r[3].map(([name, budget, leases, flat]) => ({ name, budget, leases, demand: parseDemand(flat) })),
+      liveInstances: r[4],
     };
   }
 

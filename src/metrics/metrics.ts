@@ -5,6 +5,7 @@ import client from 'prom-client';
 import { CONNECT_BUCKETS, QUEUE_WAIT_BUCKETS, UNMATCHED, type Histogram, type Stats } from '../budget/stats.js';
 import type { ProxySnapshot } from '../types/snapshot.js';
 import { registerDatabaseMetrics } from './database.js';
+import { registerCoordinationMetrics } from './coordination.js';
 
 export interface MetricsSource {
   snapshot(): ProxySnapshot;
@@ -201,6 +202,7 @@ export class Metrics {
       ),
     );
     registerDatabaseMetrics(this.registry, () => self.snap);
+    registerCoordinationMetrics(this.registry, () => self.snap);
     client.collectDefaultMetrics({ register: this.registry, prefix: 'pgbudget_' });
   }
 

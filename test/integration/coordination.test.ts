@@ -32,8 +32,11 @@ function config(redis: TestRedis, name: string, over: { budget?: number; cap?: n
   };
 }
 
-async function instances(n: number, redis: TestRedis, name: string, over: Parameters<typeof config>[2] = {}): Promise<SpawnedProxy[]> {
-  const all = await Promise.all(Array.from({ length: n }, () => spawnProxy(t, cluster, config(redis, name, over))));
+type Teardown = Parameters<typeof spawnProxy>[0];
+
+/** `n` instances of the CLI sharing budgets through `redis` as cluster `name`, stopped at the end of `tt`. */
+async function instances(tt: Teardown, n: number, redis: TestRedis, name: string, over: Parameters<typeof config>[2] = {}): Promise<SpawnedProxy[]> {
+  const all = await Promise.all(Array.from({ length: n }, () => spawnProxy(tt, cluster, config(redis, name, over))));
   for (const p of all) await until('coordination up', async () => (await status(p)).coordination?.up === true);
   return all;
 }
@@ -111,8 +114,9 @@ async function pgbench(port: number, user: string, clients: number, seconds: num
 
 t.test('a storm through 4 instances: 8 for segmentation and 16 in all, never more, every query served', async (t) => {
   const redis = await startRedis(t);
-  const proxies = await instances(4, redis, 'storm');
+  const proxies = await instances(t, 4, redis, 'storm');
   const watch = sampler();
+  const callsBefore = await Promise.all(proxies.map(status));
   const [storms, web] = await Promise.all([
     Promise.all(proxies.map((p) => pgbench(p.port, 'segmentation', 100, 8, 'select pg_sleep(0.01);'))),
     pgbench(proxies[0].port, 'web', 3, 8, 'select 1;'),
@@ -129,5 +133,274 @@ t.test('a storm through 4 instances: 8 for segmentation and 16 in all, never mor
   t.ok(seen.maxSeg <= 8, `segmentation never above its budget of 8 (peak ${seen.maxSeg})`);
   t.ok(seen.maxAll <= 16, `all services never above the cap of 16 (peak ${seen.maxAll})`);
   t.ok(seen.maxSeg >= 6, `the storm used the budget (peak ${seen.maxSeg})`);
-  t.comment(`storm: peak segmentation ${seen.maxSeg}/8, peak all ${seen.maxAll}/16, ${storms.reduce((n, s) => n + s.transactions, 0)} storm transactions, web ${web.transactions}`);
+  const callsAfter = await Promise.all(proxies.map(status));
+  const calls = (op: 'acquire' | 'release' | 'sync') => callsAfter.reduce((n, s, i) => n + s.coordination!.calls[op] - callsBefore[i].coordination!.calls[op], 0);
+  const total = storms.reduce((n, s) => n + s.transactions, 0) + web.transactions;
+  t.comment(
+    `storm: peak segmentation ${seen.maxSeg}/8, peak all ${seen.maxAll}/16, ${total - web.transactions} storm transactions, web ${web.transactions}; ` +
+      `Redis calls acquire ${calls('acquire')} release ${calls('release')} sync ${calls('sync')}: ${(((calls('acquire') + calls('release') + calls('sync')) / total) * 1000).toFixed(1)} per 1,000 transactions`,
+  );
+});
+
+/** The leases in Redis, read from Redis alone: per holder instance, for one set. */
+async function leasesByInstance(redis: TestRedis, cluster: string, set: string): Promise<Map<string, number>> {
+  const c = redis.client();
+  try {
+    const members = await c.zrangebyscore(`pgbudget:{${cluster}}:${set}`, Date.now(), '+inf');
+    const out = new Map<string, number>();
+    for (const m of members) {
+      const inst = m.slice(0, m.lastIndexOf('#'));
+      out.set(inst, (out.get(inst) ?? 0) + 1);
+    }
+    return out;
+  } finally {
+    c.disconnect();
+  }
+}
+
+t.test('kill -9 of an instance mid-storm: its leases return within leaseTtlMs, the others get the room', async (t) => {
+  const redis = await startRedis(t);
+  const proxies = await instances(t, 3, redis, 'crash');
+  const watch = sampler();
+  const victimName = (await status(proxies[0])).coordination!.instance;
+  const benches = proxies.map((p) => pgbench(p.port, 'segmentation', 40, 9, 'select pg_sleep(0.01);'));
+  await until('the victim holds leases', async () => (await leasesByInstance(redis, 'crash', 'lease:segmentation')).has(victimName));
+  await sleep(2000);
+  const before = (await leasesByInstance(redis, 'crash', 'lease:segmentation')).get(victimName) ?? 0;
+  t.ok(before > 0, `the victim holds ${before} of the 8 before it dies`);
+  const killedAt = Date.now();
+  proxies[0].proc.kill('SIGKILL');
+  await until('the victim leases gone', async () => !(await leasesByInstance(redis, 'crash', 'lease:segmentation')).has(victimName), TTL + 3000);
+  const goneMs = Date.now() - killedAt;
+  t.ok(goneMs <= TTL + 200, `its leases gone from Redis ${goneMs} ms after the kill (leaseTtlMs ${TTL})`);
+  await until('the survivors hold the whole budget', async () => (await held(proxies[1], 'segmentation')) + (await held(proxies[2], 'segmentation')) === 8, TTL + 3000);
+  const roomMs = Date.now() - killedAt;
+  t.ok(roomMs <= TTL + 1000, `the survivors hold all 8 ${roomMs} ms after the kill`);
+  const [victim, ...survivors] = await Promise.all(benches);
+  t.not(victim.code, 0, 'the victim instance pgbench lost its connections with it');
+  for (const [i, s] of survivors.entries()) t.same([s.code, s.failed], [0, 0], `survivor ${i + 1}: ${s.transactions} transactions, none failed`);
+  const seen = await watch.stop();
+  t.ok(seen.maxSeg <= 8 && seen.maxAll <= 16, `never above the budget or the cap (peaks ${seen.maxSeg}/8, ${seen.maxAll}/16)`);
+  t.comment(`kill -9: victim held ${before}; its leases gone after ${goneMs} ms; survivors at 8 after ${roomMs} ms; peaks ${seen.maxSeg}/8 and ${seen.maxAll}/16`);
+});
+
+/** Every instance's segmentation connections, by /status. */
+async function heldEach(proxies: SpawnedProxy[]): Promise<number[]> {
+  return Promise.all(proxies.map((p) => held(p, 'segmentation')));
+}
+
+for (const fault of ['stop', 'pause'] as const) {
+  const what = fault === 'stop' ? 'Redis stopped mid-load, then started again (empty)' : 'Redis paused (SIGSTOP) for twice the TTL';
+  t.test(`${what}: static shares hold the bounds, the instances rejoin`, async (t) => {
+    const redis = await startRedis(t);
+    const proxies = await instances(t, 4, redis, `fault-${fault}`);
+    const watch = sampler();
+    const benches = proxies.map((p) => pgbench(p.port, 'segmentation', 30, 14, 'select pg_sleep(0.01);'));
+    const web = pgbench(proxies[1].port, 'web', 2, 14, 'select 1;');
+    await sleep(2500);
+    const up = watch.now;
+    if (fault === 'stop') await redis.stop();
+    else redis.pause();
+    const faultAt = Date.now();
+    await until('every instance down', async () => (await Promise.all(proxies.map(status))).every((s) => s.coordination?.up === false), 3000);
+    t.ok(true, `every instance saw the fault within ${Date.now() - faultAt} ms`);
+    // By then every instance has shrunk to its static share (8 / 4) and may have grown to it.
+    await sleep(TTL + 500 - (Date.now() - faultAt));
+    const shares: number[][] = [];
+    for (let i = 0; i < 5; i++) {
+      shares.push(await heldEach(proxies));
+      await sleep(200);
+    }
+    t.ok(shares.every((row) => row.every((n) => n <= 2)), `each instance within its static share of 2: ${JSON.stringify(shares)}`);
+    t.ok(shares.some((row) => row.reduce((a, b) => a + b, 0) >= 6), 'and the shares are used');
+    const down = watch.now;
+    await sleep(Math.max(0, 2 * TTL - (Date.now() - faultAt)));
+    if (fault === 'stop') await redis.start();
+    else redis.resume();
+    const backAt = Date.now();
+    await until('every instance rejoined', async () => (await Promise.all(proxies.map(status))).every((s) => s.coordination?.up === true), 5000);
+    const rejoinMs = Date.now() - backAt;
+    const leases = [...(await leasesByInstance(redis, `fault-${fault}`, 'lease:segmentation')).values()].reduce((a, b) => a + b, 0);
+    t.ok(leases <= 8, `after rejoining, ${leases} segmentation leases in Redis`);
+    const benched = await Promise.all(benches);
+    for (const [i, s] of benched.entries()) t.same([s.code, s.failed], [0, 0], `instance ${i}: ${s.transactions} storm transactions, none failed`);
+    t.equal((await web).code, 0, 'web kept working');
+    const seen = await watch.stop();
+    t.ok(seen.maxSeg <= 8, `segmentation never above 8 across the fault (peak ${seen.maxSeg}; ${up.maxSeg} before it, ${down.maxSeg} to the end of the fallback)`);
+    t.ok(seen.maxAll <= 16, `never above the cap of 16 (peak ${seen.maxAll})`);
+    t.comment(`${fault}: peaks ${seen.maxSeg}/8 and ${seen.maxAll}/16; static shares ${JSON.stringify(shares)}; rejoined ${rejoinMs} ms after Redis came back`);
+  });
+}
+
+t.test('fairness: one instance storms, another has 3 clients of the same service; the 3 are served within a bounded wait', async (t) => {
+  const redis = await startRedis(t);
+  const [storm, few] = await instances(t, 2, redis, 'fair', { expectedReplicas: 2 });
+  const watch = sampler();
+  const bench = pgbench(storm.port, 'segmentation', 100, 10, 'select pg_sleep(0.05);');
+  await until('the storm holds all 8', async () => (await held(storm, 'segmentation')) === 8);
+  const waits: number[] = [];
+  let errors = 0;
+  const stopAt = Date.now() + 7000;
+  await Promise.all(
+    Array.from({ length: 3 }, async () => {
+      const c = new pg.Client({ connectionString: `postgres://segmentation@127.0.0.1:${few.port}/postgres` });
+      // The login waits too (its welcome comes from a server connection the first time).
+      const connecting = Date.now();
+      await c.connect();
+      waits.push(Date.now() - connecting);
+      while (Date.now() < stopAt) {
+        const started = Date.now();
+        try {
+          await c.query('select pg_sleep(0.05)');
+          waits.push(Date.now() - started - 50);
+        } catch {
+          errors++;
+        }
+      }
+      await c.end();
+    }),
+  );
+  const mid = await Promise.all([held(storm, 'segmentation'), held(few, 'segmentation')]);
+  const s = await bench;
+  const seen = await watch.stop();
+  waits.sort((a, b) => a - b);
+  const p50 = waits[Math.floor(waits.length / 2)];
+  const max = waits[waits.length - 1];
+  t.equal(errors, 0, 'every query of the few succeeded');
+  t.ok(waits.length >= 150, `the few ran ${waits.length} statements in 7 s`);
+  t.ok(max <= 2500, `the longest wait of the few: ${max} ms (the first, before the storm gives back)`);
+  t.ok(p50 <= 100, `their median wait: ${p50} ms`);
+  t.same([s.code, s.failed], [0, 0], `the storm: ${s.transactions} transactions, none failed`);
+  t.ok(seen.maxSeg <= 8, `never above 8 (peak ${seen.maxSeg})`);
+  t.comment(`fairness: the few waited median ${p50} ms, max ${max} ms, over ${waits.length} statements; shares at the end storm/few ${mid.join('/')}; storm ${s.transactions} transactions`);
+});
+
+t.test('churn: Redis calls follow server connection opens, not transactions', async (t) => {
+  const redis = await startRedis(t);
+  const proxies = await instances(t, 2, redis, 'churn', { expectedReplicas: 2 });
+  const callsOf = async () => {
+    const snaps = await Promise.all(proxies.map(status));
+    return {
+      opened: snaps.reduce((n, s) => n + (s.services.find((x) => x.name === 'web')?.serversOpened ?? 0), 0),
+      acquire: snaps.reduce((n, s) => n + s.coordination!.calls.acquire, 0),
+      release: snaps.reduce((n, s) => n + s.coordination!.calls.release, 0),
+      sync: snaps.reduce((n, s) => n + s.coordination!.calls.sync, 0),
+    };
+  };
+  const before = await redis.commandCounts();
+  const start = await callsOf();
+  const runs = await Promise.all(proxies.map((p) => pgbench(p.port, 'web', 2, 6, 'select 1;')));
+  const after = await redis.commandCounts();
+  const end = await callsOf();
+  const transactions = runs.reduce((n, r) => n + r.transactions, 0);
+  const scripts = (after.evalsha ?? 0) + (after.eval ?? 0) - (before.evalsha ?? 0) - (before.eval ?? 0);
+  const opened = end.opened - start.opened;
+  const calls = { acquire: end.acquire - start.acquire, release: end.release - start.release, sync: end.sync - start.sync };
+  t.ok(transactions > 5000, `${transactions} transactions`);
+  t.ok(calls.acquire <= opened + 2, `${calls.acquire} acquires for ${opened} server connections opened`);
+  // A sync every leaseTtlMs / 3 per instance for the 6 s, a few more (every 100 ms) while pgbench's clients log in and queue.
+  t.ok(calls.sync <= 2 * (Math.ceil(6000 / (TTL / 3)) + 6), `${calls.sync} syncs`);
+  const per1000 = (scripts / transactions) * 1000;
+  t.ok(per1000 < 1, `${scripts} Redis script calls for ${transactions} transactions: ${per1000.toFixed(3)} per 1,000`);
+  t.comment(`churn: ${transactions} transactions, ${opened} server connections opened, Redis calls acquire ${calls.acquire} release ${calls.release} sync ${calls.sync}; ${scripts} scripts run in Redis (commandstats): ${per1000.toFixed(3)} per 1,000 transactions`);
+});
+
+t.test('the cluster view: /status, the metrics and Redis alone; a budget lowered on one instance applies to all', async (t) => {
+  const redis = await startRedis(t);
+  const [a, b] = await instances(t, 2, redis, 'view', { expectedReplicas: 2 });
+  const watch = sampler();
+  const stormA = pgbench(a.port, 'segmentation', 30, 12, 'select pg_sleep(0.02);');
+  const stormB = pgbench(b.port, 'segmentation', 5, 12, 'select pg_sleep(0.02);');
+  await until('both hold some', async () => (await held(a, 'segmentation')) > 0 && (await held(b, 'segmentation')) > 0);
+  await sleep(500);
+  const [sa, sb] = await Promise.all([status(a), status(b)]);
+  const ca = sa.coordination!;
+  const segA = ca.services.find((s) => s.name === 'segmentation')!;
+  t.equal(ca.up, true, '/status: coordination up');
+  t.equal(segA.clusterBudget, 8, '/status: the cluster budget');
+  t.ok(segA.clusterLeases <= 8 && segA.clusterLeases >= segA.leases && segA.leases > 0, `/status: ${segA.clusterLeases} leases in the cluster, ${segA.leases} of them this instance's`);
+  t.same(
+    segA.peers.map((p) => p.instance),
+    [sb.coordination!.instance],
+    "/status: the other instance's demand, by its name",
+  );
+  const body = (await scrape(a.adminPort)).body;
+  for (const name of ['pgbudget_coordination_up{cluster="view"} 1', 'pgbudget_cluster_budget_connections{service="segmentation"} 8', 'pgbudget_cluster_leases{service="segmentation"}', 'pgbudget_cluster_instance_leases{service="segmentation"}', 'pgbudget_cluster_peer_waiting_clients{service="segmentation"}', 'pgbudget_cluster_cap_connections 16', 'pgbudget_coordination_redis_calls_total{op="sync"}']) {
+    t.ok(body.includes(name), `metrics: ${name}`);
+  }
+  // Redis alone: which instance holds what, and who they are.
+  const byInstance = await leasesByInstance(redis, 'view', 'lease:segmentation');
+  t.same([...byInstance.keys()].sort(), [ca.instance, sb.coordination!.instance].sort(), 'Redis alone: the leases name their instances');
+  const c = redis.client();
+  const info = await c.hgetall('pgbudget:{view}:info');
+  t.equal(JSON.parse(info[ca.instance]).pid, a.proc.pid, "Redis alone: an instance's host and pid");
+  const budgets = await c.hgetall('pgbudget:{view}:budget:segmentation');
+  t.same(Object.values(budgets), ['8', '8'], "Redis alone: each instance's budget");
+  c.disconnect();
+
+  // One instance's file lowers the budget: every instance keeps to the smaller one.
+  await a.writeConfig({ ...config(redis, 'view', { expectedReplicas: 2 }), services: config(redis, 'view').services.map((s) => (s.name === 'segmentation' ? { ...s, budget: 4 } : s)) });
+  a.proc.kill('SIGHUP');
+  await b.waitForLog(/disagree on budgets/, 5000);
+  t.ok(true, 'the other instance logs that the files disagree');
+  await until('both at the smaller budget', async () => (await Promise.all([status(a), status(b)])).every((s) => s.coordination!.services.find((x) => x.name === 'segmentation')!.clusterBudget === 4), 5000);
+  await until('the cluster within 4', async () => (await held(a, 'segmentation')) + (await held(b, 'segmentation')) <= 4, 5000);
+  const afterLower = sampler();
+  await sleep(1500);
+  const lowered = await afterLower.stop();
+  t.ok(lowered.maxSeg <= 4, `once settled, never above the smaller budget of 4 (peak ${lowered.maxSeg})`);
+  await b.writeConfig({ ...config(redis, 'view', { expectedReplicas: 2 }), services: config(redis, 'view').services.map((s) => (s.name === 'segmentation' ? { ...s, budget: 4 } : s)) });
+  b.proc.kill('SIGHUP');
+  await b.waitForLog(/agree on budgets again/, 5000);
+  t.ok(true, 'and that they agree again once its file says the same');
+  const [ra, rb] = await Promise.all([stormA, stormB]);
+  t.same([ra.code, ra.failed, rb.code, rb.failed], [0, 0, 0, 0], `both storms served: ${ra.transactions} and ${rb.transactions} transactions`);
+  const seen = await watch.stop();
+  t.ok(seen.maxSeg <= 8, `never above 8 (peak ${seen.maxSeg})`);
+});
+
+t.test('hold: while Redis is down an instance keeps what it holds and opens nothing new', async (t) => {
+  const redis = await startRedis(t);
+  const [a] = await instances(t, 1, redis, 'hold', { onRedisDown: 'hold', expectedReplicas: 1 });
+  /** 4 web clients at once, each a 0.2 s statement; how many succeeded. */
+  const webBurst = async () => {
+    const results = await Promise.allSettled(
+      Array.from({ length: 4 }, async () => {
+        const c = new pg.Client({ connectionString: `postgres://web@127.0.0.1:${a.port}/postgres` });
+        await c.connect();
+        try {
+          await c.query('select pg_sleep(0.2)');
+        } finally {
+          await c.end();
+        }
+      }),
+    );
+    return results.filter((r) => r.status === 'fulfilled').length;
+  };
+  const webOpened = async () => (await status(a)).services.find((s) => s.name === 'web')!.serversOpened;
+  const storm = pgbench(a.port, 'segmentation', 20, 8, 'select pg_sleep(0.01);');
+  await until('the storm holds 8', async () => (await held(a, 'segmentation')) === 8);
+  t.equal(await webBurst(), 4, 'web: 4 statements at once');
+  t.equal(await held(a, 'web'), 4, 'web holds 4 server connections, idle now');
+  await redis.stop();
+  await until('down', async () => (await status(a)).coordination?.up === false, 3000);
+  const openedAtDown = await webOpened();
+  // Two of web's idle server connections end (killed on the server): hold opens none in their place.
+  await cluster.query(`select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'pgbudget:web' limit 2`);
+  await until('web down to 2', async () => (await held(a, 'web')) === 2, 3000);
+  t.equal(await webBurst(), 4, 'web: 4 statements at once still succeed, on the 2 it kept');
+  t.equal(await held(a, 'web'), 2, 'web still holds 2');
+  t.equal(await webOpened(), openedAtDown, 'and opened no server connection while Redis was down');
+  const seen: number[] = [];
+  for (let i = 0; i < 10; i++) {
+    seen.push(await held(a, 'segmentation'));
+    await sleep(150);
+  }
+  t.ok(seen.every((n) => n === 8), `segmentation keeps its 8 (${seen.join(' ')})`);
+  await redis.start();
+  await until('up again', async () => (await status(a)).coordination?.up === true, 5000);
+  t.equal(await webBurst(), 4, 'web after Redis is back');
+  t.equal(await held(a, 'web'), 4, 'web grows to 4 again');
+  const r = await storm;
+  t.same([r.code, r.failed], [0, 0], `the storm: ${r.transactions} transactions, none failed`);
 });
