@@ -43,6 +43,8 @@ interface Lease {
 }
 
 const FAST_SYNC_MS = 100;
+/** Milliseconds on a monotonic clock: a lease's proof must not move with the wall clock. */
+const clock = () => performance.now();
 const TICK_MS = 50;
 
 export class Coordinator implements LeaseGate {
@@ -67,7 +69,8 @@ export class Coordinator implements LeaseGate {
   private lastSyncAt = 0;
   private readonly timer: NodeJS.Timeout;
   private stopped = false;
-  private readonly startedAt = Date.now();
+  private readonly startedAt = clock();
+  private readonly startedIso = new Date().toISOString();
   readonly counts = { syncs: 0, syncFailures: 0, acquired: 0, refused: 0, lost: 0, shed: 0, downs: 0 };
   private lastError: string | null = null;
 
@@ -75,7 +78,7 @@ export class Coordinator implements LeaseGate {
     private readonly config: CoordinationConfig,
     private readonly pool: CoordinatedPool,
     private readonly log: Logger,
-    now = Date.now(),
+    now = clock(),
   ) {
     const url = config.redis.url ?? process.env[config.redis.urlEnv ?? ''] ?? '';
     this.instance = `${hostname()}/${process.pid}/${Math.random().toString(36).slice(2, 8)}`;
@@ -94,13 +97,13 @@ export class Coordinator implements LeaseGate {
     });
     // Connected (again): sync now rather than at the next retry, to rejoin soon.
     this.redis.on('ready', () => {
-      if (!this.syncing && !this.stopped) void this.sync(Date.now());
+      if (!this.syncing && !this.stopped) void this.sync(clock());
     });
     this.store = new LeaseStore(this.redis, `${config.redis.keyPrefix}{${config.cluster}}:`, this.instance);
     // Until the first sync: down since the start, so nothing opens unproven.
     this.downSince = now;
     this.growAt = now + config.leaseTtlMs;
-    this.timer = setInterval(() => this.tick(Date.now()), TICK_MS);
+    this.timer = setInterval(() => this.tick(clock()), TICK_MS);
     this.timer.unref();
     this.applyDown(now);
   }
@@ -155,7 +158,7 @@ export class Coordinator implements LeaseGate {
       return false;
     } catch (err) {
       this.leases.delete(connId);
-      this.failed(err as Error, Date.now());
+      this.failed(err as Error, clock());
       return false;
     }
   }
@@ -228,7 +231,7 @@ export class Coordinator implements LeaseGate {
     }));
     // Leases of services the scheduler forgot (a connection still closing after a reload) are renewed too.
     for (const [name, leases] of byService) if (!local.some((s) => s.name === name)) services.push({ name, budget: -1, held: leases.length, waiting: 0, oldestWaitMs: 0, leases });
-    const info = JSON.stringify({ host: hostname(), pid: process.pid, since: new Date(this.startedAt).toISOString() });
+    const info = JSON.stringify({ host: hostname(), pid: process.pid, since: this.startedIso });
     try {
       const r = await this.store.sync(this.pool.localCap(), info, services, this.config.leaseTtlMs);
       if (this.stopped) return;
@@ -261,7 +264,7 @@ export class Coordinator implements LeaseGate {
       }
       this.warnDisagreement(local, r);
     } catch (err) {
-      this.failed(err as Error, Date.now());
+      this.failed(err as Error, clock());
     } finally {
       this.syncing = false;
     }
@@ -421,7 +424,7 @@ export class Coordinator implements LeaseGate {
       instance: this.instance,
       onRedisDown: this.config.onRedisDown,
       lastError: this.up ? null : this.lastError,
-      downForSeconds: this.up ? 0 : (Date.now() - this.downSince) / 1000,
+      downForSeconds: this.up ? 0 : (clock() - this.downSince) / 1000,
       cap: { cap: this.view?.cap ?? this.pool.localCap(), clusterLeases: this.view?.allLeases ?? 0, ceiling: this.capCeiling ?? null },
       services: local
         .filter((s) => s.shared)
@@ -439,6 +442,11 @@ export class Coordinator implements LeaseGate {
       calls: { ...this.store.calls },
       counts: { ...this.counts },
     };
+  }
+
+  /** The config was reloaded: publish its budgets now rather than at the next renewal. */
+  reloaded(): void {
+    if (this.up && !this.syncing && !this.stopped) void this.sync(clock());
   }
 
   /** Stops renewing; with `leave`, gives every lease back at once (the connections have closed). */

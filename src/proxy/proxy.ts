@@ -194,6 +194,7 @@ export class Proxy {
       for (const s of kept.services) this.stats.service(s.name);
       this.pool.applyConfig(kept);
       this.setTimeouts(kept);
+      this.coordinator?.reloaded();
     } catch (err) {
       // Half applied is worse than not at all: back to the running config.
       this.config = previous;

@@ -77,6 +77,9 @@ export function renderFrame(frame: Frame, opts: ViewOptions): string[] {
   }
   lines.push(upstreamLine(frame.status.upstream));
   lines.push(databaseLine(frame.status.database));
+  const cluster = frame.status.coordination ?? null;
+  if (cluster !== null) lines.push(clusterLine(cluster));
+  if (cluster !== null && !cluster.up && cluster.lastError) lines.push(...wrap(`! redis: ${cluster.lastError}`, width).map((l): Line => [[l, ['red']]]));
   if (frame.metricsError !== null) lines.push(...wrap(`! /metrics: ${frame.metricsError}`, width).map((l): Line => [[l, ['yellow']]]));
   lines.push([]);
 
@@ -92,7 +95,8 @@ export function renderFrame(frame: Frame, opts: ViewOptions): string[] {
   );
 
   const services = sortServices(frame.status.services);
-  const footer: Line[] = [[], [[LEGEND + (opts.refreshSeconds === null ? '' : '   q quits'), ['dim']]]];
+  const clusterRows = cluster === null ? [] : clusterServiceLines(cluster, nameWidth);
+  const footer: Line[] = [...(clusterRows.length > 0 ? [[], ...clusterRows] : []), [], [[LEGEND + (opts.refreshSeconds === null ? '' : '   q quits'), ['dim']]]];
   let shown = services.length;
   if (opts.height !== null) {
     const room = opts.height - lines.length - footer.length;
@@ -209,6 +213,34 @@ function upstreamLine(u: ProxySnapshot['upstream']): Line {
   if (u.lastError === null) line.push(['  up', []]);
   else line.push(['  DOWN: ', ['red', 'bold']], [oneLine(u.lastError), ['red']]);
   return line;
+}
+
+type Cluster = NonNullable<ProxySnapshot['coordination']>;
+
+/** The cluster this instance shares budgets with (coordination): reachable or not, how many instances, the cap across them. */
+function clusterLine(c: Cluster): Line {
+  const peers = new Set(c.services.flatMap((s) => s.peers.map((p) => p.instance)));
+  const line: Line = [['cluster   ', ['bold']], [`${c.cluster}  ${peers.size + 1} instance${peers.size === 0 ? '' : 's'}`, []]];
+  line.push([`  leases ${c.cap.clusterLeases} / cap ${c.cap.cap}`, c.cap.clusterLeases >= c.cap.cap ? ['bold'] : []]);
+  if (c.up) line.push(['  up', []]);
+  else line.push([`  REDIS DOWN ${fmtNumber(c.downForSeconds)}s (${c.onRedisDown})`, ['red', 'bold']]);
+  return line;
+}
+
+/** Per shared service: the cluster's leases against the cluster budget, this instance's share and ceiling, and who waits elsewhere. */
+function clusterServiceLines(c: Cluster, nameWidth: number): Line[] {
+  const rows: Line[] = [[['CLUSTER', ['bold']]]];
+  for (const s of c.services) {
+    const waiting = s.peers.reduce((n, p) => n + p.waiting, 0);
+    const oldest = s.peers.reduce((n, p) => Math.max(n, p.oldestWaitMs), 0);
+    rows.push([
+      [pad(ellipsize(s.name, nameWidth), nameWidth) + ' ', []],
+      [`${s.clusterLeases}/${s.clusterBudget} in the cluster`, s.clusterLeases >= s.clusterBudget ? ['bold'] : []],
+      [`, ${s.leases} here${s.ceiling === null ? '' : ` (may hold ${s.ceiling})`}`, []],
+      [waiting > 0 ? `, ${waiting} waiting elsewhere (oldest ${fmtWait({ seconds: oldest / 1000, beyond: false })})` : '', waiting > 0 ? ['yellow'] : []],
+    ]);
+  }
+  return rows.length > 1 ? rows : [];
 }
 
 function databaseLine(d: ProxySnapshot['database']): Line {

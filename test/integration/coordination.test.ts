@@ -6,7 +6,8 @@
 import t from 'tap';
 import pg from 'pg';
 import { withCluster } from '../helpers/cluster.js';
-import { run, scrape, sleep, spawnProxy, until, type SpawnedProxy } from '../helpers/proxy.js';
+import path from 'node:path';
+import { repoRoot, run, scrape, sleep, spawnProxy, until, type SpawnedProxy } from '../helpers/proxy.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import type { ProxySnapshot } from '../../src/types/snapshot.js';
 
@@ -337,6 +338,13 @@ t.test('the cluster view: /status, the metrics and Redis alone; a budget lowered
   const budgets = await c.hgetall('pgbudget:{view}:budget:segmentation');
   t.same(Object.values(budgets), ['8', '8'], "Redis alone: each instance's budget");
   c.disconnect();
+
+  // pgbudget top, once, against one instance: the cluster line and each service across the cluster.
+  const top = await run(process.execPath, [path.join(repoRoot, 'dist', 'cli.js'), 'top', '--once', '--admin', `127.0.0.1:${a.adminPort}`]);
+  t.equal(top.code, 0, 'pgbudget top --once');
+  t.match(top.stdout, /^cluster +view +2 instances +leases \d+ \/ cap 16 +up$/m, 'top: the cluster line');
+  t.match(top.stdout, /^segmentation +\d\/8 in the cluster, \d here \(may hold \d\)/m, 'top: segmentation across the cluster');
+  t.comment(top.stdout);
 
   // One instance's file lowers the budget: every instance keeps to the smaller one.
   await a.writeConfig({ ...config(redis, 'view', { expectedReplicas: 2 }), services: config(redis, 'view').services.map((s) => (s.name === 'segmentation' ? { ...s, budget: 4 } : s)) });

@@ -366,3 +366,32 @@ t.test('arguments', async (t) => {
   if (missing === 'help') throw new Error('help');
   t.throws(() => missing.token(), { message: '--token-file: cannot read /nonexistent/token: ENOENT' });
 });
+
+t.test("a cluster's view (coordination): the instances, the cap's leases, each service across the cluster", async (t) => {
+  const coordination: NonNullable<ProxySnapshot['coordination']> = {
+    up: true,
+    cluster: 'payments-db',
+    instance: 'pod-a/1/x',
+    onRedisDown: 'static',
+    lastError: null,
+    downForSeconds: 0,
+    cap: { cap: 16, clusterLeases: 12, ceiling: 9 },
+    services: [
+      { name: 'storm', clusterBudget: 8, clusterLeases: 8, leases: 2, ceiling: 2, peers: [{ instance: 'pod-b/1/y', held: 6, waiting: 40, oldestWaitMs: 1250 }] },
+      { name: 'calm', clusterBudget: 4, clusterLeases: 3, leases: 2, ceiling: 3, peers: [{ instance: 'pod-c/1/z', held: 1, waiting: 0, oldestWaitMs: 0 }] },
+    ],
+    calls: { acquire: 1, release: 0, sync: 3 },
+    counts: { syncs: 3, syncFailures: 0, acquired: 1, refused: 0, lost: 0, shed: 0, downs: 0 },
+  };
+  const lines = renderFrame(frame({ status: snapshot([service('calm', 4, [1, 1]), service('storm', 2, [2, 0], 10)], { coordination }) }), at80);
+  t.equal(lines[3], 'cluster   payments-db  3 instances  leases 12 / cap 16  up');
+  t.same(lines.slice(-6, -2), [
+    '',
+    'CLUSTER',
+    'storm        8/8 in the cluster, 2 here (may hold 2), 40 waiting elsewhere (olde',
+    'calm         3/4 in the cluster, 2 here (may hold 3)',
+  ]);
+  const down = renderFrame(frame({ status: snapshot([], { coordination: { ...coordination, up: false, downForSeconds: 4.2, lastError: 'connect ECONNREFUSED' } }) }), at80);
+  t.same(down.slice(3, 5), ['cluster   payments-db  3 instances  leases 12 / cap 16  REDIS DOWN 4.2s (static)', '! redis: connect ECONNREFUSED']);
+  for (const l of [...lines, ...down]) t.ok(l.length <= 80, l);
+});
