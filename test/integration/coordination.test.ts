@@ -412,3 +412,43 @@ t.test('hold: while Redis is down an instance keeps what it holds and opens noth
   const r = await storm;
   t.same([r.code, r.failed], [0, 0], `the storm: ${r.transactions} transactions, none failed`);
 });
+
+t.test("the cap across instances: one instance's storm does not starve another instance's other service", async (t) => {
+  const redis = await startRedis(t);
+  const [storm, other] = await instances(t, 2, redis, 'capfair', { cap: 8, expectedReplicas: 2 });
+  const watch = sampler();
+  const bench = pgbench(storm.port, 'segmentation', 100, 10, 'select pg_sleep(0.05);');
+  await until('the storm holds the whole cap', async () => (await held(storm, 'segmentation')) === 8);
+  const waits: number[] = [];
+  let errors = 0;
+  const stopAt = Date.now() + 6000;
+  await Promise.all(
+    Array.from({ length: 3 }, async () => {
+      const c = new pg.Client({ connectionString: `postgres://web@127.0.0.1:${other.port}/postgres` });
+      const connecting = Date.now();
+      await c.connect();
+      waits.push(Date.now() - connecting);
+      while (Date.now() < stopAt) {
+        const started = Date.now();
+        try {
+          await c.query('select pg_sleep(0.05)');
+          waits.push(Date.now() - started - 50);
+        } catch {
+          errors++;
+        }
+      }
+      await c.end();
+    }),
+  );
+  const shares = [await held(storm, 'segmentation'), await held(other, 'web')];
+  const s = await bench;
+  const seen = await watch.stop();
+  waits.sort((a, b) => a - b);
+  const max = waits[waits.length - 1];
+  t.equal(errors, 0, 'every web statement succeeded');
+  t.ok(waits.length >= 150, `web ran ${waits.length} statements`);
+  t.ok(max <= 2500, `web's longest wait: ${max} ms`);
+  t.same([s.code, s.failed], [0, 0], `the storm: ${s.transactions} transactions, none failed`);
+  t.ok(seen.maxAll <= 8, `never above the cap of 8 (peak ${seen.maxAll})`);
+  t.comment(`cap across instances: web waited median ${waits[Math.floor(waits.length / 2)]} ms, max ${max} ms; at the end segmentation/web ${shares.join('/')}; peak ${seen.maxAll}/8`);
+});
