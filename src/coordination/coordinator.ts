@@ -211,9 +211,24 @@ export class Coordinator implements LeaseGate {
     return false;
   }
 
+  /**
+   * One renewal round: an entry point of its own (a timer, Redis's `ready`),
+   * so nothing may escape it; a failure of Redis or of our own code alike
+   * leaves the instance down until the next round succeeds.
+   */
   private async sync(now: number): Promise<void> {
     this.syncing = true;
     this.lastSyncAt = now;
+    try {
+      await this.renew(now);
+    } catch (err) {
+      this.failed(err as Error, clock());
+    } finally {
+      this.syncing = false;
+    }
+  }
+
+  private async renew(now: number): Promise<void> {
     const local = this.pool.localServices();
     const byService = new Map<string, string[]>();
     for (const l of this.leases.values()) {
@@ -232,42 +247,36 @@ export class Coordinator implements LeaseGate {
     // Leases of services the scheduler forgot (a connection still closing after a reload) are renewed too.
     for (const [name, leases] of byService) if (!local.some((s) => s.name === name)) services.push({ name, budget: -1, held: leases.length, waiting: 0, oldestWaitMs: 0, leases });
     const info = JSON.stringify({ host: hostname(), pid: process.pid, since: this.startedIso });
-    try {
-      const r = await this.store.sync(this.pool.localCap(), info, services, this.config.leaseTtlMs);
-      if (this.stopped) return;
-      this.counts.syncs++;
-      this.view = r;
-      const lost = new Set(r.lost);
-      for (const l of this.leases.values()) l.leased = !lost.has(l.name);
-      this.provenUntil = now + this.config.leaseTtlMs;
-      if (!this.up) {
-        // Back after an outage (or holding connections opened without
-        // leases): the others may still hold connections their leases no
-        // longer show until they rejoin too, so nothing grows until they
-        // have, or the TTL has passed (after which one that has not is cut off).
-        if (this.everUp || this.leases.size > 0) {
-          this.rejoinUntil = now + this.config.leaseTtlMs;
-          this.rejoinKept.clear();
-          for (const s of local) this.rejoinKept.set(s.name, s.held - s.closing);
-          this.rejoinKeptCap = this.totalHeld();
-        }
-        this.everUp = true;
-        this.up = true;
-        this.toldDown = false;
-        this.log.info({ cluster: this.config.cluster, instance: this.instance, lost: lost.size }, 'coordination up: leases in Redis');
+    const r = await this.store.sync(this.pool.localCap(), info, services, this.config.leaseTtlMs);
+    if (this.stopped) return;
+    this.counts.syncs++;
+    this.view = r;
+    const lost = new Set(r.lost);
+    for (const l of this.leases.values()) l.leased = !lost.has(l.name);
+    this.provenUntil = now + this.config.leaseTtlMs;
+    if (!this.up) {
+      // Back after an outage (or holding connections opened without
+      // leases): the others may still hold connections their leases no
+      // longer show until they rejoin too, so nothing grows until they
+      // have, or the TTL has passed (after which one that has not is cut off).
+      if (this.everUp || this.leases.size > 0) {
+        this.rejoinUntil = now + this.config.leaseTtlMs;
+        this.rejoinKept.clear();
+        for (const s of local) this.rejoinKept.set(s.name, s.held - s.closing);
+        this.rejoinKeptCap = this.totalHeld();
       }
-      this.lastError = null;
-      this.applyUp(now);
-      if (lost.size > 0) {
-        this.counts.lost += lost.size;
-        for (const [connId, l] of this.leases) if (lost.has(l.name)) this.shedOne(connId, 'lease lost: the cluster has no room for it');
-      }
-      this.warnDisagreement(local, r);
-    } catch (err) {
-      this.failed(err as Error, clock());
-    } finally {
-      this.syncing = false;
+      this.everUp = true;
+      this.up = true;
+      this.toldDown = false;
+      this.log.info({ cluster: this.config.cluster, instance: this.instance, lost: lost.size }, 'coordination up: leases in Redis');
     }
+    this.lastError = null;
+    this.applyUp(now);
+    if (lost.size > 0) {
+      this.counts.lost += lost.size;
+      for (const [connId, l] of this.leases) if (lost.has(l.name)) this.shedOne(connId, 'lease lost: the cluster has no room for it');
+    }
+    this.warnDisagreement(local, r);
   }
 
   private disagreement = '';

@@ -34,7 +34,8 @@ type Event =
   | { kind: 'requeue'; pick: number }
   | { kind: 'tick'; ms: number }
   | { kind: 'reload'; service: number; budget: number; enforce: boolean }
-  | { kind: 'cap'; cap: number };
+  | { kind: 'cap'; cap: number }
+  | { kind: 'ceiling'; service: number; ceiling: number | null };
 
 const event: fc.Arbitrary<Event> = fc.oneof(
   { weight: 5, arbitrary: fc.record({ kind: fc.constant('acquire' as const), service: fc.nat(2), key: fc.nat(1), fast: fc.boolean() }) },
@@ -48,6 +49,8 @@ const event: fc.Arbitrary<Event> = fc.oneof(
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('tick' as const), ms: fc.integer({ min: 1, max: 3000 }) }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('reload' as const), service: fc.nat(2), budget: fc.integer({ min: 1, max: 4 }), enforce: fc.boolean() }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('cap' as const), cap: fc.integer({ min: 1, max: 6 }) }) },
+  // Coordination's ceiling of an enforced service (its share of a budget other instances hold too); null: none.
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('ceiling' as const), service: fc.nat(2), ceiling: fc.option(fc.integer({ min: 0, max: 4 })) }) },
 );
 
 type ConnState = 'opening' | 'idle' | 'active' | 'closing';
@@ -180,9 +183,18 @@ function run(events: Event[], budgets: number[], dryRuns: boolean[]): string | n
   let cap = CAP;
   const limits = (c: number) => ({ cap: c, idleTimeoutMs: IDLE_TIMEOUT_MS, lifetimeMs: 3_600_000 });
   const s = new Scheduler(limits(cap));
+  /** What the invariants hold each service to: its budget, or its ceiling when lower. */
   const budget = new Map<string, number>();
+  const configured = new Map<string, number>();
+  const ceilings = new Map<string, number>();
+  const limitsOf = (name: string, enforce: boolean) => {
+    const ceiling = ceilings.get(name);
+    budget.set(name, Math.min(configured.get(name)!, ceiling ?? Infinity));
+    return { budget: configured.get(name)!, maxWaiting: MAX_WAITING, timeoutMs: TIMEOUT_MS, enforce, ceiling };
+  };
   const dry = new Set<string>();
   SERVICES.forEach((name, i) => {
+    configured.set(name, budgets[i]);
     budget.set(name, budgets[i]);
     if (dryRuns[i]) dry.add(name);
     s.setService(name, { budget: budgets[i], maxWaiting: MAX_WAITING, timeoutMs: TIMEOUT_MS, enforce: !dryRuns[i] });
@@ -288,10 +300,19 @@ function run(events: Event[], budgets: number[], dryRuns: boolean[]): string | n
       actions = s.sweep(now);
     } else if (e.kind === 'reload') {
       const name = SERVICES[e.service];
-      budget.set(name, e.budget);
+      configured.set(name, e.budget);
       if (e.enforce) dry.delete(name);
-      else dry.add(name);
-      s.setService(name, { budget: e.budget, maxWaiting: MAX_WAITING, timeoutMs: TIMEOUT_MS, enforce: e.enforce });
+      else {
+        dry.add(name);
+        ceilings.delete(name); // coordination shares enforced budgets only
+      }
+      s.setService(name, limitsOf(name, e.enforce));
+      actions = s.sweep(now);
+    } else if (e.kind === 'ceiling') {
+      const name = SERVICES[e.service];
+      if (dry.has(name) || e.ceiling === null) ceilings.delete(name);
+      else ceilings.set(name, e.ceiling);
+      s.setService(name, limitsOf(name, !dry.has(name)));
       actions = s.sweep(now);
     } else {
       cap = e.cap;
