@@ -52,21 +52,23 @@ export interface ClusterView {
   budget: number;
   /** Leases held by all instances (this one's included). */
   leases: number;
-  /** This instance's use. */
+  /** Leases this instance holds: its connections opened without one (Redis was down) or that lost theirs are not among them. */
+  mine: number;
+  /** This instance's use: every connection it holds, and its waiting clients. */
   self: InstanceDemand;
   /** The other live instances' use, as they last published it. */
   others: readonly InstanceDemand[];
 }
 
 /**
- * The most this instance may hold while it reaches the coordinator: what it
- * holds plus the room the cluster has; and when clients of the budget wait
+ * The most this instance may hold while it reaches the coordinator: the
+ * leases it holds plus the room the cluster has; and when clients of the budget wait
  * on another instance too, no more than its fair share, so an instance
  * above its share stops reusing connections and the room flows to where
  * clients wait.
  */
 export function ceilingUp(v: ClusterView): number {
-  const reach = v.self.held + Math.max(0, v.budget - v.leases);
+  const reach = v.mine + Math.max(0, v.budget - v.leases);
   if (!v.others.some((o) => o.waiting > 0)) return reach;
   const share = fairShares(v.budget, [v.self, ...v.others]).get(v.self.instance) ?? 0;
   return Math.min(share, reach);

@@ -180,6 +180,10 @@ export class Coordinator implements LeaseGate {
       if (this.up && this.provenUntil > 0 && now >= this.provenUntil - this.marginMs) {
         this.failed(new Error(`no renewal confirmed for ${this.config.leaseTtlMs - this.marginMs} ms`), now);
       }
+      if (this.up && this.shedAt !== 0 && now >= this.shedAt) {
+        this.shedAt = 0;
+        this.shedOverCeilings('lease lost: the cluster has no room for it');
+      }
       if (!this.up) {
         this.applyDown(now);
         if (now >= this.provenUntil - this.marginMs) this.shedOverCeilings('coordination lost: beyond the fallback share');
@@ -273,8 +277,12 @@ export class Coordinator implements LeaseGate {
     this.lastError = null;
     this.applyUp(now);
     if (lost.size > 0) {
+      // Already beyond what the cluster allows (the ceilings count leases,
+      // not connections): idle ones close now, ones in use at their next
+      // transaction boundary, and what is left after the margin is cut.
       this.counts.lost += lost.size;
-      for (const [connId, l] of this.leases) if (lost.has(l.name)) this.shedOne(connId, 'lease lost: the cluster has no room for it');
+      this.shedAt = now + this.marginMs;
+      this.log.warn({ cluster: this.config.cluster, lost: lost.size }, 'coordination: leases lost, the cluster has no room for them');
     }
     this.warnDisagreement(local, r);
   }
@@ -285,6 +293,8 @@ export class Coordinator implements LeaseGate {
   private rejoinUntil = 0;
   private readonly rejoinKept = new Map<string, number>();
   private rejoinKeptCap = 0;
+  /** When connections beyond the ceilings (leases lost) are cut if still there; 0: none due. */
+  private shedAt = 0;
   /** The change to down has been logged (once per outage, the start included). */
   private toldDown = false;
 
@@ -353,14 +363,22 @@ export class Coordinator implements LeaseGate {
       const own = local.find((l) => l.name === s.name);
       if (!own?.shared || s.budget < 0) continue;
       const others = s.demand.filter((d) => d.instance !== this.instance);
-      let ceiling = ceilingUp({ budget: s.budget, leases: s.leases, self: { instance: this.instance, held: own.held, waiting: own.waiting }, others });
+      const mine = this.leasedOf(s.name);
+      let ceiling = ceilingUp({ budget: s.budget, leases: s.leases, mine, self: { instance: this.instance, held: own.held, waiting: own.waiting }, others });
       if (rejoining) ceiling = Math.min(ceiling, this.keptSince(this.rejoinKept, s.name, own.held - own.closing));
       this.ceilings.set(s.name, ceiling);
     }
     const self = { instance: this.instance, held: this.totalHeld(), waiting: local.reduce((n, s) => n + s.waiting, 0) };
-    this.capCeiling = ceilingUp({ budget: r.cap, leases: r.allLeases, self, others: [...perInstance.values()] });
+    this.capCeiling = ceilingUp({ budget: r.cap, leases: r.allLeases, mine: this.leasedOf(null), self, others: [...perInstance.values()] });
     if (rejoining) this.capCeiling = Math.min(this.capCeiling, (this.rejoinKeptCap = Math.min(this.rejoinKeptCap, self.held)));
     this.apply();
+  }
+
+  /** Leases this instance holds in Redis, of one service or (null) of all. */
+  private leasedOf(service: string | null): number {
+    let n = 0;
+    for (const l of this.leases.values()) if (l.leased && (service === null || l.service === service)) n++;
+    return n;
   }
 
   /** What a service may keep of what it held when `kept` was taken: down as its connections close, never up. */
@@ -401,8 +419,8 @@ export class Coordinator implements LeaseGate {
     }
     let overCap = this.capCeiling === undefined ? 0 : this.totalHeld() - [...local.values()].reduce((n, s) => n + s.closing, 0) - this.capCeiling;
     if (over.size === 0 && overCap <= 0) return;
-    // Newest first: the connections opened last are the ones the others may have the room for.
-    const ids = [...this.leases.keys()].sort((a, b) => b - a);
+    // Those without a lease first, then the newest: the others may have the room for them.
+    const ids = [...this.leases.keys()].sort((a, b) => Number(this.leases.get(a)!.leased) - Number(this.leases.get(b)!.leased) || b - a);
     for (const id of ids) {
       const l = this.leases.get(id)!;
       const state = this.pool.connState(id);

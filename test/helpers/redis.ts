@@ -102,3 +102,47 @@ export async function startRedis(t: Teardown): Promise<TestRedis> {
     },
   };
 }
+
+/**
+ * A TCP relay to Redis for one instance, whose link can be cut: cut()
+ * holds back what either side sends (the sockets stay open, the bytes wait,
+ * as in a network partition), heal() delivers it and lets the rest through.
+ */
+export async function partitionable(t: Teardown, redis: TestRedis): Promise<{ url: string; cut(): void; heal(): void }> {
+  const held: (() => void)[] = [];
+  const sockets: net.Socket[] = [];
+  let cut = false;
+  const forward = (from: net.Socket, to: net.Socket) =>
+    from.on('data', (d: Buffer) => {
+      if (cut) held.push(() => to.write(d));
+      else to.write(d);
+    });
+  const server = net.createServer((client) => {
+    const upstream = net.connect(redis.port, '127.0.0.1');
+    forward(client, upstream);
+    forward(upstream, client);
+    const close = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', close).on('close', close);
+    upstream.on('error', close).on('close', close);
+    sockets.push(client, upstream);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => {
+    for (const s of sockets) s.destroy();
+    server.close();
+  });
+  const port = (server.address() as net.AddressInfo).port;
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    cut() {
+      cut = true;
+    },
+    heal() {
+      cut = false;
+      for (const send of held.splice(0)) send();
+    },
+  };
+}

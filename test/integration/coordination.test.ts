@@ -8,7 +8,7 @@ import pg from 'pg';
 import { withCluster } from '../helpers/cluster.js';
 import path from 'node:path';
 import { repoRoot, run, scrape, sleep, spawnProxy, until, type SpawnedProxy } from '../helpers/proxy.js';
-import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { partitionable, startRedis, type TestRedis } from '../helpers/redis.js';
 import type { ProxySnapshot } from '../../src/types/snapshot.js';
 
 const cluster = await withCluster(t, { maxConnections: 40, users: ['segmentation', 'web'] });
@@ -451,4 +451,46 @@ t.test("the cap across instances: one instance's storm does not starve another i
   t.same([s.code, s.failed], [0, 0], `the storm: ${s.transactions} transactions, none failed`);
   t.ok(seen.maxAll <= 8, `never above the cap of 8 (peak ${seen.maxAll})`);
   t.comment(`cap across instances: web waited median ${waits[Math.floor(waits.length / 2)]} ms, max ${max} ms; at the end segmentation/web ${shares.join('/')}; peak ${seen.maxAll}/8`);
+});
+
+t.test('a partition: the instance cut off from Redis is within its static share before its leases can expire; the others then use the room', async (t) => {
+  const redis = await startRedis(t);
+  const relay = await partitionable(t, redis);
+  const base = config(redis, 'part', { expectedReplicas: 4 });
+  const cutOff = await spawnProxy(t, cluster, { ...base, coordination: { ...base.coordination, redis: { url: relay.url } } });
+  const [other] = await instances(t, 1, redis, 'part', { expectedReplicas: 4 });
+  await until('the cut-off instance up', async () => (await status(cutOff)).coordination?.up === true);
+  const watch = sampler();
+  const benches = [cutOff, other].map((p) => pgbench(p.port, 'segmentation', 40, 16, 'select pg_sleep(0.01);'));
+  await until('both share the budget', async () => (await held(cutOff, 'segmentation')) >= 3 && (await held(other, 'segmentation')) >= 3);
+  const before = await held(cutOff, 'segmentation');
+  const early = sampler();
+  relay.cut();
+  const cutAt = Date.now();
+  await until('the cut-off instance down', async () => (await status(cutOff)).coordination?.up === false, TTL);
+  const downMs = Date.now() - cutAt;
+  // Its last renewal was at most a fast sync before the cut: its leases stand until about cutAt + TTL.
+  await sleep(TTL - 600 - (Date.now() - cutAt));
+  const beforeExpiry = await early.stop();
+  const shrunk = await held(cutOff, 'segmentation');
+  t.ok(shrunk <= 2, `the cut-off instance holds ${shrunk} (it held ${before}), within its static share of 2, before its leases can expire`);
+  t.ok(beforeExpiry.maxSeg <= 8, `until then the database never saw more than the budget (peak ${beforeExpiry.maxSeg})`);
+  await until('the other instance uses the room', async () => (await held(other, 'segmentation')) >= 7, TTL + 3000);
+  const during = [await held(cutOff, 'segmentation'), await held(other, 'segmentation')];
+  t.ok(during[0] <= 2, `cut off: ${during[0]} (static share 2); the other: ${during[1]}`);
+  relay.heal();
+  const healedAt = Date.now();
+  await until('rejoined', async () => (await status(cutOff)).coordination?.up === true, 5000);
+  await until('back within the budget', async () => (await held(cutOff, 'segmentation')) + (await held(other, 'segmentation')) <= 8, 5000);
+  const settleMs = Date.now() - healedAt;
+  const after = sampler();
+  await sleep(1500);
+  const healed = await after.stop();
+  t.ok(healed.maxSeg <= 8, `once rejoined, within the budget again (peak ${healed.maxSeg}, ${settleMs} ms after the heal)`);
+  const [a, b] = await Promise.all(benches);
+  t.same([b.code, b.failed], [0, 0], `the other instance: ${b.transactions} transactions, none failed`);
+  t.comment(`the cut-off instance: ${a.transactions} transactions, ${a.failed} failed, exit ${a.code}`);
+  const seen = await watch.stop();
+  t.ok(seen.maxSeg <= 8 + 2, `at most the budget plus the cut-off instance's static share (peak ${seen.maxSeg})`);
+  t.comment(`partition: down after ${downMs} ms; held ${before} -> ${shrunk} before its leases could expire (peak ${beforeExpiry.maxSeg}/8 until then); during ${during.join('/')}; overall peak ${seen.maxSeg} (bound 8 + 2); back within 8 ${settleMs} ms after the heal`);
 });

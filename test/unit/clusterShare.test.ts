@@ -51,11 +51,12 @@ t.test('fair shares: the few get what they ask, the storm the rest', async (t) =
 
 t.test('ceiling while Redis answers: the room, or the fair share when others wait', async (t) => {
   const self = { instance: 'me', held: 3, waiting: 10 };
-  t.equal(ceilingUp({ budget: 8, leases: 5, self, others: [{ instance: 'x', held: 2, waiting: 0 }] }), 6, 'nobody else waits: what it holds plus the room (8 - 5)');
-  t.equal(ceilingUp({ budget: 8, leases: 8, self: { instance: 'me', held: 6, waiting: 50 }, others: [{ instance: 'x', held: 2, waiting: 3 }] }), 4, 'another waits: down to its share, 4 of 8 each');
-  t.equal(ceilingUp({ budget: 8, leases: 8, self: { instance: 'me', held: 2, waiting: 3 }, others: [{ instance: 'x', held: 6, waiting: 50 }] }), 2, 'below its share: only the room, none yet, until the other gives back');
-  t.equal(ceilingUp({ budget: 8, leases: 7, self: { instance: 'me', held: 2, waiting: 3 }, others: [{ instance: 'x', held: 5, waiting: 50 }] }), 3, 'a slot given back: its for the one below its share');
-  t.equal(ceilingUp({ budget: 4, leases: 6, self: { instance: 'me', held: 3, waiting: 0 }, others: [] }), 3, 'a budget lowered below what is held: no growth');
+  t.equal(ceilingUp({ budget: 8, leases: 5, mine: 3, self, others: [{ instance: 'x', held: 2, waiting: 0 }] }), 6, 'nobody else waits: what it holds plus the room (8 - 5)');
+  t.equal(ceilingUp({ budget: 8, leases: 8, mine: 6, self: { instance: 'me', held: 6, waiting: 50 }, others: [{ instance: 'x', held: 2, waiting: 3 }] }), 4, 'another waits: down to its share, 4 of 8 each');
+  t.equal(ceilingUp({ budget: 8, leases: 8, mine: 2, self: { instance: 'me', held: 2, waiting: 3 }, others: [{ instance: 'x', held: 6, waiting: 50 }] }), 2, 'below its share: only the room, none yet, until the other gives back');
+  t.equal(ceilingUp({ budget: 8, leases: 7, mine: 2, self: { instance: 'me', held: 2, waiting: 3 }, others: [{ instance: 'x', held: 5, waiting: 50 }] }), 3, 'a slot given back: its for the one below its share');
+  t.equal(ceilingUp({ budget: 4, leases: 6, mine: 3, self: { instance: 'me', held: 3, waiting: 0 }, others: [] }), 3, 'a budget lowered below what is held: no growth');
+  t.equal(ceilingUp({ budget: 8, leases: 8, mine: 2, self: { instance: 'me', held: 4, waiting: 0 }, others: [] }), 2, 'two held without a lease (lost, or opened while Redis was down): down to the leases it holds');
 });
 
 t.test('the fallback: static shares, grown to only after the TTL; hold keeps what is held', async (t) => {
