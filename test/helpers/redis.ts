@@ -32,13 +32,14 @@ export interface TestRedis {
 
 const REDIS_SERVER = '/usr/bin/redis-server';
 
-export async function startRedis(t: Teardown): Promise<TestRedis> {
+export async function startRedis(t: Teardown, opts: { password?: string } = {}): Promise<TestRedis> {
   const port = await probePort();
   const dir = await mkdtemp(path.join(os.tmpdir(), 'pgbudget-redis-'));
   let proc: ChildProcess | null = null;
   const clients: Redis[] = [];
   const start = async () => {
-    const p = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--protected-mode', 'no'], {
+    const auth = opts.password ? ['--requirepass', opts.password] : [];
+    const p = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--protected-mode', 'no', ...auth], {
       stdio: 'ignore',
     });
     proc = p;
@@ -47,7 +48,8 @@ export async function startRedis(t: Teardown): Promise<TestRedis> {
       const up = await new Promise<boolean>((resolve) => {
         const s = net.connect(port, '127.0.0.1', () => {
           s.end('PING\r\n');
-          s.once('data', (d) => resolve(d.toString().startsWith('+PONG')));
+          // A server that wants a password answers NOAUTH: up all the same.
+          s.once('data', (d) => resolve(/^(\+PONG|-NOAUTH)/.test(d.toString())));
         });
         s.once('error', () => resolve(false));
       });
@@ -80,7 +82,7 @@ export async function startRedis(t: Teardown): Promise<TestRedis> {
     port,
     url: `redis://127.0.0.1:${port}`,
     client() {
-      const c = new Redis({ host: '127.0.0.1', port, maxRetriesPerRequest: 1, enableOfflineQueue: true });
+      const c = new Redis({ host: '127.0.0.1', port, password: opts.password, maxRetriesPerRequest: 1, enableOfflineQueue: true });
       c.on('error', () => undefined);
       clients.push(c);
       return c;
@@ -90,7 +92,7 @@ export async function startRedis(t: Teardown): Promise<TestRedis> {
     pause: () => proc?.kill('SIGSTOP'),
     resume: () => proc?.kill('SIGCONT'),
     async commandCounts() {
-      const c = new Redis({ host: '127.0.0.1', port });
+      const c = new Redis({ host: '127.0.0.1', port, password: opts.password });
       try {
         const text = (await c.info('commandstats')) as string;
         const out: Record<string, number> = {};
