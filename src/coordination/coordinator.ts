@@ -108,15 +108,6 @@ export class Coordinator implements LeaseGate {
     this.applyDown(now);
   }
 
-  get isUp(): boolean {
-    return this.up;
-  }
-
-  /** Redis commands sent, by what for. */
-  get calls(): Readonly<Record<'acquire' | 'release' | 'sync', number>> {
-    return this.store.calls;
-  }
-
   private get commandTimeoutMs(): number {
     return Math.max(50, Math.min(this.config.redis.commandTimeoutMs, Math.floor(this.config.leaseTtlMs / 4)));
   }
@@ -267,7 +258,7 @@ export class Coordinator implements LeaseGate {
         this.rejoinUntil = now + this.config.leaseTtlMs;
         this.rejoinKept.clear();
         for (const s of local) this.rejoinKept.set(s.name, s.held - s.closing);
-        this.rejoinKeptCap = this.totalHeld();
+        this.rejoinKeptCap = this.totalHeld(local);
       }
       this.everUp = true;
       this.up = true;
@@ -328,8 +319,9 @@ export class Coordinator implements LeaseGate {
     this.downSince = now;
     this.growAt = now + this.config.leaseTtlMs;
     this.kept.clear();
-    for (const s of this.pool.localServices()) this.kept.set(s.name, s.held - s.closing);
-    this.keptCap = this.totalHeld();
+    const local = this.pool.localServices();
+    for (const s of local) this.kept.set(s.name, s.held - s.closing);
+    this.keptCap = this.totalHeld(local);
     this.log.warn(
       { cluster: this.config.cluster, err: err.message, onRedisDown: this.config.onRedisDown, provenForMs: Math.max(0, this.provenUntil - now) },
       this.config.onRedisDown === 'static' ? 'coordination down: keeping to static shares' : 'coordination down: holding what is held',
@@ -337,8 +329,9 @@ export class Coordinator implements LeaseGate {
     this.applyDown(now);
   }
 
-  private totalHeld(): number {
-    return this.pool.localServices().reduce((n, s) => n + s.held, 0);
+  /** Server connections held, of every service (from `local` when the caller has it). */
+  private totalHeld(local: readonly ServiceUse[] = this.pool.localServices()): number {
+    return local.reduce((n, s) => n + s.held, 0);
   }
 
   /** Ceilings from the cluster's view: its room, and fair shares where clients wait elsewhere. */
@@ -368,7 +361,7 @@ export class Coordinator implements LeaseGate {
       if (rejoining) ceiling = Math.min(ceiling, this.keptSince(this.rejoinKept, s.name, own.held - own.closing));
       this.ceilings.set(s.name, ceiling);
     }
-    const self = { instance: this.instance, held: this.totalHeld(), waiting: local.reduce((n, s) => n + s.waiting, 0) };
+    const self = { instance: this.instance, held: this.totalHeld(local), waiting: local.reduce((n, s) => n + s.waiting, 0) };
     this.capCeiling = ceilingUp({ budget: r.cap, leases: r.allLeases, mine: this.leasedOf(null), self, others: [...perInstance.values()] });
     if (rejoining) this.capCeiling = Math.min(this.capCeiling, (this.rejoinKeptCap = Math.min(this.rejoinKeptCap, self.held)));
     this.apply();
@@ -392,14 +385,15 @@ export class Coordinator implements LeaseGate {
   private applyDown(now: number): void {
     const { onRedisDown, expectedReplicas } = this.config;
     this.ceilings.clear();
-    for (const s of this.pool.localServices()) {
+    const local = this.pool.localServices();
+    for (const s of local) {
       if (!s.shared) continue;
       const kept = this.keptSince(this.kept, s.name, s.held - s.closing);
       const synced = this.view?.services.find((v) => v.name === s.name)?.budget ?? -1;
       const budget = synced >= 0 ? Math.min(synced, s.budget) : s.budget;
       this.ceilings.set(s.name, ceilingDown(onRedisDown, kept, staticShare(budget, expectedReplicas), now, this.growAt));
     }
-    this.keptCap = Math.min(this.keptCap, this.totalHeld());
+    this.keptCap = Math.min(this.keptCap, this.totalHeld(local));
     const cap = Math.min(this.pool.localCap(), this.view?.cap ?? Infinity);
     this.capCeiling = ceilingDown(onRedisDown, this.keptCap, staticShare(cap, expectedReplicas), now, this.growAt);
     this.apply();
@@ -417,7 +411,7 @@ export class Coordinator implements LeaseGate {
       const s = local.get(name);
       if (s && s.held - s.closing > ceiling) over.set(name, s.held - s.closing - ceiling);
     }
-    let overCap = this.capCeiling === undefined ? 0 : this.totalHeld() - [...local.values()].reduce((n, s) => n + s.closing, 0) - this.capCeiling;
+    let overCap = this.capCeiling === undefined ? 0 : this.totalHeld([...local.values()]) - [...local.values()].reduce((n, s) => n + s.closing, 0) - this.capCeiling;
     if (over.size === 0 && overCap <= 0) return;
     // Those without a lease first, then the newest: the others may have the room for them.
     const ids = [...this.leases.keys()].sort((a, b) => Number(this.leases.get(a)!.leased) - Number(this.leases.get(b)!.leased) || b - a);

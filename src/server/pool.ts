@@ -143,18 +143,22 @@ export class ServerPool {
     const now = Date.now();
     return this.scheduler.serviceNames().map((name) => {
       const c = this.scheduler.counts(name);
-      const svc = this.services.get(name);
-      const own = name === AUTH_QUERY_SERVICE || name === HEADROOM_SERVICE;
       return {
         name,
         budget: c.budget,
-        shared: !own && svc?.enforce !== false && !this.retired.has(name),
+        shared: this.isShared(name),
         held: c.held,
         closing: c.closing,
         waiting: c.waiting,
         oldestWaitMs: this.scheduler.oldestWaitMs(name, now),
       };
     });
+  }
+
+  /** Its budget is the cluster's (coordination): enforced, configured, and not one of pgbudget's own per-instance services. */
+  private isShared(name: string): boolean {
+    const svc = this.services.get(name);
+    return svc !== undefined && svc.enforce !== false && !this.retired.has(name) && name !== AUTH_QUERY_SERVICE && name !== HEADROOM_SERVICE;
   }
 
   connState(connId: number) {
@@ -465,7 +469,7 @@ export class ServerPool {
       return;
     }
     const svc = this.services.get(service);
-    const shared = svc !== undefined && svc.enforce !== false && service !== AUTH_QUERY_SERVICE && service !== HEADROOM_SERVICE;
+    const shared = this.isShared(service);
     const refused = () => {
       gate.released(connId);
       if (this.scheduler.connState(connId) !== undefined) this.run(this.scheduler.closed(connId, Date.now()));

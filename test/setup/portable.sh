@@ -8,4 +8,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 mapfile -t files < <(ls build/test/integration/*.test.js | grep -v -E '/(dockerfile|cli|prometheus|top|coordination|leases)\.test\.js$')
-PGBUDGET_IO=portable exec npx tap "${files[@]}"
+# The fuzz and the soak, 60 s each in the first pass, run 30 s each here: the
+# hostile traffic and the faults still go through every portable path.
+PGBUDGET_IO=portable PGBUDGET_FUZZ_SECONDS=30 PGBUDGET_SOAK_SECONDS=30 exec npx tap "${files[@]}"
