@@ -100,11 +100,12 @@ export class Fairness {
     if (c.full()) this.evictForCapBlocked(c, out);
   }
 
-  /** The idle connection unused longest, of any service; null when none is idle. */
-  oldestIdle(): Conn | null {
+  /** The idle connection unused longest, of any service (but a pinned one when `skipPinned`); null when none is. */
+  oldestIdle(skipPinned: boolean): Conn | null {
     let oldest: Conn | null = null;
     for (const s of this.order)
-      for (let c = s.idle.first(); c !== null; c = s.idle.next(c)) if (!oldest || c.idleSince < oldest.idleSince) oldest = c;
+      if (!skipPinned || s.limits.pinned !== true)
+        for (let c = s.idle.first(); c !== null; c = s.idle.next(c)) if (!oldest || c.idleSince < oldest.idleSince) oldest = c;
     return oldest;
   }
 
@@ -144,10 +145,15 @@ export class Fairness {
     return true;
   }
 
-  /** The idle connection to close first for the cap: a borrowed one (a dry run beyond its budget), else the one unused longest. */
-  evictable(): Conn | null {
+  /**
+   * The idle connection to close first for the cap: a borrowed one (a dry
+   * run beyond its budget), else the one unused longest. A pinned service's
+   * idle connection makes room for services the cap keeps waiting, but does
+   * not close for a cap that fell below what is held (`forLowerCap`).
+   */
+  evictable(forLowerCap = false): Conn | null {
     for (const s of this.order) if (s.borrowing && s.idle.size > 0) return s.idle.first();
-    return this.oldestIdle();
+    return this.oldestIdle(forLowerCap);
   }
 
   /** The cap is full and services under budget still wait: idle connections close for them. */

@@ -178,7 +178,7 @@ export class Scheduler {
     const actions: Action[] = [];
     // Opened under a budget (or cap) that a reload has lowered since: it
     // closes instead of being handed out, as a released one would.
-    if (conn.service.overBudget || this.overCap()) this.startClosing(conn, 'over_budget', actions);
+    if (conn.service.overBudget || this.overCapFor(conn.service)) this.startClosing(conn, 'over_budget', actions);
     this.dispatch(now, actions);
     return actions;
   }
@@ -194,7 +194,7 @@ export class Scheduler {
     const actions: Action[] = [];
     const reason: CloseReason | null = !reusable
       ? 'not_reusable'
-      : s.overBudget || this.overCap()
+      : s.overBudget || this.overCapFor(s)
         ? 'over_budget'
         : now - conn.createdAt >= this.limits.lifetimeMs
           ? 'lifetime'
@@ -262,7 +262,7 @@ export class Scheduler {
     }
     // A cap lowered by a reload: close idle connections, borrowed ones first, then oldest first.
     while (this.overCap()) {
-      const oldest = this.fairness.evictable();
+      const oldest = this.fairness.evictable(true);
       if (!oldest) break;
       this.startClosing(oldest, 'over_budget', actions);
     }
@@ -388,6 +388,11 @@ export class Scheduler {
   /** More connections than the cap, not counting those already closing. */
   private overCap(): boolean {
     return this.totalHeld - this.totals.closing.size > this.limits.cap;
+  }
+
+  /** Over the cap, for a connection of `s`: a pinned service's stay. */
+  private overCapFor(s: ServiceState): boolean {
+    return s.limits.pinned !== true && this.overCap();
   }
 
   private takeIdle(s: ServiceState, key: string): Conn | null {

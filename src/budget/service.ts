@@ -25,6 +25,14 @@ export interface ServiceLimits {
    * as a lowered budget would; `budget` stays what clients are told.
    */
   ceiling?: number;
+  /**
+   * Its connections are not closed because the cap fell below what is held
+   * (they still count under it, and still make room, in turn, for services
+   * the cap keeps waiting). For the headroom reading: it is how an auto cap
+   * learns that it may rise again, so it must not wait for a client's
+   * transaction to end.
+   */
+  pinned?: boolean;
 }
 
 /**

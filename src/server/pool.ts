@@ -113,7 +113,10 @@ export class ServerPool {
   }
 
   private serviceLimits(s: ServiceConfig) {
-    return { budget: s.budget, maxWaiting: s.queue.maxWaiting, timeoutMs: s.queue.timeoutMs, enforce: s.enforce, ceiling: this.ceilings.get(s.name) };
+    // The reading keeps its connection when the cap falls below what clients hold: else the next
+    // reading, the one that could raise the cap again, would wait for a client's transaction to end.
+    const pinned = s.name === HEADROOM_SERVICE;
+    return { budget: s.budget, maxWaiting: s.queue.maxWaiting, timeoutMs: s.queue.timeoutMs, enforce: s.enforce, ceiling: this.ceilings.get(s.name), pinned };
   }
 
   // ---- coordination ----

@@ -162,11 +162,17 @@ t.test('a cap that shrinks under connections in use drops nobody; released ones 
     await c.query({ text: 'select $1::int as n', values: [id] });
   }
   const closedBefore = snap(proxy).services.find((s) => s.name === 'app')!.serversClosed;
+  const readingClosed = () => snap(proxy).services.find((s) => s.name === 'pgbudget:headroom')!.serversClosed;
+  const readingClosedBefore = readingClosed();
   // 9 + 1 + 7 = 17: the database is full for roles like direct_u, and the cap falls to 17 - 8 - 5 = 4.
-  // A reading that saw only some of them may have lowered it less: the lower cap closed the reading's
-  // idle connection, and the next reading waits for a released one.
-  const direct = await openDirect(7);
-  await until(t, 'the cap below the connections in use', () => cap(proxy) < 8);
+  // In two steps: 3 of them first, and the cap falls to exactly the 8 in use (17 - 4 - 5), one short
+  // of those and the reading's. The reading keeps its connection all the same (pinned): the next
+  // reading waits for no client's transaction to end, and sees the other 4.
+  const direct = await openDirect(3);
+  await until(t, 'the cap at the connections in use', () => cap(proxy) === 8);
+  direct.push(...(await openDirect(4)));
+  await until(t, 'the cap below them, at 4', () => cap(proxy) === USABLE - 8 - margin);
+  t.equal(readingClosed(), readingClosedBefore, 'the reading kept its connection');
   t.equal(snap(proxy).services.find((s) => s.name === 'app')!.serverConnections.active, 8, 'nobody lost a connection in use');
 
   for (const [id, c] of clients.entries()) {

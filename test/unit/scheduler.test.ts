@@ -231,6 +231,27 @@ t.test('a cap lowered by reload closes idle connections and released ones above 
   t.same(kinds(s.release(conns[3], 3, true)), [], 'the last one fits under the cap');
 });
 
+t.test('a pinned service (the headroom reading) keeps its idle connection when the cap falls below what is in use', async (t) => {
+  const s = make(9, { app: 10 });
+  s.setService('reading', { ...limits(1), pinned: true });
+  const reading = s.acquire('reading', K, 0);
+  const readingConn = assigns(openAll(s, reading.actions))[0].connId;
+  s.release(readingConn, 1, true);
+  const r = Array.from({ length: 8 }, () => s.acquire('app', K, 1));
+  const conns = assigns(openAll(s, r.flatMap((x) => x.actions))).map((a) => a.connId);
+  t.equal(conns.length, 8);
+  s.setPoolLimits({ cap: 8, idleTimeoutMs: 60_000, lifetimeMs: 3_600_000 });
+  t.same(kinds(s.sweep(2)), [], 'the reading connection stays, nothing in use closes');
+  const next = s.acquire('reading', K, 3);
+  t.same(next.actions, [{ kind: 'assign', waiter: next.waiter, connId: readingConn, waitedMs: 0 }], 'the next reading runs at once, on it');
+  t.same(kinds(s.release(readingConn, 4, true)), [], 'and keeps it');
+  t.same(kinds(s.release(conns[0], 5, true)), ['close'], "a client's released connection closes for the cap");
+  // The cap keeps a service waiting: the reading's idle connection makes room in turn, as any would.
+  s.closed(conns[0], 5);
+  s.setService('other', limits(2));
+  t.same(kinds(s.acquire('other', K, 6).actions), ['close'], 'evicted for a service the cap blocks');
+});
+
 t.test('takeIdleNow: an idle connection of the key when nobody waits, else 0 and no change', async (t) => {
   const s = make(10, { a: 1 });
   t.equal(s.takeIdleNow('a', K), 0, 'nothing idle yet');
