@@ -253,7 +253,7 @@ export class Proxy {
       });
     }
     const { host, port } = this.config.upstream;
-    const maxConnections = this.pool.cap;
+    const maxConnections = this.pool.localCap();
     const unmatched = this.stats.service(UNMATCHED);
     return {
       upstream: {

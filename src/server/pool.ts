@@ -137,9 +137,9 @@ export class ServerPool {
     this.applyCap();
   }
 
-  /** This instance's own cap (config or headroom), before coordination's ceiling. */
-  localCap(): number {
-    return capOf(this.config.upstream, this.headroom.reading);
+  /** This instance's own cap, of upstream.maxConnections or (auto) of the last headroom reading; before coordination's ceiling. */
+  localCap(config = this.config): number {
+    return capOf(config.upstream, this.headroom.reading);
   }
 
   localServices(): ServiceUse[] {
@@ -203,11 +203,6 @@ export class ServerPool {
     }
   }
 
-  /** The cap in force, of upstream.maxConnections or (auto) of the last headroom reading. */
-  get cap(): number {
-    return this.localCap();
-  }
-
   /** A new reading: the cap follows; a lowered one closes idle connections now and released ones until within it. */
   private applyCap(): void {
     this.scheduler.setPoolLimits(this.poolLimits(this.config));
@@ -236,7 +231,7 @@ export class ServerPool {
   }
 
   private poolLimits(config: Config) {
-    const cap = capOf(config.upstream, this.headroom.reading);
+    const cap = this.localCap(config);
     return {
       cap: this.capCeiling === undefined ? cap : Math.min(cap, this.capCeiling),
       idleTimeoutMs: config.serverIdleTimeoutMs,

@@ -44,6 +44,8 @@ const plain: Paint = (text) => text;
 const ansi: Paint = (text, ...styles) => (styles.length === 0 || text === '' ? text : `\x1b[${styles.map((s) => SGR[s]).join(';')}m${text}\x1b[0m`);
 
 export const LEGEND = '# in use  + opening/closing  = idle  . free  > waiting beyond budget';
+/** The legend's addition with coordination: budget slots this instance may not use now (others hold them, or its fair share is less). */
+export const LEGEND_CLUSTER = '  - others\'';
 
 /** The columns after the bar: header, width. */
 const COLUMNS = [
@@ -96,13 +98,15 @@ export function renderFrame(frame: Frame, opts: ViewOptions): string[] {
 
   const services = sortServices(frame.status.services);
   const clusterRows = cluster === null ? [] : clusterServiceLines(cluster, nameWidth);
-  const footer: Line[] = [...(clusterRows.length > 0 ? [[], ...clusterRows] : []), [], [[LEGEND + (opts.refreshSeconds === null ? '' : '   q quits'), ['dim']]]];
+  const legend = LEGEND + (cluster === null ? '' : LEGEND_CLUSTER) + (opts.refreshSeconds === null ? '' : '   q quits');
+  const footer: Line[] = [...(clusterRows.length > 0 ? [[], ...clusterRows] : []), [], [[legend, ['dim']]]];
   let shown = services.length;
   if (opts.height !== null) {
     const room = opts.height - lines.length - footer.length;
     if (services.length > room) shown = Math.max(0, room - 1);
   }
-  for (const s of services.slice(0, shown)) lines.push(serviceRow(s, frame.rates.get(s.name) ?? null, nameWidth, barWidth));
+  const ceilings = new Map(cluster?.services.map((s) => [s.name, s.ceiling]) ?? []);
+  for (const s of services.slice(0, shown)) lines.push(serviceRow(s, frame.rates.get(s.name) ?? null, ceilings.get(s.name) ?? null, nameWidth, barWidth));
   if (shown < services.length) lines.push([[`... ${services.length - shown} more service(s) below; a taller window shows them`, ['dim']]]);
   lines.push(...footer);
   return lines.map((l) => fit(l, width, paint));
@@ -119,12 +123,15 @@ export function sortServices(services: readonly ServiceSnapshot[]): ServiceSnaps
 /** A line as pieces of text, each with its styles. */
 type Line = [string, Style[]][];
 
-function serviceRow(s: ServiceSnapshot, rates: ServiceRates | null, nameWidth: number, barWidth: number): Line {
+function serviceRow(s: ServiceSnapshot, rates: ServiceRates | null, ceiling: number | null, nameWidth: number, barWidth: number): Line {
   const c = s.serverConnections;
   // A dry run's clients beyond its budget are served, but would wait if it were enforced: drawn as waiting.
   const beyond = s.clients.waiting + (s.enforced === false ? s.wouldBeWaiting : 0);
   // Replication connections are in use too (a pgbudget before them has none: `?? 0`).
-  const bar = budgetBar({ active: Math.min(c.active + (c.replication ?? 0), s.budget), changing: c.opening + c.closing, idle: c.idle, waiting: beyond, budget: s.budget }, barWidth);
+  const bar = budgetBar(
+    { active: Math.min(c.active + (c.replication ?? 0), s.budget), changing: c.opening + c.closing, idle: c.idle, waiting: beyond, budget: s.budget, ceiling },
+    barWidth,
+  );
   const cells: [string, Style[]][] = [
     [`${c.total}/${s.budget}`, c.total >= s.budget ? ['bold'] : []],
     [String(s.clients.waiting), s.clients.waiting > 0 ? ['yellow', 'bold'] : []],
@@ -151,12 +158,15 @@ export interface BarCounts {
   idle: number;
   waiting: number;
   budget: number;
+  /** The most this instance may hold now, when it shares the budget with others (coordination); null or absent: the budget. */
+  ceiling?: number | null;
 }
 
 /**
  * A service's budget bar in `cells` characters (and two brackets): inside the brackets, the
  * budget (or the connections held, if more: a lowered budget), as in use
- * `#`, opening or closing `+`, idle `=` and free `.`; past the bracket `>`,
+ * `#`, opening or closing `+`, idle `=`, free `.` and, when other instances
+ * share the budget, the part of it this one may not use now `-`; past the bracket `>`,
  * the clients waiting beyond it. When clients wait, the bar scales so that
  * budget and waiters share its width in proportion, so a service far over
  * its budget shows a short bracket and a long tail.
@@ -168,9 +178,10 @@ export function budgetBar(n: BarCounts, cells: number): { inside: string; beyond
   const units = inside + waiting;
   if (units === 0 || cells <= 0) return { inside: '.'.repeat(Math.max(0, cells)), beyond: '' };
   const [insideCells, waitingCells] = waiting === 0 ? [cells, 0] : apportion([inside, waiting], cells);
-  const parts = apportion([n.active, n.changing, n.idle, inside - held], insideCells);
+  const usable = n.ceiling === null || n.ceiling === undefined ? inside : Math.max(held, Math.min(inside, n.ceiling));
+  const parts = apportion([n.active, n.changing, n.idle, usable - held, inside - usable], insideCells);
   return {
-    inside: '#'.repeat(parts[0]) + '+'.repeat(parts[1]) + '='.repeat(parts[2]) + '.'.repeat(parts[3]),
+    inside: '#'.repeat(parts[0]) + '+'.repeat(parts[1]) + '='.repeat(parts[2]) + '.'.repeat(parts[3]) + '-'.repeat(parts[4]),
     beyond: '>'.repeat(waitingCells),
   };
 }

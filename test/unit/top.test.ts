@@ -7,7 +7,7 @@ import t from 'tap';
 import { parseExposition, Samples } from '../../src/top/exposition.js';
 import { parseTopArgs } from '../../src/top/main.js';
 import { bucketIncrease, histogramQuantile, perSecond, serviceRates, type Bucket, type ServiceRates, type WaitQuantile } from '../../src/top/rates.js';
-import { apportion, budgetBar, fmtRate, fmtWait, LEGEND, renderFrame, sortServices, type Frame, type ViewOptions } from '../../src/top/view.js';
+import { apportion, budgetBar, fmtRate, fmtWait, LEGEND, LEGEND_CLUSTER, renderFrame, sortServices, type Frame, type ViewOptions } from '../../src/top/view.js';
 import type { ProxySnapshot, ServiceSnapshot } from '../../src/types/snapshot.js';
 
 /** A service with [active, idle, opening, closing] server connections and `waiting` clients. */
@@ -151,10 +151,21 @@ t.test('budget bars scale', async (t) => {
   t.equal(bar(2, 0, 1000, 2), '[#]>>>>>>>>>>>>>>>', 'far over: the budget keeps one cell');
   t.equal(bar(3, 0, 0, 2), '[################]', 'more held than a lowered budget: full, no free cell');
   t.equal(bar(0, 0, 0, 0), '[................]', 'a budget of 0');
+  const shared = (active: number, idle: number, budget: number, ceiling: number) => `[${budgetBar({ active, changing: 0, idle, waiting: 0, budget, ceiling }, 16).inside}]`;
+  t.equal(shared(2, 0, 8, 4), '[####....--------]', 'a ceiling of 4 of 8: the rest is other instances\'');
+  t.equal(shared(2, 1, 8, 2), '[####==----------]', 'held above the ceiling: no free cell');
+  t.equal(shared(2, 0, 8, 8), '[####............]', 'a ceiling at the budget: as without');
 
   fc.assert(
     fc.property(
-      fc.record({ active: fc.nat(50), changing: fc.nat(5), idle: fc.nat(50), waiting: fc.nat(2000), budget: fc.integer({ min: 1, max: 100 }) }),
+      fc.record({
+        active: fc.nat(50),
+        changing: fc.nat(5),
+        idle: fc.nat(50),
+        waiting: fc.nat(2000),
+        budget: fc.integer({ min: 1, max: 100 }),
+        ceiling: fc.option(fc.nat(100)),
+      }),
       fc.integer({ min: 2, max: 60 }),
       (n, cells) => {
         const b = budgetBar(n, cells);
@@ -164,9 +175,10 @@ t.test('budget bars scale', async (t) => {
           b.inside.length + b.beyond.length === cells &&
           b.inside.length >= 1 &&
           (b.beyond.length > 0) === (n.waiting > 0) &&
-          /^#*\+*=*\.*$/.test(b.inside) &&
+          /^#*\+*=*\.*-*$/.test(b.inside) &&
           /^>*$/.test(b.beyond) &&
-          (held < n.budget || !b.inside.includes('.')) &&
+          (held < Math.min(n.budget, n.ceiling ?? Infinity) || !b.inside.includes('.')) &&
+          (n.ceiling === null || n.ceiling < n.budget || !b.inside.includes('-')) &&
           (n.active > 0 || !b.inside.includes('#')) &&
           (n.idle > 0 || !b.inside.includes('='))
         );
@@ -391,6 +403,9 @@ t.test("a cluster's view (coordination): the instances, the cap's leases, each s
     'storm        8/8 in the cluster, 2 here (may hold 2), 40 waiting elsewhere (olde',
     'calm         3/4 in the cluster, 2 here (may hold 3)',
   ]);
+  // calm: budget 4, one in use and one idle, may hold 3 here: one free, one other instances'.
+  t.match(lines.find((l) => l.startsWith('calm ') && l.includes('[')), /\[#+=+\.+-+\]/, "the bar draws the ceiling: the rest of the budget is other instances'");
+  t.match(lines.at(-1), LEGEND + LEGEND_CLUSTER, 'and the legend says so');
   const down = renderFrame(frame({ status: snapshot([], { coordination: { ...coordination, up: false, downForSeconds: 4.2, lastError: 'connect ECONNREFUSED' } }) }), at80);
   t.same(down.slice(3, 5), ['cluster   payments-db  3 instances  leases 12 / cap 16  REDIS DOWN 4.2s (static)', '! redis: connect ECONNREFUSED']);
   for (const l of [...lines, ...down]) t.ok(l.length <= 80, l);
