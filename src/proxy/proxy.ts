@@ -18,6 +18,7 @@ import { databaseSnapshot } from '../server/headroom.js';
 import { SURGE_TICK_MS, SurgeWatch } from './surgeWatch.js';
 import { DryRunWatch } from './dryRunWatch.js';
 import { Coordinator } from '../coordination/coordinator.js';
+import { probeUserTimeout, userTimeoutMs } from '../io/userTimeout.js';
 
 export class Proxy {
   readonly stats = new Stats();
@@ -88,6 +89,13 @@ export class Proxy {
   async listen(): Promise<net.AddressInfo> {
     const problem = await checkFastPath();
     if (problem !== null) this.log.warn({ problem }, 'pgbudget: the fast I/O path failed its self-test; using portable I/O (net.Socket)');
+    const noUserTimeout = userTimeoutMs(this.config) > 0 ? probeUserTimeout() : null;
+    if (noUserTimeout !== null) {
+      this.log.warn(
+        { problem: noUserTimeout },
+        'pgbudget: TCP_USER_TIMEOUT cannot be set here; a peer that vanishes with bytes in flight is noticed only after the kernel gives up retransmitting (tcp_retries2)',
+      );
+    }
     return new Promise((resolve, reject) => {
       this.server.once('error', reject);
       this.server.listen(this.config.listen.port, this.config.listen.host, () => {

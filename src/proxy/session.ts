@@ -23,6 +23,7 @@ import { TransactionTracker, type SessionTimeouts } from '../client/transaction.
 import { welcome } from '../client/welcome.js';
 import { Admission, type AdmissionContext, type AdmissionOwner, type Identity, type LoginKeys } from './admission.js';
 import { ServerLink, type LinkContext, type LinkOwner, type LinkState } from './link.js';
+import { userTimeoutMs } from '../io/userTimeout.js';
 
 export interface SessionContext extends LinkContext, AdmissionContext {
   readonly stats: Stats;
@@ -86,7 +87,7 @@ export class ClientSession implements TlsUpgradeHandler, AdmissionOwner, LinkOwn
     const cfg = ctx.config();
     this.inbound = new ClientInbound(this.tx, this.statementLayer, cfg.maxMessageBytes);
     this.outbound = new ClientOutbound(this.tx, this.statementLayer, this);
-    this.socket = clientTransport(accepted, this, { keepAliveMs: cfg.tcpKeepaliveMs });
+    this.socket = clientTransport(accepted, this, { keepAliveMs: cfg.tcpKeepaliveMs, userTimeoutMs: userTimeoutMs(cfg) });
     this.admission = new Admission(ctx, this, this.socket, this.connectedAt, cfg.startupTimeoutMs);
     this.link = new ServerLink(ctx, this, this);
     // Registered once nothing here can fail: a session that could not start is never listed.

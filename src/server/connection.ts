@@ -37,6 +37,8 @@ export interface ServerLogin {
   connectTimeoutMs: number;
   /** TCP keepalive idle time (0: off), so a server host that vanished is noticed. */
   keepAliveMs: number;
+  /** TCP_USER_TIMEOUT (0: the kernel's), so a server host that vanished with bytes in flight is noticed too. */
+  userTimeoutMs: number;
   /** TLS towards the server (upstream.tls). */
   tls: UpstreamTls;
 }
@@ -119,7 +121,7 @@ export class ServerConnection implements ConnectHandler, TlsUpgradeHandler {
     readonly login: ServerLogin,
   ) {
     this.transport = connectTransport(
-      { host: login.host, port: login.port, keepAliveMs: login.keepAliveMs, deferDirect: login.tls.mode !== 'disable' },
+      { host: login.host, port: login.port, keepAliveMs: login.keepAliveMs, userTimeoutMs: login.userTimeoutMs, deferDirect: login.tls.mode !== 'disable' },
       this,
     );
   }

@@ -17,6 +17,7 @@ import type { UpstreamTls } from './upstreamTls.js';
 import { AUTH_QUERY_SERVICE, authQueryService } from './authQuery.js';
 import { Headroom, HEADROOM_SERVICE, headroomService } from './headroom.js';
 import { capOf } from '../budget/headroom.js';
+import { userTimeoutMs } from '../io/userTimeout.js';
 
 export type RejectedBecause = 'queue_full' | 'queue_timeout' | 'server_login' | 'internal_error';
 
@@ -501,6 +502,7 @@ export class ServerPool {
       service,
       connectTimeoutMs,
       keepAliveMs: this.config.tcpKeepaliveMs,
+      userTimeoutMs: userTimeoutMs(this.config),
       password: () => (svc?.passwordEnv ? process.env[svc.passwordEnv] : svc?.password) ?? this.material.userPassword(user),
       tls: this.material.tls(),
     });

