@@ -81,6 +81,19 @@ export class List<T extends Linked> {
     this.linked(item);
   }
 
+  /** Puts `item` just before `before` (which must be in this list), or last when `before` is null; nothing happens when it is in a list already. */
+  insertBefore(item: T, before: T | null): void {
+    if (item.qList != null) return;
+    if (before === null) return this.push(item);
+    const prev = before.qPrev as T | null;
+    item.qPrev = prev;
+    item.qNext = before;
+    before.qPrev = item;
+    if (prev !== null) prev.qNext = item;
+    else this.head = item;
+    this.linked(item);
+  }
+
   /** Removes `item`; false when it was not in this list. Its links are cleared, so a removed item points to no other. */
   delete(item: T): boolean {
     if (item.qList !== this) return false;

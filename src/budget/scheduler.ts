@@ -155,7 +155,8 @@ export class Scheduler {
   }
 
   /**
-   * Puts a waiter back at the head of its queue, keeping its original wait
+   * Puts a waiter back in its queue where its arrival puts it (the head,
+   * unless waiters of another key came earlier), keeping its original wait
    * time (the connection it was given turned out to be unusable).
    */
   requeue(waiter: Waiter): void {

@@ -232,10 +232,16 @@ export class ServiceState {
     else if (state === 'active' && conn.seat !== null) this.wouldBe?.stop(conn, this.limits.budget);
   }
 
-  enqueue(w: Waiter, atHead = false): void {
+  enqueue(w: Waiter, requeued = false): void {
     if (this.waiting.has(w)) return;
-    if (atHead) this.waiting.unshift(w);
-    else this.waiting.push(w);
+    if (requeued) {
+      // Back in its place by when it first came: the queue stays in arrival order, which is what the
+      // timeout sweep (it stops at the first waiter not yet due) and oldestWaitMs rely on. Waiters of
+      // other keys may have been served after it came, so that place is not always the head.
+      let before = this.waiting.first();
+      while (before !== null && before.enqueuedAt <= w.enqueuedAt) before = this.waiting.next(before);
+      this.waiting.insertBefore(w, before);
+    } else this.waiting.push(w);
     bump(this.waitingByKey, w.key, 1);
   }
 

@@ -293,12 +293,14 @@ function run(events: Event[], budgets: number[], dryRuns: boolean[], pinC: boole
       actions = s.cancel(m.waiting.splice(e.pick % m.waiting.length, 1)[0], now);
     } else if (e.kind === 'requeue') {
       // The connection a client was handed went bad before it got it: the
-      // client goes back to the head of its queue, the connection closes.
+      // client goes back to its queue, the connection closes.
       const handed = m.in('active').filter((c) => c.holder);
       if (handed.length === 0) continue;
       const c = handed[e.pick % handed.length];
       s.requeue(c.holder!);
-      m.waiting.unshift(c.holder!);
+      // Back where its arrival puts it: after every waiter that came no later.
+      const at = m.waiting.findIndex((w) => w.enqueuedAt > c.holder!.enqueuedAt);
+      m.waiting.splice(at < 0 ? m.waiting.length : at, 0, c.holder!);
       c.holder = undefined;
       c.state = 'idle';
       actions = s.release(c.id, now, false);
@@ -338,6 +340,11 @@ function run(events: Event[], budgets: number[], dryRuns: boolean[], pinC: boole
     for (const [name, keepers] of passedOver) if (!stillBlocked.includes(name)) keepers.length = 0;
     const broken = invariants(s, m, budget, dry, pinned, cap, effect(actions, totalBefore, fastTo));
     if (broken) return `${broken} (after ${JSON.stringify(e)})`;
+    // A sweep rejects every waiter past its timeout, wherever it is in its queue (a requeued one too).
+    if (e.kind === 'tick') {
+      const late = m.waiting.find((w) => now - w.enqueuedAt >= TIMEOUT_MS);
+      if (late) return `${late.service} waiter ${late.id} waited ${now - late.enqueuedAt} ms, past the timeout of ${TIMEOUT_MS}, and the sweep kept it (after ${JSON.stringify(e)})`;
+    }
   }
   return null;
 }

@@ -219,6 +219,27 @@ t.test('a waiter put back keeps its place at the head of the queue', async (t) =
   void r2;
 });
 
+t.test('a waiter put back behind an older waiter of another key: the older one still times out on time', async (t) => {
+  const K2 = 'app\0other';
+  const s = make(10, { a: 2 }, { timeoutMs: 1000 });
+  const first = s.acquire('a', K2, 0);
+  const c2 = assigns(openAll(s, first.actions))[0].connId;
+  const old = s.acquire('a', K, 0); // its connection opens (the budget's second) and takes a while
+  t.same(kinds(old.actions), ['open']);
+  const late = s.acquire('a', K2, 500);
+  t.same(assigns(s.release(c2, 600, true)).map((a) => a.waiter.id), [late.waiter.id], 'the K2 connection goes to the K2 waiter');
+  // It went bad before the client got it: the client goes back, the connection closes.
+  s.requeue(late.waiter);
+  t.same(kinds(s.release(c2, 600, false)), ['close']);
+  t.equal(s.oldestWaitMs('a', 700), 700, 'the oldest waiter is still first');
+  const swept = s.sweep(1000);
+  t.same(
+    swept.filter((a) => a.kind === 'reject').map((a) => a.kind === 'reject' && [a.waiter.id, a.reason, a.waitedMs]),
+    [[old.waiter.id, 'queue_timeout', 1000]],
+    'the older one times out at 1000 ms, the requeued one waits on',
+  );
+});
+
 t.test('a cap lowered by reload closes idle connections and released ones above it', async (t) => {
   const s = make(4, { a: 4 });
   const r = [0, 1, 2, 3].map(() => s.acquire('a', K, 0));
