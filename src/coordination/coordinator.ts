@@ -7,6 +7,12 @@
 // (clusterShare.ts), so the scheduler alone decides, synchronously, as
 // without coordination. Redis is never on a transaction's path.
 //
+// Nudges: an instance whose clients start to wait publishes its name on
+// the cluster's nudge channel once its demand is in Redis, and every other
+// instance syncs at once. Without it, an instance holding idle connections
+// and no waiters of its own would see that demand only at its next slow
+// sync (leaseTtlMs / 3). A lost nudge costs only that delay.
+//
 // Proof: a lease is proven until the send time of the last call that
 // confirmed it plus the TTL (Redis counts the TTL from when it ran the call,
 // which is later). Before that, less a margin, an instance that has not
@@ -49,6 +55,13 @@ const TICK_MS = 50;
 
 export class Coordinator implements LeaseGate {
   private readonly redis: Redis;
+  /** Subscribed to the nudge channel (a subscribed connection can do nothing else). */
+  private readonly sub: Redis;
+  /** Local clients waited at the last sync; and when this instance last nudged. */
+  private wasWaiting = false;
+  private nudgedAt = -Infinity;
+  /** A nudge came while a sync was under way: another one follows it. */
+  private syncAgain = false;
   private readonly store: LeaseStore;
   readonly instance: string;
   private up = false;
@@ -100,6 +113,17 @@ export class Coordinator implements LeaseGate {
       if (!this.syncing && !this.stopped) void this.sync(clock());
     });
     this.store = new LeaseStore(this.redis, `${config.redis.keyPrefix}{${config.cluster}}:`, this.instance);
+    this.sub = this.redis.duplicate();
+    this.sub.on('error', () => undefined); // the main connection reports Redis's state
+    // (Again) after each connect: ioredis resubscribes on its own too, and a second SUBSCRIBE is harmless.
+    this.sub.on('ready', () => void this.sub.subscribe(this.store.nudgeChannel).catch(() => undefined));
+    this.sub.on('message', (_channel: string, from: string) => {
+      try {
+        this.nudged(from);
+      } catch (err) {
+        this.log.error({ err }, 'pgbudget: internal error in coordination (nudge)');
+      }
+    });
     // Until the first sync: down since the start, so nothing opens unproven.
     this.downSince = now;
     this.growAt = now + config.leaseTtlMs;
@@ -221,6 +245,31 @@ export class Coordinator implements LeaseGate {
     } finally {
       this.syncing = false;
     }
+    if (this.syncAgain && this.up && !this.stopped) {
+      this.syncAgain = false;
+      void this.sync(clock());
+    }
+  }
+
+  /** Another instance's clients started to wait: sync now, so that capacity flows to them soon. */
+  private nudged(from: string): void {
+    if (from === this.instance || this.stopped || !this.up) return;
+    if (this.syncing) this.syncAgain = true;
+    else void this.sync(clock());
+  }
+
+  /**
+   * After a sync (which published the demand): clients wait here since the
+   * last one, so the others are nudged; again every leaseTtlMs / 3 while
+   * they still wait (an instance that came meanwhile, a nudge lost).
+   */
+  private nudgeIfWaiting(local: readonly ServiceUse[], now: number): void {
+    const waiting = local.some((s) => s.shared && s.waiting > 0 && s.oldestWaitMs >= FAST_SYNC_MS / 2);
+    const due = waiting && (!this.wasWaiting || now - this.nudgedAt >= this.config.leaseTtlMs / 3);
+    this.wasWaiting = waiting;
+    if (!due) return;
+    this.nudgedAt = now;
+    this.store.nudge().catch(() => undefined);
   }
 
   private async renew(now: number): Promise<void> {
@@ -276,6 +325,7 @@ export class Coordinator implements LeaseGate {
       this.log.warn({ cluster: this.config.cluster, lost: lost.size }, 'coordination: leases lost, the cluster has no room for them');
     }
     this.warnDisagreement(local, r);
+    this.nudgeIfWaiting(local, now);
   }
 
   private disagreement = '';
@@ -478,5 +528,6 @@ export class Coordinator implements LeaseGate {
       await this.store.leave(this.pool.localServices().map((s) => s.name)).catch(() => undefined);
     }
     this.redis.disconnect();
+    this.sub.disconnect();
   }
 }

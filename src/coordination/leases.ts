@@ -187,11 +187,11 @@ export interface SyncResult {
 type Script = (...args: (string | number)[]) => Promise<unknown>;
 
 /** Redis commands counted by what they were for, for the metrics and the churn test. */
-export type LeaseOp = 'acquire' | 'release' | 'sync';
+export type LeaseOp = 'acquire' | 'release' | 'sync' | 'nudge';
 
 export class LeaseStore {
   private readonly live: string;
-  readonly calls: Record<LeaseOp, number> = { acquire: 0, release: 0, sync: 0 };
+  readonly calls: Record<LeaseOp, number> = { acquire: 0, release: 0, sync: 0, nudge: 0 };
 
   constructor(
     private readonly redis: Redis,
@@ -237,6 +237,17 @@ export class LeaseStore {
       services: r[3].map(([name, budget, leases, flat]) => ({ name, budget, leases, demand: parseDemand(flat) })),
       liveInstances: r[4],
     };
+  }
+
+  /** The channel on which an instance whose clients started to wait asks the others to sync now. */
+  get nudgeChannel(): string {
+    return `${this.prefix}nudge`;
+  }
+
+  /** Asks every instance of the cluster to sync now (its demand is published already). */
+  async nudge(): Promise<void> {
+    this.calls.nudge++;
+    await this.redis.publish(this.nudgeChannel, this.instance);
   }
 
   /** Gives back every lease of this instance at once (a clean stop). */

@@ -37,7 +37,7 @@ export function registerCoordinationMetrics(registry: client.Registry, snap: () 
   );
   metric('gauge', 'pgbudget_cluster_cap_connections', 'The cap in force across the cluster: the least any live instance gives.', (c) => [{ labels: {}, value: c.cap.cap }]);
   metric('gauge', 'pgbudget_cluster_cap_leases', 'Server connections of all services held by all instances of the cluster.', (c) => [{ labels: {}, value: c.cap.clusterLeases }]);
-  metric('counter', 'pgbudget_coordination_redis_calls_total', 'Calls to Redis, by what for: acquire and release per server connection, sync per renewal.', (c) =>
+  metric('counter', 'pgbudget_coordination_redis_calls_total', 'Calls to Redis, by what for: acquire and release per server connection, sync per renewal, nudge when clients start to wait.', (c) =>
     Object.entries(c.calls).map(([op, n]) => ({ labels: { op }, value: n })),
   );
   metric('counter', 'pgbudget_coordination_events_total', 'Leases acquired and refused, lost on renewal, server connections shed for coordination, and losses of Redis.', (c) => [

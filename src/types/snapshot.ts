@@ -86,7 +86,7 @@ export interface CoordinationSnapshot {
     peers: { instance: string; held: number; waiting: number; oldestWaitMs: number }[];
   }[];
   /** Redis calls made, by what for. */
-  calls: { acquire: number; release: number; sync: number };
+  calls: { acquire: number; release: number; sync: number; nudge: number };
   counts: { syncs: number; syncFailures: number; acquired: number; refused: number; lost: number; shed: number; downs: number };
 }
 

@@ -15,14 +15,14 @@ const cluster = await withCluster(t, { maxConnections: 40, users: ['segmentation
 
 const TTL = 3000;
 
-function config(redis: TestRedis, name: string, over: { budget?: number; cap?: number; expectedReplicas?: number; onRedisDown?: string } = {}) {
+function config(redis: TestRedis, name: string, over: { budget?: number; cap?: number; expectedReplicas?: number; onRedisDown?: string; ttl?: number } = {}) {
   return {
     logLevel: 'info',
     upstream: { maxConnections: over.cap ?? 16 },
     coordination: {
       redis: { url: redis.url },
       cluster: name,
-      leaseTtlMs: TTL,
+      leaseTtlMs: over.ttl ?? TTL,
       onRedisDown: over.onRedisDown ?? 'static',
       expectedReplicas: over.expectedReplicas ?? 4,
     },
@@ -289,6 +289,42 @@ t.test('fairness: one instance storms, another has 3 clients of the same service
   t.same([s.code, s.failed], [0, 0], `the storm: ${s.transactions} transactions, none failed`);
   t.ok(seen.maxSeg <= 8, `never above 8 (peak ${seen.maxSeg})`);
   t.comment(`fairness: the few waited median ${p50} ms, max ${max} ms, over ${waits.length} statements; shares at the end storm/few ${mid.join('/')}; storm ${s.transactions} transactions`);
+});
+
+t.test("an idle holder gives way at once: another instance's client is served within a fast sync or two, not the holder's slow one", async (t) => {
+  const redis = await startRedis(t);
+  // Slow syncs every 3 s: the holder, with no waiters of its own, would see the other's demand only then.
+  const [holder, other] = await instances(t, 2, redis, 'nudge', { expectedReplicas: 2, ttl: 9000 });
+  const web = (p: SpawnedProxy) => `postgres://web@127.0.0.1:${p.port}/postgres`;
+  // The holder takes all 4 of web's budget, then its clients leave: 4 idle server connections there.
+  const clients = await Promise.all(
+    Array.from({ length: 4 }, async () => {
+      const c = new pg.Client({ connectionString: web(holder) });
+      await c.connect();
+      await c.query('begin');
+      return c;
+    }),
+  );
+  t.equal(await held(holder, 'web'), 4, 'the holder holds the whole budget');
+  for (const c of clients) {
+    await c.query('commit'); // a client that leaves inside a transaction would take its server connection with it
+    await c.end();
+  }
+  t.equal((await status(holder)).services.find((x) => x.name === 'web')!.serverConnections.idle, 4, 'all 4 idle there');
+  // Right after one of the holder's slow syncs: its next is about 3 s away.
+  const syncs = (await status(holder)).coordination!.calls.sync;
+  await until('a sync of the holder', async () => (await status(holder)).coordination!.calls.sync > syncs, 5000);
+  const started = Date.now();
+  const c = new pg.Client({ connectionString: web(other) });
+  await c.connect(); // its welcome needs a server connection: it waits here
+  t.equal((await c.query('select 1 as one')).rows[0].one, 1);
+  const waited = Date.now() - started;
+  await c.end();
+  const nudges = (await status(other)).coordination!.calls.nudge;
+  t.ok(waited < 1500, `served after ${waited} ms (the holder's next slow sync was about 3000 ms away)`);
+  t.ok(nudges >= 1, `the other instance nudged (${nudges})`);
+  t.ok((await held(holder, 'web')) <= 3, 'the holder gave a connection back');
+  t.comment(`nudge: a client of the other instance waited ${waited} ms for the idle holder's connection, ${nudges} nudge(s)`);
 });
 
 t.test('churn: Redis calls follow server connection opens, not transactions', async (t) => {

@@ -100,6 +100,18 @@ t.test('leave: every lease of the instance goes at once', async (t) => {
   t.same(r.services[0].demand.map((d) => d.instance), ['inst1']);
 });
 
+t.test("nudge: published on the cluster's channel with the instance's name, and counted", async (t) => {
+  const [a] = cluster(1);
+  const sub = new Redis({ host: '127.0.0.1', port: redis.port });
+  connections.push(sub);
+  await sub.subscribe(a.nudgeChannel);
+  const got = new Promise<[string, string]>((resolve) => sub.once('message', (channel: string, from: string) => resolve([channel, from])));
+  await a.nudge();
+  t.same(await got, [a.nudgeChannel, 'inst0']);
+  t.match(a.nudgeChannel, /^pgbudget:\{c\d+\}:nudge$/, 'in the cluster\'s hash slot');
+  t.equal(a.calls.nudge, 1);
+});
+
 t.test('random interleavings of 3 instances: never more leases than the budget or the cap', async (t) => {
   type Op = { kind: 'acquire' | 'release' | 'sync'; who: number; service: number; conn: number };
   const op = fc.record({ kind: fc.constantFrom('acquire', 'acquire', 'release', 'sync'), who: fc.nat(2), service: fc.nat(1), conn: fc.nat(5) }) as fc.Arbitrary<Op>;

@@ -392,7 +392,7 @@ t.test("a cluster's view (coordination): the instances, the cap's leases, each s
       { name: 'storm', clusterBudget: 8, clusterLeases: 8, leases: 2, ceiling: 2, peers: [{ instance: 'pod-b/1/y', held: 6, waiting: 40, oldestWaitMs: 1250 }] },
       { name: 'calm', clusterBudget: 4, clusterLeases: 3, leases: 2, ceiling: 3, peers: [{ instance: 'pod-c/1/z', held: 1, waiting: 0, oldestWaitMs: 0 }] },
     ],
-    calls: { acquire: 1, release: 0, sync: 3 },
+    calls: { acquire: 1, release: 0, sync: 3, nudge: 0 },
     counts: { syncs: 3, syncFailures: 0, acquired: 1, refused: 0, lost: 0, shed: 0, downs: 0 },
   };
   const lines = renderFrame(frame({ status: snapshot([service('calm', 4, [1, 1]), service('storm', 2, [2, 0], 10)], { coordination }) }), at80);
