@@ -39,6 +39,8 @@ export interface CoordinatedPool {
   connState(connId: number): 'opening' | 'active' | 'idle' | 'closing' | undefined;
   /** Closes a server connection now, whatever its state (its client, if any, gets an error). */
   shed(connId: number, reason: string): void;
+  /** The backend pids of this instance's own server connections, when headroom readings need the others' (else none). */
+  ownPids(): Iterable<number>;
 }
 
 interface Lease {
@@ -178,6 +180,10 @@ export class Coordinator implements LeaseGate {
     }
   }
 
+  peerPids(): readonly number[] {
+    return this.view?.peerPids ?? [];
+  }
+
   /** The server connection has closed: its lease goes back. */
   released(connId: number): void {
     const lease = this.leases.get(connId);
@@ -291,7 +297,7 @@ export class Coordinator implements LeaseGate {
     // Leases of services the scheduler forgot (a connection still closing after a reload) are renewed too.
     for (const [name, leases] of byService) if (!local.some((s) => s.name === name)) services.push({ name, budget: -1, held: leases.length, waiting: 0, oldestWaitMs: 0, leases });
     const info = JSON.stringify({ host: hostname(), pid: process.pid, since: this.startedIso });
-    const r = await this.store.sync(this.pool.localCap(), info, services, this.config.leaseTtlMs);
+    const r = await this.store.sync(this.pool.localCap(), info, services, this.config.leaseTtlMs, this.pool.ownPids());
     if (this.stopped) return;
     this.counts.syncs++;
     this.view = r;

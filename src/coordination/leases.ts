@@ -11,6 +11,8 @@
 //   lease:<service>  zset  lease -> expiry               (the service's leases)
 //   budget:<service> hash  instance -> its budget (-1: a dry run)
 //   demand:<service> hash  instance -> "held waiting oldestWaitMs"
+//   pids             hash  instance -> its server connections' backend pids, "pid pid ..."
+//                          (with headroom readings: the others' are not "other" connections)
 // A lease is named `<instance>#<connection id>`, so `ZRANGE` of a set shows
 // which instance holds what.
 import { Redis } from 'ioredis';
@@ -64,11 +66,12 @@ return {1, held, budget, all, cap}
 `;
 
 /**
- * ARGV: prefix, instance, ttl, JSON {cap, info, services: [{n, b, h, w, o, m: [leases]}]}.
+ * ARGV: prefix, instance, ttl, JSON {cap, info, pids, services: [{n, b, h, w, o, m: [leases]}]}.
  * Renews every lease named; one that expired is taken again where there is
  * room, else it is lost; one of the instance's own that it does not name
  * goes. Publishes the instance's limits and demand.
- * Returns {cap, all leases, lost leases, [[service, budget, leases, [instance, "held waiting oldest", ...]], ...], live instances}.
+ * Returns {cap, all leases, lost leases, [[service, budget, leases, [instance, "held waiting oldest", ...]], ...], live instances,
+ * [instance, "pid pid ...", ...]}.
  */
 const SYNC = `${PRELUDE}
 local inst, ttl = ARGV[2], tonumber(ARGV[3])
@@ -81,6 +84,8 @@ local capKey = p .. 'cap'
 expire(capKey)
 redis.call('HSET', p .. 'capv', inst, a.cap)
 local cap = least(p .. 'capv', a.cap)
+redis.call('HSET', p .. 'pids', inst, a.pids)
+least(p .. 'pids', -1)
 local lost, out = {}, {}
 for _, s in ipairs(a.services) do
   local leaseKey = p .. 'lease:' .. s.n
@@ -111,7 +116,7 @@ for _, s in ipairs(a.services) do
   least(demandKey, -1)
   out[#out + 1] = {s.n, budget, redis.call('ZCARD', leaseKey), redis.call('HGETALL', demandKey)}
 end
-return {cap, redis.call('ZCARD', capKey), lost, out, redis.call('ZCARD', live)}
+return {cap, redis.call('ZCARD', capKey), lost, out, redis.call('ZCARD', live), redis.call('HGETALL', p .. 'pids')}
 `;
 
 /** ARGV: prefix, instance, lease, service. */
@@ -137,6 +142,7 @@ for _, svc in ipairs(cjson.decode(ARGV[3])) do
   redis.call('HDEL', p .. 'demand:' .. svc, inst)
 end
 redis.call('HDEL', p .. 'capv', inst)
+redis.call('HDEL', p .. 'pids', inst)
 redis.call('HDEL', p .. 'info', inst)
 redis.call('ZREM', live, inst)
 return 1
@@ -182,6 +188,8 @@ export interface SyncResult {
   services: SyncedService[];
   /** Instances whose last sync is younger than the TTL, this one included. */
   liveInstances: number;
+  /** The backend pids of the other live instances' server connections, as they last published them. */
+  peerPids: number[];
 }
 
 type Script = (...args: (string | number)[]) => Promise<unknown>;
@@ -221,21 +229,23 @@ export class LeaseStore {
     await this.script('pgbudgetRelease')(this.live, this.prefix, this.instance, lease, service);
   }
 
-  async sync(cap: number, info: string, services: SyncService[], ttlMs: number): Promise<SyncResult> {
+  async sync(cap: number, info: string, services: SyncService[], ttlMs: number, pids: Iterable<number> = []): Promise<SyncResult> {
     this.calls.sync++;
     const payload = JSON.stringify({
       cap,
       info,
+      pids: [...pids].join(' '),
       services: services.map((s) => ({ n: s.name, b: s.budget, h: s.held, w: s.waiting, o: Math.round(s.oldestWaitMs), m: s.leases })),
     });
     // cjson decodes an empty JSON array as an empty object: the script's ipairs walks neither.
-    const r = (await this.script('pgbudgetSync')(this.live, this.prefix, this.instance, ttlMs, payload)) as [number, number, string[], [string, number, number, string[]][], number];
+    const r = (await this.script('pgbudgetSync')(this.live, this.prefix, this.instance, ttlMs, payload)) as [number, number, string[], [string, number, number, string[]][], number, string[]];
     return {
       cap: r[0],
       allLeases: r[1],
       lost: r[2],
       services: r[3].map(([name, budget, leases, flat]) => ({ name, budget, leases, demand: parseDemand(flat) })),
       liveInstances: r[4],
+      peerPids: parsePids(r[5], this.instance),
     };
   }
 
@@ -258,6 +268,16 @@ export class LeaseStore {
   private script(name: string): Script {
     return (this.redis as unknown as Record<string, Script>)[name].bind(this.redis);
   }
+}
+
+/** HGETALL's flat list of pid entries, instance, "pid pid ...", ..., without `self`'s. */
+function parsePids(flat: string[], self: string): number[] {
+  const out: number[] = [];
+  for (let i = 0; i + 1 < flat.length; i += 2) {
+    if (flat[i] === self) continue;
+    for (const p of flat[i + 1].split(' ')) if (/^\d+$/.test(p)) out.push(Number(p));
+  }
+  return out;
 }
 
 /** HGETALL's flat list of demand entries: instance, "held waiting oldest", ... */

@@ -224,11 +224,22 @@ export class ServerPool {
     return out;
   }
 
-  /** Backend pids of the server connections held (logged in), for the headroom reading. */
+  /**
+   * Backend pids of pgbudget's server connections (logged in), for the
+   * headroom reading: this instance's, and with coordination the other
+   * instances' as they last published them (counted as others, they would
+   * lower the auto cap for nothing).
+   */
   serverPids(): Set<number> {
-    const pids = new Set<number>();
-    for (const conn of this.conns.values()) if (conn.processId !== 0) pids.add(conn.processId);
+    const pids = new Set(this.ownPids());
+    for (const pid of this.gate?.peerPids() ?? []) pids.add(pid);
     return pids;
+  }
+
+  /** Backend pids of this instance's server connections; none without headroom readings, which alone need them. */
+  *ownPids(): Iterable<number> {
+    if (this.config.headroom.user === undefined) return;
+    for (const conn of this.conns.values()) if (conn.processId !== 0) yield conn.processId;
   }
 
   private poolLimits(config: Config) {

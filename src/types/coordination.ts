@@ -9,6 +9,8 @@
 export interface LeaseGate {
   acquire(service: string, connId: number, shared: boolean, budget: number): Promise<boolean>;
   released(connId: number): void;
+  /** The backend pids of the other instances' server connections, as last published (for headroom readings: not "other" connections). */
+  peerPids(): readonly number[];
 }
 
 /** A service's use of server connections in this instance. */

@@ -327,6 +327,55 @@ t.test("an idle holder gives way at once: another instance's client is served wi
   t.comment(`nudge: a client of the other instance waited ${waited} ms for the idle holder's connection, ${nudges} nudge(s)`);
 });
 
+t.test("upstream.maxConnections auto: an instance's headroom reading does not count the other instances' connections as others", async (t) => {
+  const redis = await startRedis(t);
+  const auto = (name: string) => ({
+    ...config(redis, name, { expectedReplicas: 2 }),
+    upstream: { maxConnections: 'auto', autoMargin: 2 },
+    headroom: { user: 'web', database: 'postgres', intervalMs: 200 },
+  });
+  const [a, b] = await Promise.all([spawnProxy(t, cluster, auto('auto')), spawnProxy(t, cluster, auto('auto'))]);
+  for (const p of [a, b]) await until('coordination up', async () => (await status(p)).coordination?.up === true);
+  const others = async (p: SpawnedProxy) => (await status(p)).database?.reading?.otherConnections ?? -1;
+  await until('both read the database', async () => (await others(a)) >= 0 && (await others(b)) >= 0);
+  // A takes 6 server connections and keeps them.
+  const clients = await Promise.all(
+    Array.from({ length: 6 }, async () => {
+      const c = new pg.Client({ connectionString: `postgres://segmentation@127.0.0.1:${a.port}/postgres` });
+      c.on('error', () => undefined); // the instances stop at the end of the test, maybe before the clients
+      await c.connect();
+      await c.query('begin');
+      return c;
+    }),
+  );
+  t.equal(await held(a, 'segmentation'), 6, 'A holds 6');
+  // B's readings see them; once A's next sync has published their pids, they are pgbudget's, not others'.
+  const direct = new pg.Client({ connectionString: cluster.url() });
+  t.teardown(() => direct.end().catch(() => undefined));
+  await direct.connect(); // the one connection that is not pgbudget's: it must count
+  // Settled: a second of B's readings in a row (B syncs every second) at 1. Until each instance has
+  // published its newest connections and B has synced since, they count as others': the cap errs low.
+  let streak = 0;
+  await until('B counts the direct connection only, for a second', async () => {
+    streak = (await others(b)) === 1 ? streak + 1 : 0;
+    if (streak < 5) await sleep(200);
+    return streak >= 5;
+  }, 10_000);
+  const seen: number[] = [];
+  for (let i = 0; i < 10; i++) {
+    seen.push(await others(b));
+    await sleep(200);
+  }
+  t.ok(
+    seen.every((n) => n === 1),
+    `B counts the direct connection, not A's 6 nor A's reading (readings ${seen.join(' ')})`,
+  );
+  const snap = await status(b);
+  const r = snap.database!.reading!;
+  t.equal(snap.upstream.maxConnections, r.maxConnections - r.superuserReservedConnections - r.reservedConnections - r.otherConnections - 2, "B's auto cap leaves out only the others and the margin");
+  for (const c of clients) await c.end();
+});
+
 t.test('churn: Redis calls follow server connection opens, not transactions', async (t) => {
   const redis = await startRedis(t);
   const proxies = await instances(t, 2, redis, 'churn', { expectedReplicas: 2 });

@@ -100,6 +100,17 @@ t.test('leave: every lease of the instance goes at once', async (t) => {
   t.same(r.services[0].demand.map((d) => d.instance), ['inst1']);
 });
 
+t.test("pids: each instance's server backend pids reach the others (not itself), and go when it leaves", async (t) => {
+  const [a, b] = cluster(2);
+  await a.sync(3, '{}', [svc('s', 2, [])], TTL, [101, 102]);
+  const seen = await b.sync(3, '{}', [svc('s', 2, [])], TTL, [201]);
+  t.same(seen.peerPids, [101, 102], "b sees a's");
+  t.same((await a.sync(3, '{}', [svc('s', 2, [])], TTL, [101])).peerPids, [201], "a sees b's, not its own");
+  t.same((await b.sync(3, '{}', [svc('s', 2, [])], TTL, [])).peerPids, [101], "a's as it last published them");
+  await a.leave(['s']);
+  t.same((await b.sync(3, '{}', [svc('s', 2, [])], TTL, [])).peerPids, [], 'gone once a has left');
+});
+
 t.test("nudge: published on the cluster's channel with the instance's name, and counted", async (t) => {
   const [a] = cluster(1);
   const sub = new Redis({ host: '127.0.0.1', port: redis.port });
