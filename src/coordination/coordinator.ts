@@ -180,8 +180,9 @@ export class Coordinator implements LeaseGate {
     }
   }
 
+  /** The other instances' server backend pids, as they last published them; none while down (a pid gone stale would make a headroom reading count too few others). */
   peerPids(): readonly number[] {
-    return this.view?.peerPids ?? [];
+    return this.up ? (this.view?.peerPids ?? []) : [];
   }
 
   /** The server connection has closed: its lease goes back. */
