@@ -73,7 +73,7 @@ export function setUserTimeout(fd: number | undefined, ms: number): boolean {
   }
 }
 
-/** The socket's TCP_USER_TIMEOUT (ms), or null when it cannot be read; for tests and /status. */
+/** The socket's TCP_USER_TIMEOUT (ms), or null when it cannot be read; for the tests, which read it back from the kernel. */
 export function getUserTimeout(fd: number | undefined): number | null {
   const f = load();
   if (f === null || fd === undefined || fd < 0) return null;
